@@ -1,0 +1,118 @@
+//! Task 1.1: `LoraLayer`, the low-rank update itself.
+//!
+//! Hu et al. 2021 (arXiv 2106.09685), eq. 3: for a frozen weight W0 [out, in],
+//! `h = W0 x + (alpha / r) * B A x` with A [r, in] and B [out, r], r << min(in, out).
+//! Read book/src/t01_lora_layer.md beside this file. Grade it with
+//! `cargo test --features exercises --test t01_lora_layer`.
+#![allow(unused_variables, unused_imports)]
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+use crate::{LoraConfig, LoraError, LoraInit, Param, Result};
+
+/// The factor in front of `B A`: alpha / r, or alpha / sqrt(r) with rsLoRA.
+pub fn lora_scaling(alpha: f64, r: usize, use_rslora: bool) -> f64 {
+    // TODO: return alpha / r, or alpha / sqrt(r) when `use_rslora` is set.
+    // Book: "Why alpha / r" in t01_lora_layer.md.
+    todo!("t01: lora_scaling")
+}
+
+/// The adapter of one linear layer: A [r, in], B [out, r] and the scaling.
+#[derive(Clone, Debug)]
+pub struct LoraLayer {
+    a: Param,
+    b: Param,
+    scaling: f64,
+    dropout: f32,
+}
+
+impl LoraLayer {
+    /// A fresh adapter for a layer with `in_features` inputs and `out_features` outputs:
+    /// A drawn from `rng` as `config.init` says, B zeros, both trainable.
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        config: &LoraConfig,
+        rng: &mut StdRng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        // TODO:
+        // 1. `config.validate()?`.
+        // 2. Draw the r * in_features values of A from `rng` (as f32):
+        //    - LoraInit::KaimingUniform: uniform on [-1/sqrt(in), 1/sqrt(in)]
+        //      (PEFT's kaiming_uniform_(A, a = sqrt(5)) works out to exactly this bound);
+        //    - LoraInit::Gaussian: normal with mean 0 and std 1/r.
+        //    `Uniform::new(lo, hi)` and `Normal::new(mean, std)` from rand_distr, then
+        //    `dist.sample_iter(rng).take(n).collect()`.
+        // 3. A = Tensor::from_vec(values, (r, in_features), device), cast to `dtype`.
+        // 4. B = zeros (out_features, r): why zero? Book: "Why B starts at zero".
+        // 5. Finish with `Self::from_tensors(&a, &b, config)`.
+        todo!("t01: LoraLayer::new")
+    }
+
+    /// An adapter with the given A [r, in] and B [out, r] (copied into trainable `Var`s), for
+    /// loading a saved adapter. The rank is taken from A and must equal `config.r`.
+    pub fn from_tensors(a: &Tensor, b: &Tensor, config: &LoraConfig) -> Result<Self> {
+        // TODO: validate the config; check that A is 2-D with config.r rows and B is 2-D with
+        // config.r columns, returning `LoraError::shape("lora_A", "[r, in]", a.dims())` (or
+        // lora_B) otherwise; then build the layer with `Param::trainable` for A and B and
+        // `lora_scaling(config.alpha, config.r, config.use_rslora)`.
+        todo!("t01: LoraLayer::from_tensors")
+    }
+
+    /// A [r, in].
+    pub fn a(&self) -> &Param {
+        &self.a
+    }
+
+    /// B [out, r].
+    pub fn b(&self) -> &Param {
+        &self.b
+    }
+
+    /// A and B, mutably (to freeze or unfreeze them).
+    pub fn params_mut(&mut self) -> [&mut Param; 2] {
+        [&mut self.a, &mut self.b]
+    }
+
+    /// The rank r.
+    pub fn rank(&self) -> usize {
+        self.a.tensor().dims()[0]
+    }
+
+    /// Number of input features.
+    pub fn in_features(&self) -> usize {
+        self.a.tensor().dims()[1]
+    }
+
+    /// Number of output features.
+    pub fn out_features(&self) -> usize {
+        self.b.tensor().dims()[0]
+    }
+
+    /// The factor in front of `B A`.
+    pub fn scaling(&self) -> f64 {
+        self.scaling
+    }
+
+    /// The dropout probability applied to the adapter's input in training.
+    pub fn dropout(&self) -> f32 {
+        self.dropout
+    }
+
+    /// `scaling * B A dropout(x)` for `x` of shape [n, in] or [batch, seq, in].
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // TODO:
+        // 1. If x's last dimension is not in_features, return
+        //    `LoraError::shape("LoRA input", "[..., in]", x.dims())`.
+        // 2. Work in A's dtype (`x.to_dtype(...)`) and give back x's dtype at the end.
+        // 3. In training (`train`) with dropout > 0, apply `candle_nn::ops::dropout`.
+        // 4. Compute (x A^T) B^T with `broadcast_matmul` and `.t()`: two thin matmuls through
+        //    rank r. Never form the [out, in] matrix B A here: it costs out * in per call.
+        // 5. Multiply by the scaling.
+        todo!("t01: LoraLayer::forward")
+    }
+}

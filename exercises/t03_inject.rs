@@ -1,0 +1,103 @@
+//! Task 1.3: `inject_lora` and the helpers that inspect an adapted model.
+//!
+//! The model lists its linear layers by Hugging Face name (`LoraModel::linears_mut`); you match
+//! the names against `target_modules` and put a `LinearWithLora` into each matching slot.
+//! Read book/src/t03_inject.md beside this file. Grade it with
+//! `cargo test --features exercises --test t03_inject`.
+#![allow(unused_variables, unused_imports)]
+
+use std::collections::HashSet;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Var};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::config::ALL_LINEAR;
+use crate::report::{AdaptedModule, GradientEntry, GradientReport, InjectionReport, InjectionSummary, ParameterCount};
+use crate::{LinearSlot, LinearWithLora, LoraConfig, LoraError, LoraLayer, LoraModel, Param, Result};
+
+/// Whether module `name` is selected by `target`: the full name, or a suffix that starts after a
+/// dot (`"q_proj"` and `"self_attn.q_proj"` select `model.layers.0.self_attn.q_proj`, but
+/// `"proj"` selects nothing: matching is by whole name parts).
+pub fn target_matches(name: &str, target: &str) -> bool {
+    // TODO: equal, or ends with "." followed by target (PEFT's rule).
+    todo!("t03: target_matches")
+}
+
+/// The names of the linear layers `target_modules` selects, in model order. `"all-linear"`
+/// selects every linear layer but the output head. A target that selects nothing is an error
+/// that lists the names that exist, because a typo would otherwise train nothing at all.
+pub fn find_target_modules(model: &dyn LoraModel, target_modules: &[String]) -> Result<Vec<String>> {
+    // TODO: for each target, find the matching names of `model.linears()` (for ALL_LINEAR: all
+    // but `model.output_head()`); none -> `LoraError::UnknownTarget { target, available }` with
+    // every linear's name. Return the selected names in model order, each once.
+    todo!("t03: find_target_modules")
+}
+
+/// Give every linear layer that `config.target_modules` selects a fresh adapter, freeze all
+/// other weights, and report what was done. Nothing changes if any selected layer already has
+/// an adapter or a target selects nothing.
+pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<InjectionSummary> {
+    // TODO:
+    // 1. Validate the config and find the target modules (before changing anything).
+    // 2. If a selected slot already has an adapter (`slot.lora().is_some()`), return
+    //    `LoraError::module(name, "already has a LoRA adapter")`.
+    // 3. One `StdRng::seed_from_u64(config.seed)` for the whole model; for each selected slot in
+    //    `model.linears_mut()` order, build `LoraLayer::new(in, out, config, &mut rng, DType::F32,
+    //    device)` and replace the slot with `LinearSlot::Lora(LinearWithLora::new(...))`.
+    // 4. `freeze_base_model(model)` and return the adapted modules with `count_parameters`.
+    // Book: "Injection without setattr".
+    todo!("t03: inject_lora")
+}
+
+/// The trainable adapter matrices, named `<module>.lora_A.weight` / `.lora_B.weight`: exactly
+/// what the optimizer of a LoRA run should receive.
+pub fn get_lora_parameters(model: &dyn LoraModel) -> Vec<(String, Var)> {
+    // TODO: for every slot with an adapter, its A and B `Var`s (`Param::var`), in model order.
+    todo!("t03: get_lora_parameters")
+}
+
+/// Freeze every weight that is not part of an adapter.
+pub fn freeze_base_model(model: &mut dyn LoraModel) {
+    // TODO: `Linear::freeze` for every plain linear slot, `Param::freeze` for `model.params_mut()`.
+    todo!("t03: freeze_base_model")
+}
+
+/// Make every adapter's A and B trainable.
+pub fn unfreeze_lora_parameters(model: &mut dyn LoraModel) -> Result<()> {
+    // TODO: `Param::unfreeze` on both matrices of every adapter (`LoraLayer::params_mut`).
+    todo!("t03: unfreeze_lora_parameters")
+}
+
+/// Trainable and total parameter counts, adapters included.
+pub fn count_parameters(model: &dyn LoraModel) -> ParameterCount {
+    // TODO: every scalar of every weight counts in `total`: base linears (weight and bias),
+    // adapters (A and B) and `model.params()`; the trainable ones also in `trainable`.
+    todo!("t03: count_parameters")
+}
+
+/// Print the counts the way PEFT's `print_trainable_parameters()` does, and return them.
+pub fn print_trainable_parameters(model: &dyn LoraModel) -> ParameterCount {
+    // TODO: `ParameterCount`'s Display already prints PEFT's line.
+    todo!("t03: print_trainable_parameters")
+}
+
+/// Which linears carry adapters, which are frozen, and which base layers are (wrongly)
+/// trainable.
+pub fn check_lora_injection(model: &dyn LoraModel) -> InjectionReport {
+    // TODO: sort every linear slot into `adapted` (with its in, out, r and scaling),
+    // `frozen` (a plain linear with nothing trainable) or `trainable_base` (a plain linear with a
+    // trainable weight or bias); list adapters whose A or B is frozen in `frozen_adapters`.
+    todo!("t03: check_lora_injection")
+}
+
+/// The gradient norm of every trainable parameter after `loss.backward()`; a parameter with no
+/// gradient is cut off from the loss (a frozen layer in between, or an op without a backward).
+pub fn check_gradients(model: &dyn LoraModel, grads: &GradStore) -> Result<GradientReport> {
+    // TODO: one `GradientEntry` per trainable parameter, in the order and with the names
+    // `count_parameters` walks (`<module>.weight`, `<module>.bias`, `<module>.lora_A.weight`,
+    // `<module>.lora_B.weight`, then `model.params()`); `norm` is the L2 norm of
+    // `grads.get(var.as_tensor())`, or None when there is no gradient.
+    todo!("t03: check_gradients")
+}

@@ -1,0 +1,6 @@
+//! One module per task, named `tNN_name` as in tests/ and book/src/.
+
+pub mod t01_lora_layer;
+pub mod t02_linear_with_lora;
+pub mod t03_inject;
+pub mod t04_save_load;

@@ -1,0 +1,170 @@
+//! `TinyLm`: a small language-model-shaped network for the graders and the quickstart.
+//!
+//! Its module tree is named like a Hugging Face Llama (`model.embed_tokens`,
+//! `model.layers.N.self_attn.{q,k,v,o}_proj`, `model.layers.N.mlp.{gate,up,down}_proj`,
+//! `model.norm`, `lm_head`), so target matching behaves as on the real thing. Attention is
+//! replaced by a gated mix of the same projections: the point is the names and shapes, and that
+//! every op has a backward, not language modelling. Weights are seeded random numbers.
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
+
+/// Sizes of a [`TinyLm`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TinyConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    /// Give the attention projections a bias (as GPT-2 and Qwen have), to exercise bias handling.
+    pub attention_bias: bool,
+}
+
+impl Default for TinyConfig {
+    fn default() -> Self {
+        TinyConfig { vocab_size: 32, hidden_size: 16, intermediate_size: 24, num_layers: 2, attention_bias: true }
+    }
+}
+
+const ATTN: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// One block: four attention-named projections and a gated MLP.
+#[derive(Clone, Debug)]
+struct Block {
+    attn: [LinearSlot; 4],
+    mlp: [LinearSlot; 3],
+}
+
+/// The graders' test model.
+#[derive(Clone, Debug)]
+pub struct TinyLm {
+    config: TinyConfig,
+    embed_tokens: Param,
+    layers: Vec<Block>,
+    norm: Param,
+    lm_head: LinearSlot,
+}
+
+/// A frozen [out, in] weight with entries N(0, 1/in), so activations keep unit scale.
+fn random_linear(rng: &mut StdRng, out: usize, inp: usize, bias: bool, device: &Device) -> Result<LinearSlot> {
+    let w = random_tensor(rng, &[out, inp], 1.0 / (inp as f32).sqrt(), device)?;
+    let b = if bias { Some(random_tensor(rng, &[out], 0.1, device)?) } else { None };
+    Ok(LinearSlot::Linear(Linear::frozen(&w, b.as_ref())?))
+}
+
+fn random_tensor(rng: &mut StdRng, shape: &[usize], std: f32, device: &Device) -> Result<Tensor> {
+    let normal = Normal::new(0.0f32, std).map_err(|e| LoraError::config("std", e.to_string()))?;
+    let n = shape.iter().product();
+    Ok(Tensor::from_vec(normal.sample_iter(rng).take(n).collect::<Vec<_>>(), shape, device)?)
+}
+
+impl TinyLm {
+    /// A model with seeded random weights, all frozen (call `Param::unfreeze` for full
+    /// fine-tuning).
+    pub fn new(config: TinyConfig, seed: u64, device: &Device) -> Result<Self> {
+        let TinyConfig { vocab_size: v, hidden_size: h, intermediate_size: m, .. } = config;
+        let rng = &mut StdRng::seed_from_u64(seed);
+        let mut layers = Vec::new();
+        for _ in 0..config.num_layers {
+            let b = config.attention_bias;
+            let attn = [
+                random_linear(rng, h, h, b, device)?,
+                random_linear(rng, h, h, b, device)?,
+                random_linear(rng, h, h, b, device)?,
+                random_linear(rng, h, h, false, device)?,
+            ];
+            let mlp = [
+                random_linear(rng, m, h, false, device)?,
+                random_linear(rng, m, h, false, device)?,
+                random_linear(rng, h, m, false, device)?,
+            ];
+            layers.push(Block { attn, mlp });
+        }
+        Ok(TinyLm {
+            config,
+            embed_tokens: Param::frozen(&random_tensor(rng, &[v, h], 1.0, device)?),
+            layers,
+            norm: Param::frozen(&(random_tensor(rng, &[h], 0.1, device)? + 1.0)?),
+            lm_head: random_linear(rng, v, h, false, device)?,
+        })
+    }
+
+    /// The sizes this model was built with.
+    pub fn config(&self) -> TinyConfig {
+        self.config
+    }
+
+    /// Logits [batch, seq, vocab] for token ids [batch, seq]; `train` enables adapter dropout.
+    pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, s) = ids.dims2().map_err(|_| LoraError::shape("token ids", "[batch, seq]", ids.dims()))?;
+        let h = self.config.hidden_size;
+        let mut x = self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
+        for block in &self.layers {
+            let [q, k, v, o] = &block.attn;
+            // A gate instead of softmax attention: every op here has a backward in candle.
+            let mixed = ((q.forward(&x, train)? * k.forward(&x, train)?.tanh()?)? + v.forward(&x, train)?)?;
+            x = (&x + o.forward(&mixed, train)?)?;
+            let [gate, up, down] = &block.mlp;
+            let inner = (gate.forward(&x, train)?.tanh()? * up.forward(&x, train)?)?;
+            x = (&x + down.forward(&inner, train)?)?;
+        }
+        let x = x.broadcast_mul(self.norm.tensor())?;
+        self.lm_head.forward(&x, train)
+    }
+
+    /// A scalar loss for tests: mean squared logits. Cheap, and every weight influences it.
+    pub fn loss(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.forward(ids, train)?.to_dtype(DType::F32)?.sqr()?.mean_all()?)
+    }
+}
+
+impl LoraModel for TinyLm {
+    fn linears(&self) -> Vec<(String, &LinearSlot)> {
+        let mut out = Vec::new();
+        for (i, block) in self.layers.iter().enumerate() {
+            for (name, slot) in ATTN.iter().zip(&block.attn) {
+                out.push((format!("model.layers.{i}.self_attn.{name}"), slot));
+            }
+            for (name, slot) in MLP.iter().zip(&block.mlp) {
+                out.push((format!("model.layers.{i}.mlp.{name}"), slot));
+            }
+        }
+        out.push(("lm_head".to_string(), &self.lm_head));
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
+        let mut out = Vec::new();
+        for (i, block) in self.layers.iter_mut().enumerate() {
+            for (name, slot) in ATTN.iter().zip(&mut block.attn) {
+                out.push((format!("model.layers.{i}.self_attn.{name}"), slot));
+            }
+            for (name, slot) in MLP.iter().zip(&mut block.mlp) {
+                out.push((format!("model.layers.{i}.mlp.{name}"), slot));
+            }
+        }
+        out.push(("lm_head".to_string(), &mut self.lm_head));
+        out
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        vec![("model.embed_tokens.weight".into(), &self.embed_tokens), ("model.norm.weight".into(), &self.norm)]
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens), ("model.norm.weight".into(), &mut self.norm)]
+    }
+
+    fn output_head(&self) -> Option<&str> {
+        Some("lm_head")
+    }
+
+    fn name_or_path(&self) -> String {
+        "lora-from-scratch/tiny-test-lm".into()
+    }
+}
