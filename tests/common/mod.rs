@@ -1,0 +1,140 @@
+//! Helpers shared by the graders: seeded random tensors, plain-loop reference maths, and a
+//! finite-difference gradient check. Nothing here calls the code under test.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor, Var};
+use lora_from_scratch::models::tiny::{TinyConfig, TinyLm};
+use lora_from_scratch::{LinearSlot, LoraModel, Param};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+
+pub const CPU: Device = Device::Cpu;
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// A tensor of N(0, 1) values.
+pub fn randn(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let normal = Normal::new(0.0f64, 1.0).unwrap();
+    let v: Vec<f64> = normal.sample_iter(rng).take(n).collect();
+    Tensor::from_vec(v, shape, &CPU).unwrap().to_dtype(dtype).unwrap()
+}
+
+/// Every value as f64, flattened.
+pub fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+/// The bit patterns of an f32 tensor: for "bitwise equal" checks.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+}
+
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "compared tensors differ in size");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// `x [n, k] @ w^T` for `w [m, k]`, by plain loops in f64: the reference for every matmul.
+pub fn ref_matmul_t(x: &[f64], n: usize, k: usize, w: &[f64], m: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * m];
+    for i in 0..n {
+        for j in 0..m {
+            out[i * m + j] = (0..k).map(|p| x[i * k + p] * w[j * k + p]).sum();
+        }
+    }
+    out
+}
+
+/// Check the gradient of the scalar `loss(x)` with respect to `x` against central differences,
+/// on up to `max_checks` entries. Works in f64 so that the comparison is tight.
+pub fn finite_difference_check(x: &Var, loss: impl Fn(&Tensor) -> Tensor, max_checks: usize) -> Result<(), String> {
+    let l = loss(x.as_tensor());
+    let grads = l.backward().map_err(|e| e.to_string())?;
+    let analytic = match grads.get(x.as_tensor()) {
+        Some(g) => values(g),
+        None => return Err("backpropagation produced no gradient at all for the input".into()),
+    };
+    let base = values(x.as_tensor());
+    let shape = x.as_tensor().dims().to_vec();
+    let eps = 1e-6;
+    let step = (base.len() / max_checks).max(1);
+    for i in (0..base.len()).step_by(step) {
+        let eval = |delta: f64| {
+            let mut v = base.clone();
+            v[i] += delta;
+            let t = Tensor::from_vec(v, shape.as_slice(), &CPU).unwrap();
+            values(&loss(&t))[0]
+        };
+        let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
+        let tol = 1e-6 + 1e-5 * numeric.abs().max(analytic[i].abs());
+        if (numeric - analytic[i]).abs() > tol {
+            return Err(format!(
+                "d loss / d x[{i}]: backprop gives {}, finite differences give {numeric}",
+                analytic[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The graders' model, small and seeded.
+pub fn tiny(seed: u64) -> TinyLm {
+    TinyLm::new(TinyConfig::default(), seed, &CPU).unwrap()
+}
+
+/// Token ids [batch, seq] for the tiny model.
+pub fn token_ids(rng: &mut StdRng, batch: usize, seq: usize, vocab: usize) -> Tensor {
+    use rand::Rng;
+    let v: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(0..vocab as u32)).collect();
+    Tensor::from_vec(v, (batch, seq), &CPU).unwrap()
+}
+
+/// Every trainable `Var` the model holds, found by walking it (not through the code under
+/// test): base linears, adapters and other weights.
+pub fn all_trainable_vars(model: &dyn LoraModel) -> Vec<(String, Var)> {
+    let mut out = Vec::new();
+    for (name, slot) in model.linears() {
+        let params: Vec<(&str, &Param)> = match slot {
+            LinearSlot::Linear(l) => l.named_params(),
+            LinearSlot::Lora(l) => vec![("lora_A.weight", l.lora().a()), ("lora_B.weight", l.lora().b())],
+        };
+        for (p, param) in params {
+            if let Some(v) = param.var() {
+                out.push((format!("{name}.{p}"), v.clone()));
+            }
+        }
+    }
+    for (name, p) in model.params() {
+        if let Some(v) = p.var() {
+            out.push((name, v.clone()));
+        }
+    }
+    out
+}
+
+/// Make every base weight of the model trainable, as for full fine-tuning.
+pub fn unfreeze_everything(model: &mut dyn LoraModel) {
+    for (_, slot) in model.linears_mut() {
+        if let LinearSlot::Linear(l) = slot {
+            l.weight.unfreeze().unwrap();
+            if let Some(b) = &mut l.bias {
+                b.unfreeze().unwrap();
+            }
+        }
+    }
+    for (_, p) in model.params_mut() {
+        p.unfreeze().unwrap();
+    }
+}
+
+/// Base weights (not adapters) by name, as f32 bit patterns.
+pub fn base_weight_bits(model: &dyn LoraModel) -> Vec<(String, Vec<u32>)> {
+    let mut out: Vec<(String, Vec<u32>)> =
+        model.linears().into_iter().map(|(n, s)| (n, bits(s.base_weight()))).collect();
+    out.extend(model.params().into_iter().map(|(n, p)| (n, bits(p.tensor()))));
+    out
+}
