@@ -92,3 +92,23 @@ impl LoraConfig {
 
 /// The target that selects every linear layer but the output head, as in PEFT.
 pub const ALL_LINEAR: &str = "all-linear";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_bad_setting() {
+        let bad = |f: fn(&mut LoraConfig), what: &str| {
+            let mut c = LoraConfig::default();
+            f(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(what), "{err}");
+        };
+        bad(|c| c.r = 0, "r");
+        bad(|c| c.alpha = f64::NAN, "alpha");
+        bad(|c| c.dropout = 1.0, "dropout");
+        bad(|c| c.target_modules.clear(), "target_modules");
+        assert!(LoraConfig::default().validate().is_ok());
+    }
+}

@@ -38,3 +38,20 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 pub fn crc32_hex(bytes: &[u8]) -> String {
     format!("{:08x}", crc32fast::hash(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+        let err = write_atomic(&dir.path().join("missing/a.bin"), b"x").unwrap_err();
+        assert!(err.to_string().contains("missing/a.bin"), "the error names the path: {err}");
+    }
+}

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 
 use crate::{Linear, LinearWithLora, Param, Result};
 
+// ANCHOR: slot
 /// Where a model keeps one linear layer: either the plain layer or the layer with an adapter.
 ///
 /// `LinearWithLora` is the type the crate's API re-exports, so with `--features exercises` every
@@ -21,6 +22,7 @@ pub enum LinearSlot {
     /// A frozen linear layer plus a LoRA adapter.
     Lora(LinearWithLora),
 }
+// ANCHOR_END: slot
 
 impl LinearSlot {
     /// The layer's output for `x` [..., in]; `train` switches the adapter's dropout on.

@@ -164,3 +164,36 @@ impl AdapterConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let key = peft_key("model.layers.3.self_attn.q_proj", LoraMatrix::B);
+        assert_eq!(key, "base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight");
+        assert_eq!(parse_peft_key(&key), Some(("model.layers.3.self_attn.q_proj".into(), LoraMatrix::B)));
+        assert_eq!(parse_peft_key("model.layers.3.self_attn.q_proj.lora_A.weight"), None, "no prefix, no adapter key");
+        assert_eq!(parse_peft_key("base_model.model.lora_A.weight"), None);
+    }
+
+    #[test]
+    fn config_round_trips_and_refuses_what_it_cannot_honour() {
+        let mut cfg = LoraConfig::new(16, 32.0, &["c_attn"]);
+        cfg.use_rslora = true;
+        cfg.init = LoraInit::Gaussian;
+        let json = serde_json::to_string(&AdapterConfig::from_lora_config(&cfg, "gpt2")).unwrap();
+        let back: AdapterConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_lora_config().unwrap(), cfg);
+
+        // A PEFT config with a regex target and a trained bias cannot be loaded faithfully.
+        let regex = r#"{"peft_type":"LORA","task_type":"CAUSAL_LM","r":8,"lora_alpha":16,"target_modules":".*proj"}"#;
+        let err = serde_json::from_str::<AdapterConfig>(regex).unwrap().to_lora_config().unwrap_err();
+        assert!(err.to_string().contains("target_modules"), "{err}");
+        let bias =
+            r#"{"peft_type":"LORA","task_type":"CAUSAL_LM","r":8,"lora_alpha":16,"target_modules":["q"],"bias":"all"}"#;
+        let err = serde_json::from_str::<AdapterConfig>(bias).unwrap().to_lora_config().unwrap_err();
+        assert!(err.to_string().contains("bias"), "{err}");
+    }
+}

@@ -184,3 +184,14 @@ impl fmt::Display for GradientReport {
         write!(f, "{} trainable parameters, {} without a gradient", self.entries.len(), self.missing().len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_groups_like_python() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1000), "1,000");
+        assert_eq!(super::thousands(134_515_008), "134,515,008");
+    }
+}
