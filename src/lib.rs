@@ -17,6 +17,7 @@ pub mod models;
 pub mod param;
 pub mod peft;
 pub mod report;
+pub mod tasks;
 
 /// The learner's tree: `todo!()` stubs with the same public signatures as [`solutions`].
 #[path = "../exercises/mod.rs"]

@@ -59,3 +59,31 @@ fn every_book_include_resolves_to_code() {
     assert!(problems.is_empty(), "broken book includes:\n{}", problems.join("\n"));
     assert!(checked > 0, "the book includes no code at all; was book/src moved?");
 }
+
+/// Graders point a failing learner to a book section with `book("chapter", "Heading")`; every such
+/// pointer must name a `## Heading` that exists in `book/src/chapter.md`.
+#[test]
+fn every_grader_points_to_a_real_book_section() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for entry in fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        // Skip this file, whose doc comment shows the pattern.
+        if path.extension().is_none_or(|e| e != "rs") || path.file_name().is_some_and(|n| n == "book_includes.rs") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        for call in text.split("book(\"").skip(1) {
+            let Some((chapter, rest)) = call.split_once("\", \"") else { continue };
+            let Some((heading, _)) = rest.split_once("\")") else { continue };
+            checked += 1;
+            let md = fs::read_to_string(root.join("book/src").join(format!("{chapter}.md"))).unwrap_or_default();
+            if !md.lines().any(|l| l.trim() == format!("## {heading}")) {
+                problems.push(format!("{}: book/src/{chapter}.md has no section \"{heading}\"", path.display()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "graders point to missing book sections:\n{}", problems.join("\n"));
+    assert!(checked > 0, "no grader points to the book");
+}

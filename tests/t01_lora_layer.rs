@@ -24,9 +24,9 @@ fn trained(rng: &mut rand::rngs::StdRng, inp: usize, out: usize, cfg: &LoraConfi
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Book: t01_lora_layer.md, "Why alpha / r".
     #[test]
     fn scaling_is_alpha_over_r(alpha in 0.5f64..64.0, r in 1usize..65) {
+        book("t01_lora_layer", "Why alpha / r");
         prop_assert!((lora_scaling(alpha, r, false) - alpha / r as f64).abs() < 1e-12,
             "scaling must be alpha / r: it keeps the update's size steady when r changes");
         prop_assert!((lora_scaling(alpha, r, true) - alpha / (r as f64).sqrt()).abs() < 1e-12,
@@ -40,10 +40,10 @@ proptest! {
             "LoraLayer::new must use alpha / sqrt(r) when use_rslora is set");
     }
 
-    /// Book: t01_lora_layer.md, "Shapes".
     #[test]
     fn shapes_follow_the_paper(inp in 1usize..40, out in 1usize..40, r in 1usize..9,
                                batch in 1usize..4, seq in 1usize..6, seed in any::<u64>()) {
+        book("t01_lora_layer", "Shapes");
         let layer = LoraLayer::new(inp, out, &config(r, 2.0 * r as f64), &mut rng(seed), DType::F32, &CPU).unwrap();
         prop_assert_eq!(layer.a().tensor().dims(), &[r, inp], "A must be [r, in]");
         prop_assert_eq!(layer.b().tensor().dims(), &[out, r], "B must be [out, r]");
@@ -56,10 +56,10 @@ proptest! {
             "forward on [n, in] must give [n, out]");
     }
 
-    /// Book: t01_lora_layer.md, "Why B starts at zero".
     #[test]
     fn b_starts_at_zero_so_the_update_is_zero(inp in 1usize..40, out in 1usize..40, r in 1usize..9,
                                               seed in any::<u64>(), gaussian in any::<bool>()) {
+        book("t01_lora_layer", "Why B starts at zero");
         let mut cfg = config(r, 16.0);
         cfg.init = if gaussian { LoraInit::Gaussian } else { LoraInit::KaimingUniform };
         let layer = LoraLayer::new(inp, out, &cfg, &mut rng(seed), DType::F32, &CPU).unwrap();
@@ -72,9 +72,9 @@ proptest! {
             "at init the adapter's output must be exactly zero");
     }
 
-    /// Book: t01_lora_layer.md, "How A starts".
     #[test]
     fn a_is_initialised_as_peft_does(inp in 64usize..200, r in 2usize..9, seed in any::<u64>()) {
+        book("t01_lora_layer", "How A starts");
         let layer = LoraLayer::new(inp, 8, &config(r, 8.0), &mut rng(seed), DType::F32, &CPU).unwrap();
         let a = values(layer.a().tensor());
         let bound = 1.0 / (inp as f64).sqrt();
@@ -95,10 +95,10 @@ proptest! {
             "gaussian A (PEFT's init_lora_weights=\"gaussian\") should have std 1/r = {expected}, found {std}");
     }
 
-    /// Book: t01_lora_layer.md, "The forward pass".
     #[test]
     fn forward_is_scaling_times_x_at_bt(inp in 1usize..24, out in 1usize..24, r in 1usize..7,
                                         n in 1usize..6, alpha in 0.5f64..32.0, seed in any::<u64>()) {
+        book("t01_lora_layer", "The forward pass");
         let cfg = config(r, alpha);
         let layer = trained(&mut rng(seed), inp, out, &cfg, DType::F32);
         let x = randn(&mut rng(seed ^ 4), &[n, inp], DType::F32);
@@ -112,9 +112,9 @@ proptest! {
             "forward must be (alpha / r) * x A^T B^T; max difference {}", max_abs_diff(&got, &y));
     }
 
-    /// Book: t01_lora_layer.md, "Gradients".
     #[test]
     fn gradients_match_finite_differences(inp in 1usize..10, out in 1usize..10, r in 1usize..5, seed in any::<u64>()) {
+        book("t01_lora_layer", "Gradients");
         let cfg = config(r, 3.0);
         let layer = trained(&mut rng(seed), inp, out, &cfg, DType::F64);
         let w = randn(&mut rng(seed ^ 5), &[2, out], DType::F64);
@@ -151,9 +151,9 @@ proptest! {
     }
 }
 
-/// Book: t01_lora_layer.md, "Why B starts at zero".
 #[test]
 fn at_init_only_b_gets_a_gradient_then_both_do() {
+    book("t01_lora_layer", "Why B starts at zero");
     let cfg = config(4, 8.0);
     let layer = LoraLayer::new(12, 10, &cfg, &mut rng(7), DType::F32, &CPU).unwrap();
     let x = randn(&mut rng(8), &[5, 12], DType::F32);
@@ -176,6 +176,7 @@ fn at_init_only_b_gets_a_gradient_then_both_do() {
 
 #[test]
 fn the_same_seed_draws_the_same_a() {
+    book("t01_lora_layer", "How A starts");
     let cfg = config(4, 8.0);
     let a1 = LoraLayer::new(16, 8, &cfg, &mut rng(1), DType::F32, &CPU).unwrap();
     let a2 = LoraLayer::new(16, 8, &cfg, &mut rng(1), DType::F32, &CPU).unwrap();
@@ -184,9 +185,9 @@ fn the_same_seed_draws_the_same_a() {
     assert_ne!(bits(a1.a().tensor()), bits(a3.a().tensor()), "different seeds must draw different A");
 }
 
-/// Book: t01_lora_layer.md, "Dropout".
 #[test]
 fn dropout_acts_in_training_only() {
+    book("t01_lora_layer", "Dropout");
     let mut cfg = config(4, 4.0);
     cfg.dropout = 0.5;
     let layer = trained(&mut rng(3), 32, 16, &cfg, DType::F32);
@@ -208,6 +209,7 @@ fn dropout_acts_in_training_only() {
 
 #[test]
 fn bad_shapes_are_errors() {
+    book("t01_lora_layer", "Shapes");
     let layer = LoraLayer::new(8, 4, &config(2, 4.0), &mut rng(0), DType::F32, &CPU).unwrap();
     let err = layer.forward(&Tensor::zeros((3, 7), DType::F32, &CPU).unwrap(), false).unwrap_err();
     assert!(

@@ -17,11 +17,11 @@ fn config(r: usize, alpha: f64) -> LoraConfig {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Book: t02_linear_with_lora.md, "Equal to the base at the start".
     #[test]
     fn at_init_the_adapted_layer_equals_the_base(inp in 1usize..40, out in 1usize..40, r in 1usize..9,
                                                   batch in 1usize..4, seq in 1usize..6, with_bias in any::<bool>(),
                                                   seed in any::<u64>()) {
+        book("t02_linear_with_lora", "Equal to the base at the start");
         let g = &mut rng(seed);
         let w = randn(g, &[out, inp], DType::F32);
         let b = with_bias.then(|| randn(g, &[out], DType::F32));
@@ -34,10 +34,10 @@ proptest! {
             "with B = 0 the adapted layer must equal the base layer bit for bit: fine-tuning starts from the pretrained model");
     }
 
-    /// Book: t02_linear_with_lora.md, "The forward pass".
     #[test]
     fn forward_is_base_plus_update(inp in 1usize..24, out in 1usize..24, r in 1usize..7, n in 1usize..6,
                                    with_bias in any::<bool>(), seed in any::<u64>()) {
+        book("t02_linear_with_lora", "The forward pass");
         let g = &mut rng(seed);
         let w = randn(g, &[out, inp], DType::F32);
         let bias = with_bias.then(|| randn(g, &[out], DType::F32));
@@ -57,10 +57,10 @@ proptest! {
             "forward must be x W^T + b + scaling * x A^T B^T; max difference {}", max_abs_diff(&got, &want));
     }
 
-    /// Book: t02_linear_with_lora.md, "Gradients".
     #[test]
     fn input_gradient_matches_finite_differences(inp in 1usize..10, out in 1usize..10, r in 1usize..5,
                                                  seed in any::<u64>()) {
+        book("t02_linear_with_lora", "Gradients");
         let g = &mut rng(seed);
         let w = randn(g, &[out, inp], DType::F64);
         let bias = randn(g, &[out], DType::F64);
@@ -75,9 +75,9 @@ proptest! {
     }
 }
 
-/// Book: t02_linear_with_lora.md, "What freezing means in candle".
 #[test]
 fn the_base_weight_gets_no_gradient_even_from_a_var() {
+    book("t02_linear_with_lora", "What freezing means in candle");
     let g = &mut rng(11);
     let w = Var::from_tensor(&randn(g, &[6, 5], DType::F32)).unwrap();
     let bias = Var::from_tensor(&randn(g, &[6], DType::F32)).unwrap();
@@ -93,6 +93,7 @@ fn the_base_weight_gets_no_gradient_even_from_a_var() {
 
 #[test]
 fn mismatched_shapes_are_errors() {
+    book("t02_linear_with_lora", "The forward pass");
     let g = &mut rng(12);
     let w = randn(g, &[6, 5], DType::F32);
     let lora = |i, o| LoraLayer::new(i, o, &config(2, 4.0), &mut rng(0), DType::F32, &CPU).unwrap();

@@ -25,9 +25,9 @@ fn adapted_names(model: &dyn LoraModel) -> Vec<String> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Book: t03_inject.md, "Matching names as PEFT does".
     #[test]
     fn targets_match_full_names_and_dotted_suffixes(parts in prop::collection::vec("[a-z_]{1,6}", 1..5), cut in 0usize..5) {
+        book("t03_inject", "Matching names as PEFT does");
         let name = parts.join(".");
         prop_assert!(target_matches(&name, &name), "a full module name must select its module");
         let suffix = parts[cut.min(parts.len() - 1)..].join(".");
@@ -43,9 +43,9 @@ proptest! {
         prop_assert!(!target_matches(&name, &format!("{name}x")), "a longer name must not match");
     }
 
-    /// Book: t03_inject.md, "Injection without setattr".
     #[test]
     fn inject_adapts_exactly_the_targets(mask in 1u8..128, r in 1usize..6, seed in any::<u64>()) {
+        book("t03_inject", "Injection without setattr");
         let targets: Vec<&str> = KINDS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, k)| *k).collect();
         let mut model = tiny(seed);
         let summary = inject_lora(&mut model, &LoraConfig::new(r, 8.0, &targets)).unwrap();
@@ -76,9 +76,9 @@ proptest! {
         }
     }
 
-    /// Book: t03_inject.md, "Equal to the base at the start".
     #[test]
     fn injection_leaves_the_output_unchanged(r in 1usize..6, seed in any::<u64>()) {
+        book("t03_inject", "Equal to the base at the start");
         let mut model = tiny(seed);
         let ids = token_ids(&mut rng(seed), 2, 5, model.config().vocab_size);
         let before = model.forward(&ids, false).unwrap();
@@ -87,9 +87,9 @@ proptest! {
             "with every B = 0 the injected model must give the base model's logits bit for bit");
     }
 
-    /// Book: t03_inject.md, "Only the adapters learn".
     #[test]
     fn an_optimizer_step_changes_only_adapters(r in 1usize..5, seed in any::<u64>()) {
+        book("t03_inject", "Only the adapters learn");
         let mut model = tiny(seed);
         // Loaded for full fine-tuning: every weight a Var. Injection must freeze them.
         unfreeze_everything(&mut model);
@@ -112,6 +112,7 @@ proptest! {
 
 #[test]
 fn all_linear_takes_every_linear_but_the_head() {
+    book("t03_inject", "Matching names as PEFT does");
     let mut model = tiny(1);
     let names = find_target_modules(&model, &[ALL_LINEAR.to_string()]).unwrap();
     let every: Vec<String> = model.linears().into_iter().map(|(n, _)| n).filter(|n| n != "lm_head").collect();
@@ -124,9 +125,9 @@ fn all_linear_takes_every_linear_but_the_head() {
     );
 }
 
-/// Book: t03_inject.md, "A typo is an error".
 #[test]
 fn an_unknown_target_is_an_error_listing_the_names() {
+    book("t03_inject", "A typo is an error");
     let mut model = tiny(2);
     let err = inject_lora(&mut model, &LoraConfig::new(4, 8.0, &["q_proj", "qproj"])).unwrap_err();
     match &err {
@@ -145,6 +146,7 @@ fn an_unknown_target_is_an_error_listing_the_names() {
 
 #[test]
 fn injecting_twice_is_an_error_and_changes_nothing() {
+    book("t03_inject", "Injection without setattr");
     let mut model = tiny(3);
     inject_lora(&mut model, &LoraConfig::new(4, 8.0, &["q_proj"])).unwrap();
     let a_before: Vec<Vec<u32>> = get_lora_parameters(&model).iter().map(|(_, v)| bits(v.as_tensor())).collect();
@@ -157,6 +159,7 @@ fn injecting_twice_is_an_error_and_changes_nothing() {
 
 #[test]
 fn the_same_seed_gives_the_same_adapters() {
+    book("t03_inject", "Injection without setattr");
     let (mut m1, mut m2) = (tiny(4), tiny(4));
     let mut cfg = LoraConfig::new(3, 6.0, &[ALL_LINEAR]);
     inject_lora(&mut m1, &cfg).unwrap();
@@ -169,9 +172,9 @@ fn the_same_seed_gives_the_same_adapters() {
     assert_ne!(a(&m1), a(&m3), "another seed must draw other A");
 }
 
-/// Book: t03_inject.md, "What freezing means in candle".
 #[test]
 fn freeze_and_unfreeze() {
+    book("t03_inject", "What freezing means in candle");
     let mut model = tiny(5);
     inject_lora(&mut model, &LoraConfig::new(2, 4.0, &["k_proj"])).unwrap();
     unfreeze_everything(&mut model);
@@ -196,9 +199,9 @@ fn freeze_and_unfreeze() {
     assert_eq!(get_lora_parameters(&model).len(), 4, "unfreeze_lora_parameters must make A and B trainable again");
 }
 
-/// Book: t03_inject.md, "Checking an injection".
 #[test]
 fn the_reports_read_as_expected() {
+    book("t03_inject", "Checking an injection");
     let mut model = tiny(6);
     inject_lora(&mut model, &LoraConfig::new(4, 8.0, &["q_proj", "v_proj"])).unwrap();
     let count = print_trainable_parameters(&model);
@@ -223,9 +226,9 @@ fn the_reports_read_as_expected() {
     insta::assert_snapshot!("injection_report_with_trainable_base", report.to_string());
 }
 
-/// Book: t03_inject.md, "Checking gradients".
 #[test]
 fn check_gradients_sees_where_gradients_go() {
+    book("t03_inject", "Checking gradients");
     let mut model = tiny(7);
     inject_lora(&mut model, &LoraConfig::new(4, 8.0, &["q_proj", "down_proj"])).unwrap();
     let ids = token_ids(&mut rng(7), 2, 5, model.config().vocab_size);

@@ -51,9 +51,9 @@ fn mismatch(err: LoraError) -> Vec<TensorProblem> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
-    /// Book: t04_save_load.md, "A round trip".
     #[test]
     fn save_then_load_is_bitwise(r in 1usize..6, mask in 1u8..128, seed in any::<u64>(), into_injected in any::<bool>()) {
+        book("t04_save_load", "A round trip");
         let kinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
         let targets: Vec<&str> = kinds.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, k)| *k).collect();
         let cfg = LoraConfig::new(r, 2.0 * r as f64, &targets);
@@ -79,9 +79,9 @@ proptest! {
     }
 }
 
-/// Book: t04_save_load.md, "PEFT's keys".
 #[test]
 fn the_files_are_in_peft_format() {
+    book("t04_save_load", "PEFT's keys");
     let cfg = LoraConfig::new(4, 8.0, &["q_proj", "v_proj"]);
     let model = trained_model(1, &cfg);
     let dir = tempfile::tempdir().unwrap();
@@ -132,9 +132,9 @@ fn the_files_are_in_peft_format() {
     assert_eq!(leftovers.len(), 2, "only the two files, no temporary files left behind: {leftovers:?}");
 }
 
-/// Book: t04_save_load.md, "Never half-load".
 #[test]
 fn a_wrong_shape_is_named_and_nothing_is_loaded() {
+    book("t04_save_load", "Never half-load");
     let cfg = LoraConfig::new(4, 8.0, &["q_proj", "v_proj"]);
     let dir = tempfile::tempdir().unwrap();
     save_lora_weights(&trained_model(2, &cfg), &cfg, dir.path()).unwrap();
@@ -158,6 +158,7 @@ fn a_wrong_shape_is_named_and_nothing_is_loaded() {
 
 #[test]
 fn missing_and_extra_keys_are_named() {
+    book("t04_save_load", "Never half-load");
     let cfg = LoraConfig::new(2, 4.0, &["k_proj"]);
     let dir = tempfile::tempdir().unwrap();
     save_lora_weights(&trained_model(3, &cfg), &cfg, dir.path()).unwrap();
@@ -183,9 +184,9 @@ fn missing_and_extra_keys_are_named() {
     assert_eq!(adapter_bits(&model), before, "the model's adapters must be untouched by a failed load");
 }
 
-/// Book: t04_save_load.md, "Corrupt files".
 #[test]
 fn corrupt_bytes_are_named() {
+    book("t04_save_load", "Corrupt files");
     let cfg = LoraConfig::new(2, 4.0, &["o_proj"]);
     let dir = tempfile::tempdir().unwrap();
     save_lora_weights(&trained_model(4, &cfg), &cfg, dir.path()).unwrap();
@@ -219,6 +220,7 @@ fn corrupt_bytes_are_named() {
 
 #[test]
 fn nan_values_are_refused_and_peft_files_without_checksums_load() {
+    book("t04_save_load", "Corrupt files");
     let cfg = LoraConfig::new(2, 4.0, &["gate_proj"]);
     let model = trained_model(5, &cfg);
     let dir = tempfile::tempdir().unwrap();
@@ -240,9 +242,9 @@ fn nan_values_are_refused_and_peft_files_without_checksums_load() {
     );
 }
 
-/// Book: t04_save_load.md, "Atomic writes".
 #[test]
 fn a_failed_save_keeps_the_good_adapter() {
+    book("t04_save_load", "Atomic writes");
     let cfg = LoraConfig::new(2, 4.0, &["up_proj"]);
     let model = trained_model(6, &cfg);
     let dir = tempfile::tempdir().unwrap();

@@ -138,3 +138,29 @@ pub fn base_weight_bits(model: &dyn LoraModel) -> Vec<(String, Vec<u32>)> {
     out.extend(model.params().into_iter().map(|(n, p)| (n, bits(p.tensor()))));
     out
 }
+
+thread_local! {
+    /// The book section of the test running on this thread, and whether it was already shown.
+    static SECTION: std::cell::RefCell<Option<(String, bool)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Name the book section that explains the property this test checks. If the test fails, the
+/// failure output ends with a pointer to it (once, however often proptest retries).
+pub fn book(chapter: &str, heading: &str) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            SECTION.with(|s| {
+                if let Some((section, shown)) = &mut *s.borrow_mut() {
+                    if !*shown {
+                        eprintln!("\n  -> the book explains this property: {section}\n");
+                        *shown = true;
+                    }
+                }
+            });
+        }));
+    });
+    SECTION.with(|s| *s.borrow_mut() = Some((format!("book/src/{chapter}.md, section \"{heading}\""), false)));
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The learner's loop, from a fresh copy of the crate: with only t01 solved, t01's graders pass,
+# the others fail, and the progress command names t02 as the next task.
+# Builds in target/copies (or $CARGO_TARGET_DIR), never in ./target: a copy of the package shares
+# artifact names with the original, and its build would later pass for fresh there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/copies}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+git ls-files -z | xargs -0 cp --parents -t "$work"
+cd "$work"
+
+# The learner solves t01.
+cp solutions/t01_lora_layer.rs exercises/t01_lora_layer.rs
+
+cargo test --locked --features exercises --test t01_lora_layer >"$work/t01.log" 2>&1 \
+  || { tail -n 40 "$work/t01.log"; echo "learner loop: t01 should pass once solved"; exit 1; }
+if cargo test --locked --features exercises --test t02_linear_with_lora >"$work/t02.log" 2>&1; then
+  echo "learner loop: t02 passes while its stub is untouched"; exit 1
+fi
+
+cargo run --locked --quiet --example progress >"$work/progress.log" 2>"$work/progress.err" \
+  || { cat "$work/progress.err"; echo "learner loop: the progress command failed"; exit 1; }
+cat "$work/progress.log"
+expect() { grep -qE "$1" "$work/progress.log" || { echo "learner loop: progress output lacks /$1/"; exit 1; }; }
+expect '^  done  t01_lora_layer '
+expect '^  todo  t02_linear_with_lora '
+expect '^  todo  t03_inject '
+expect '^  todo  t04_save_load '
+expect '1/4 tasks done'
+expect '^Next: t02_linear_with_lora '
+expect 'exercise: exercises/t02_linear_with_lora.rs'
+echo "learner loop: ok"

@@ -1,0 +1,91 @@
+//! Where am I? Runs every task's graders against your exercises, in order, and names the next
+//! task to do with its files, book chapter and a hint.
+//!
+//! `cargo run --example progress`
+//!
+//! The graders are compiled once (`cargo test --features exercises --no-run`) and each test
+//! binary is then run directly, so checking all tasks costs one build.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use lora_from_scratch::tasks::{Task, TASKS};
+
+/// Build every task's grader with `--features exercises` and return the test binaries, in
+/// manifest order. `None` if the build fails (cargo has printed why).
+fn build_graders(root: &Path) -> Option<Vec<PathBuf>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args([
+        "test",
+        "--features",
+        "exercises",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for task in TASKS {
+        cmd.args(["--test", task.name]);
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut found = vec![None; TASKS.len()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) else { continue };
+        if let Some(i) = TASKS.iter().position(|t| t.name == name) {
+            found[i] = Some(PathBuf::from(exe));
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// (passed, total) of one grader binary, from libtest's closing line.
+fn run_grader(exe: &Path) -> (usize, usize) {
+    let out = Command::new(exe).output().expect("a test binary cargo just built");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with("test result:")).unwrap_or("");
+    let count = |word: &str| {
+        line.split(';')
+            .find(|part| part.trim_end().ends_with(word))
+            .and_then(|part| part.split_whitespace().rev().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let passed = count("passed");
+    (passed, passed + count("failed"))
+}
+
+fn bar(done: usize, total: usize, width: usize) -> String {
+    let filled = done * width / total.max(1);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+fn describe_next(task: &Task) {
+    println!("\nNext: {} (task {}): {}", task.name, task.number, task.title);
+    println!("  exercise: {}", task.exercise());
+    println!("  book:     {}", task.chapter());
+    println!("  grade:    {}", task.grade_command());
+    println!("  hint:     {}", task.hint);
+}
+
+fn main() -> ExitCode {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    println!("Building the graders against your exercises...");
+    let Some(binaries) = build_graders(root) else {
+        eprintln!("\nYour exercises do not compile yet: fix the errors above, then run this again.");
+        return ExitCode::FAILURE;
+    };
+    let results: Vec<(usize, usize)> = binaries.iter().map(|exe| run_grader(exe)).collect();
+    let done = results.iter().filter(|(p, t)| *t > 0 && p == t).count();
+    println!("\nProgress: {} {done}/{} tasks done\n", bar(done, TASKS.len(), 30), TASKS.len());
+    for (task, (passed, total)) in TASKS.iter().zip(&results) {
+        let mark = if *total > 0 && passed == total { "done" } else { "todo" };
+        println!("  {mark}  {:<22} {:>3}/{:<3} graders pass   {}", task.name, passed, total, task.title);
+    }
+    match TASKS.iter().zip(&results).find(|(_, (p, t))| *t == 0 || p != t) {
+        Some((task, _)) => describe_next(task),
+        None => println!("\nEvery task is done. Well done! Compare your code with solutions/ and read on in the book."),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,72 @@
+//! The ordered list of the tutorial's tasks, after rustlings' `info.toml`: the one place that
+//! says which tasks exist, in which order, and where their four files are. A test checks it
+//! against the files on disk, and `cargo run --example progress` walks it.
+
+/// One task of the tutorial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// `tNN_name`: the file name in exercises/, solutions/, tests/ and book/src/.
+    pub name: &'static str,
+    /// The source tutorial's numbering ("1.1").
+    pub number: &'static str,
+    /// What the task builds.
+    pub title: &'static str,
+    /// A first hint for a learner who is stuck.
+    pub hint: &'static str,
+}
+
+impl Task {
+    /// The stub the learner fills in.
+    pub fn exercise(&self) -> String {
+        format!("exercises/{}.rs", self.name)
+    }
+
+    /// The reference implementation.
+    pub fn solution(&self) -> String {
+        format!("solutions/{}.rs", self.name)
+    }
+
+    /// The grader, also the name of the cargo test target.
+    pub fn test(&self) -> String {
+        format!("tests/{}.rs", self.name)
+    }
+
+    /// The book chapter.
+    pub fn chapter(&self) -> String {
+        format!("book/src/{}.md", self.name)
+    }
+
+    /// The command that grades this task.
+    pub fn grade_command(&self) -> String {
+        format!("cargo test --features exercises --test {}", self.name)
+    }
+}
+
+/// Every task, in the order a learner does them.
+pub const TASKS: &[Task] = &[
+    Task {
+        name: "t01_lora_layer",
+        number: "1.1",
+        title: "LoraLayer: A [r, in], B [out, r], scaling alpha / r",
+        hint: "Start with lora_scaling, then new (A random, B zeros), then forward as (x A^T) B^T * scaling.",
+    },
+    Task {
+        name: "t02_linear_with_lora",
+        number: "1.2",
+        title: "LinearWithLora: a frozen base layer plus the adapter",
+        hint: "detach() the base weight and bias in new; forward is linear_forward(x, W, b) + lora.forward(x).",
+    },
+    Task {
+        name: "t03_inject",
+        number: "1.3",
+        title: "inject_lora and the helpers that inspect an adapted model",
+        hint: "Write target_matches and find_target_modules first; inject_lora checks everything before \
+               it replaces any slot.",
+    },
+    Task {
+        name: "t04_save_load",
+        number: "1.4",
+        title: "save_lora_weights / load_lora_weights in PEFT's format",
+        hint: "Keys come from peft::peft_key; on load collect every TensorProblem before touching the model.",
+    },
+];

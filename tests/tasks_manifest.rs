@@ -1,0 +1,56 @@
+//! The tasks manifest (`src/tasks.rs`) and the files on disk must agree: a task without its four
+//! files, or task files without a manifest entry, fail here.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use lora_from_scratch::tasks::TASKS;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_task_has_its_four_files() {
+    let mut missing = Vec::new();
+    for task in TASKS {
+        for file in [task.exercise(), task.solution(), task.test(), task.chapter()] {
+            if !root().join(&file).is_file() {
+                missing.push(format!("{}: {file}", task.name));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "tasks in src/tasks.rs without their files:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn every_task_file_is_in_the_manifest_in_order() {
+    let names: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "tasks must be listed in tNN order");
+    let listed: BTreeSet<&str> = names.into_iter().collect();
+    for dir in ["exercises", "solutions", "tests", "book/src"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let file = entry.unwrap().file_name().to_string_lossy().to_string();
+            let stem = file.rsplit_once('.').map_or(file.as_str(), |(s, _)| s);
+            let is_task = stem.len() > 4 && stem.starts_with('t') && stem[1..3].chars().all(|c| c.is_ascii_digit());
+            assert!(
+                !is_task || listed.contains(stem),
+                "{dir}/{file} is a task file, but src/tasks.rs has no task {stem}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_book_lists_every_task_chapter() {
+    let summary = std::fs::read_to_string(root().join("book/src/SUMMARY.md")).unwrap();
+    for task in TASKS {
+        assert!(
+            summary.contains(&format!("({}.md)", task.name)),
+            "book/src/SUMMARY.md has no chapter for {}",
+            task.name
+        );
+    }
+}
