@@ -22,7 +22,7 @@ fn trained(rng: &mut rand::rngs::StdRng, inp: usize, out: usize, cfg: &LoraConfi
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest_config(24))]
 
     #[test]
     fn scaling_is_alpha_over_r(alpha in 0.5f64..64.0, r in 1usize..65) {

@@ -15,7 +15,7 @@ fn config(r: usize, alpha: f64) -> LoraConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest_config(24))]
 
     #[test]
     fn at_init_the_adapted_layer_equals_the_base(inp in 1usize..40, out in 1usize..40, r in 1usize..9,

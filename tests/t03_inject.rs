@@ -23,7 +23,7 @@ fn adapted_names(model: &dyn LoraModel) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest_config(24))]
 
     #[test]
     fn targets_match_full_names_and_dotted_suffixes(parts in prop::collection::vec("[a-z_]{1,6}", 1..5), cut in 0usize..5) {

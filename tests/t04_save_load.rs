@@ -49,7 +49,7 @@ fn mismatch(err: LoraError) -> Vec<TensorProblem> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(12))]
+    #![proptest_config(proptest_config(12))]
 
     #[test]
     fn save_then_load_is_bitwise(r in 1usize..6, mask in 1u8..128, seed in any::<u64>(), into_injected in any::<bool>()) {

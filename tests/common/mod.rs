@@ -140,27 +140,45 @@ pub fn base_weight_bits(model: &dyn LoraModel) -> Vec<(String, Vec<u32>)> {
 }
 
 thread_local! {
-    /// The book section of the test running on this thread, and whether it was already shown.
-    static SECTION: std::cell::RefCell<Option<(String, bool)>> = const { std::cell::RefCell::new(None) };
+    /// The book section of the test running on this thread, whether it was already shown, and
+    /// the panic locations already reported on this thread.
+    static SECTION: std::cell::RefCell<(Option<String>, bool, Vec<String>)> =
+        const { std::cell::RefCell::new((None, false, Vec::new())) };
 }
 
 /// Name the book section that explains the property this test checks. If the test fails, the
-/// failure output ends with a pointer to it (once, however often proptest retries).
+/// failure output ends with a pointer to it. proptest re-runs a failing body many times while it
+/// shrinks the input; each distinct panic is reported once, and the pointer once.
 pub fn book(chapter: &str, heading: &str) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            default(info);
+            let location = info.location().map(|l| l.to_string()).unwrap_or_default();
             SECTION.with(|s| {
-                if let Some((section, shown)) = &mut *s.borrow_mut() {
-                    if !*shown {
-                        eprintln!("\n  -> the book explains this property: {section}\n");
-                        *shown = true;
-                    }
+                let (section, shown, seen) = &mut *s.borrow_mut();
+                if !seen.contains(&location) {
+                    seen.push(location);
+                    default(info);
+                }
+                if let (Some(section), false) = (section.as_ref(), *shown) {
+                    eprintln!("\n  -> the book explains this property: {section}\n");
+                    *shown = true;
                 }
             });
         }));
     });
-    SECTION.with(|s| *s.borrow_mut() = Some((format!("book/src/{chapter}.md, section \"{heading}\""), false)));
+    let section = format!("book/src/{chapter}.md, section \"{heading}\"");
+    SECTION.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.0.as_deref() != Some(section.as_str()) {
+            *s = (Some(section), false, Vec::new());
+        }
+    });
+}
+
+/// proptest settings for the graders: `cases` random inputs, and no regression files (the
+/// graders run against a learner's code; a failure there is not a regression of ours).
+pub fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig { cases, failure_persistence: None, ..Default::default() }
 }
