@@ -140,7 +140,9 @@ pub fn load_lora_weights(model: &mut dyn LoraModel, dir: &Path) -> Result<LoraCo
                 }
             }
             let t = view.load(device)?.to_dtype(DType::F32)?;
-            if t.abs()?.max_all()?.to_scalar::<f32>()?.is_finite() {
+            // A sum propagates NaN and inf from any entry (a max would skip NaN); f64 so that
+            // large finite values cannot overflow it.
+            if t.to_dtype(DType::F64)?.abs()?.sum_all()?.to_scalar::<f64>()?.is_finite() {
                 pair.push(t);
             } else {
                 problems.push(TensorProblem::Corrupt { name: key, why: "holds NaN or inf".into() });

@@ -240,6 +240,19 @@ fn nan_values_are_refused_and_peft_files_without_checksums_load() {
         matches!(problems.as_slice(), [TensorProblem::Corrupt { name, .. }] if name == key),
         "NaN values must be refused, naming the tensor: {problems:?}"
     );
+    // One bad value among finite ones must be caught too (a max over the values skips NaN).
+    for bad in [f32::NAN, f32::INFINITY] {
+        rewrite(dir.path(), |t| {
+            let mut v = vec![0.5f32; 32];
+            v[17] = bad;
+            t.insert(key.into(), Tensor::from_vec(v, (2, 16), &CPU).unwrap());
+        });
+        let problems = mismatch(load_lora_weights(&mut tiny(5), dir.path()).unwrap_err());
+        assert!(
+            matches!(problems.as_slice(), [TensorProblem::Corrupt { name, .. }] if name == key),
+            "a single {bad} among finite values must be refused, naming the tensor: {problems:?}"
+        );
+    }
 }
 
 #[test]
