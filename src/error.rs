@@ -64,6 +64,12 @@ pub enum LoraError {
 
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+
+    #[error("cannot get `{repo}` from the Hugging Face Hub: {why}")]
+    Hub { repo: String, why: String },
+
+    #[error("{what}: the model architecture `{architecture}` is not implemented (this crate has: {known})")]
+    UnknownArchitecture { what: PathBuf, architecture: String, known: String },
 }
 
 /// The crate's result type.

@@ -10,14 +10,17 @@
 
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod io;
 pub mod linear;
 pub mod model;
 pub mod models;
+pub mod ops;
 pub mod param;
 pub mod peft;
 pub mod report;
 pub mod tasks;
+pub mod tokenizer;
 
 /// The learner's tree: `todo!()` stubs with the same public signatures as [`solutions`].
 #[path = "../exercises/mod.rs"]

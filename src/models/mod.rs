@@ -1,4 +1,105 @@
-//! Models whose linear layers can carry adapters. The real pretrained models (GPT-2, Llama /
-//! SmolLM2) arrive with their own issue; [`tiny`] is the small test model the graders use.
+//! Models whose linear layers can carry adapters: GPT-2 ([`gpt2`]), the Llama family with
+//! SmolLM2 as its target ([`llama`]), and [`tiny`], the small test model the graders use.
+//! [`load`] finds a model's files (a folder, a GGUF file, the Hub) and builds the right one.
 
+pub mod gguf;
+pub mod gpt2;
+pub mod llama;
+pub mod load;
 pub mod tiny;
+pub mod weights;
+
+use candle_core::{Device, Tensor};
+
+use crate::{LoraModel, Result};
+
+/// Keys and values of the positions seen so far, one entry per layer, so that generation feeds
+/// only the new token instead of the whole sequence at every step.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache for a model with `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        KvCache { layers: vec![None; num_layers] }
+    }
+
+    /// How many positions are cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Append this step's `k`, `v` [batch, kv_heads, seq, head_dim] to layer `layer`'s cache and
+    /// return the keys and values of every position so far.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let entry = &mut self.layers[layer];
+        let (k, v) = match entry.take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        };
+        *entry = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+}
+
+/// A causal language model that hosts adapters.
+pub trait CausalLm: LoraModel {
+    /// The final hidden states [batch, seq, hidden] for token ids [batch, seq]. With a cache,
+    /// `ids` are the positions after the cached ones, and the cache grows by them. `train`
+    /// switches adapter dropout on.
+    fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>, train: bool) -> Result<Tensor>;
+
+    /// Logits [..., vocab] for hidden states [..., hidden] (the output head).
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+
+    /// Logits [batch, seq, vocab] for token ids [batch, seq].
+    fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
+        self.logits(&self.forward_hidden(ids, cache, train)?)
+    }
+
+    /// A fresh, empty cache for this model.
+    fn new_cache(&self) -> KvCache;
+
+    /// Size of the vocabulary.
+    fn vocab_size(&self) -> usize;
+
+    /// The longest sequence the model can take (GPT-2's learned positions), if there is a limit.
+    fn max_positions(&self) -> Option<usize>;
+
+    /// The device the weights live on.
+    fn device(&self) -> &Device;
+}
+
+/// Check token ids before they index an embedding table: a [batch, seq] tensor of ids below
+/// `vocab`, with room for them after `offset` cached positions.
+pub(crate) fn check_ids(
+    ids: &Tensor,
+    vocab: usize,
+    offset: usize,
+    max_positions: Option<usize>,
+) -> Result<(usize, usize)> {
+    let (b, t) = ids.dims2().map_err(|_| crate::LoraError::shape("token ids", "[batch, seq]", ids.dims()))?;
+    if t == 0 {
+        return Err(crate::LoraError::shape("token ids", "[batch, seq] with seq > 0", ids.dims()));
+    }
+    let max_id = ids.to_dtype(candle_core::DType::U32)?.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+    if max_id as usize >= vocab {
+        return Err(crate::LoraError::config("token ids", format!("contain id {max_id}, the vocabulary has {vocab}")));
+    }
+    if let Some(max) = max_positions {
+        if offset + t > max {
+            return Err(crate::LoraError::config(
+                "sequence",
+                format!("{} positions ({offset} cached + {t} new) exceed the model's {max}", offset + t),
+            ));
+        }
+    }
+    Ok((b, t))
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Reference fixtures from Hugging Face transformers, for tests/models_reference.rs.
+
+Run from the repository root in a venv with torch, transformers, tokenizers and gguf
+(see ../shared/bench/README.md for one that works from PyPI alone):
+
+    python scripts/make_fixtures.py [--gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf]
+
+Writes, under tests/fixtures/:
+  tiny-gpt2/, tiny-llama/   a small random model saved with save_pretrained (config.json,
+                            model.safetensors) and reference.safetensors: input_ids, the logits
+                            transformers computes for them, and the greedy continuation its
+                            generate() picks (KV cache on).
+  smollm2/tokenizer_ids.json  ids of the tokenizer transformers builds from the GGUF, for strings
+                            with unicode, digits and leading spaces (what our GGUF tokenizer must give).
+  smollm2/gguf_logits.safetensors  transformers' logits for the GGUF model on a fixed prompt.
+The random models are seeded, so rerunning gives the same files.
+"""
+import argparse
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM)
+
+OUT = "tests/fixtures"
+
+
+def save_reference(model, out, vocab):
+    """input_ids [2, 7], logits [2, 7, vocab] and a 6-token greedy continuation of row 0."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (2, 7), generator=g)
+    with torch.no_grad():
+        logits = model(ids).logits
+        greedy = model.generate(ids[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=True,
+                                pad_token_id=0)[0, ids.shape[1]:]
+    save_file({"input_ids": ids.to(torch.int64).contiguous(), "logits": logits.float().contiguous(),
+               "greedy_ids": greedy.to(torch.int64).contiguous()}, os.path.join(out, "reference.safetensors"))
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    # Small but with every GPT-2 part: 2 blocks, 4 heads, biases everywhere, tied head.
+    cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg).eval()
+    # Random init leaves biases at zero and LayerNorm at (1, 0): perturb them so the test sees them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out = os.path.join(OUT, "tiny-gpt2")
+    model.save_pretrained(out, safe_serialization=True)
+    save_reference(model, out, cfg.vocab_size)
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    # Grouped-query attention (4 heads, 2 kv heads), untied head, rope theta as SmolLM2's.
+    cfg = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out = os.path.join(OUT, "tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    save_reference(model, out, cfg.vocab_size)
+
+
+TOKENIZER_SAMPLES = [
+    "The capital of France is",
+    " leading space",
+    "  two leading spaces and trailing  ",
+    "Digits 12345 and 3.14159, year 2024!",
+    "Ünïcödé: naïve café, 東京, emoji 🙂 and ß",
+    "<|im_start|>user\nHi there<|im_end|>\n",
+    "tabs\tand\nnewlines\n\n  indented",
+    "don't won't it's I'M",
+]
+
+
+def smollm2(gguf_path):
+    folder, name = os.path.split(gguf_path)
+    out = os.path.join(OUT, "smollm2")
+    os.makedirs(out, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    ids = [tok(s, add_special_tokens=False).input_ids for s in TOKENIZER_SAMPLES]
+    with open(os.path.join(out, "tokenizer_ids.json"), "w") as f:
+        json.dump({"source": "transformers AutoTokenizer from " + name, "samples": TOKENIZER_SAMPLES, "ids": ids},
+                  f, indent=1, ensure_ascii=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    prompt = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(prompt).logits[0]
+    # All positions on the first 2048 ids, and the whole vocabulary at the last position.
+    save_file({"input_ids": prompt[0].to(torch.int64).contiguous(),
+               "logits_head": logits[:, :2048].contiguous(),
+               "logits_last": logits[-1].contiguous()}, os.path.join(out, "gguf_logits.safetensors"))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (from scripts/fetch-smollm2.sh)")
+    args = ap.parse_args()
+    tiny_gpt2()
+    tiny_llama()
+    if args.gguf:
+        smollm2(args.gguf)
+    print("fixtures written under", OUT)

@@ -1,0 +1,273 @@
+//! GPT-2 (Radford et al. 2019) named as Hugging Face's `GPT2LMHeadModel`, written for training.
+//!
+//! Module names: `transformer.wte`, `transformer.wpe`, `transformer.h.N.{ln_1, attn.c_attn,
+//! attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `transformer.ln_f`; the head is tied to `wte`.
+//! GPT-2 stores its linears as `Conv1D`, weight [in, out]; we transpose them once at load so every
+//! linear is [out, in] like `nn.Linear`.
+//!
+//! `c_attn` computes q, k and v in one [3 * d, d] matmul. The LoRA paper adapts only some of them
+//! (q and v on GPT-2), which loralib does with `MergedLinear(enable_lora=[True, False, True])`:
+//! here the fused weight is split at load into three linears, `attn.c_attn.q`, `attn.c_attn.k` and
+//! `attn.c_attn.v`, each a target of its own. The output is the same as the fused layer's.
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+
+use super::weights::Weights;
+use super::{check_ids, CausalLm, KvCache};
+use crate::linear::linear_forward;
+use crate::ops::{causal_attention, embedding, gelu_new, layer_norm};
+use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
+
+/// The fields of GPT-2's `config.json` this model reads.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    /// Number of learned positions: the longest sequence.
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// MLP width; `None` means 4 * n_embd.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+fn default_activation() -> String {
+    "gelu_new".into()
+}
+
+/// The slices of `c_attn`, in the order the fused weight stacks them.
+pub const QKV: [&str; 3] = ["q", "k", "v"];
+
+#[derive(Clone, Debug)]
+struct Block {
+    ln_1: (Param, Param),
+    /// q, k, v: the three slices of `c_attn`.
+    c_attn: [LinearSlot; 3],
+    attn_proj: LinearSlot,
+    ln_2: (Param, Param),
+    c_fc: LinearSlot,
+    mlp_proj: LinearSlot,
+}
+
+/// GPT-2 with a slot for an adapter on every linear layer.
+#[derive(Clone, Debug)]
+pub struct Gpt2 {
+    config: Gpt2Config,
+    wte: Param,
+    wpe: Param,
+    blocks: Vec<Block>,
+    ln_f: (Param, Param),
+    name_or_path: String,
+    device: Device,
+}
+
+/// Checkpoints saved from `GPT2LMHeadModel` prefix every name with `transformer.`; the original
+/// `openai-community/gpt2` files (saved from `GPT2Model`) do not. Accept both.
+fn get(w: &Weights, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let full = format!("transformer.{name}");
+    if w.contains(&full) {
+        w.get(&full, shape)
+    } else if w.contains(name) {
+        w.get(name, shape)
+    } else {
+        w.get(&full, shape)
+    }
+}
+
+/// A Conv1D layer read as an [out, in] linear: weight stored [in, out], transposed once here.
+fn conv1d(w: &Weights, name: &str, inp: usize, out: usize) -> Result<(Tensor, Tensor)> {
+    let weight = get(w, &format!("{name}.weight"), &[inp, out])?.t()?.contiguous()?;
+    let bias = get(w, &format!("{name}.bias"), &[out])?;
+    Ok((weight, bias))
+}
+
+fn frozen(weight: &Tensor, bias: &Tensor) -> Result<LinearSlot> {
+    Ok(LinearSlot::Linear(Linear::frozen(weight, Some(bias))?))
+}
+
+fn norm(w: &Weights, name: &str, d: usize) -> Result<(Param, Param)> {
+    Ok((
+        Param::frozen(&get(w, &format!("{name}.weight"), &[d])?),
+        Param::frozen(&get(w, &format!("{name}.bias"), &[d])?),
+    ))
+}
+
+impl Gpt2 {
+    /// Build the model from its config and weights; every weight starts frozen.
+    pub fn new(config: Gpt2Config, w: &Weights, name_or_path: &str) -> Result<Self> {
+        if config.activation_function != "gelu_new" {
+            return Err(LoraError::config(
+                "GPT-2 activation_function",
+                format!("is `{}`, only `gelu_new` is implemented", config.activation_function),
+            ));
+        }
+        if config.n_embd % config.n_head != 0 {
+            return Err(LoraError::config("GPT-2 config", "n_embd must be a multiple of n_head"));
+        }
+        let d = config.n_embd;
+        let inner = config.n_inner.unwrap_or(4 * d);
+        let wte = get(w, "wte.weight", &[config.vocab_size, d])?;
+        let device = wte.device().clone();
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("h.{i}");
+            let (qkv_w, qkv_b) = conv1d(w, &format!("{p}.attn.c_attn"), d, 3 * d)?;
+            let slice = |j: usize| frozen(&qkv_w.narrow(0, j * d, d)?.contiguous()?, &qkv_b.narrow(0, j * d, d)?);
+            let (proj_w, proj_b) = conv1d(w, &format!("{p}.attn.c_proj"), d, d)?;
+            let (fc_w, fc_b) = conv1d(w, &format!("{p}.mlp.c_fc"), d, inner)?;
+            let (mp_w, mp_b) = conv1d(w, &format!("{p}.mlp.c_proj"), inner, d)?;
+            blocks.push(Block {
+                ln_1: norm(w, &format!("{p}.ln_1"), d)?,
+                c_attn: [slice(0)?, slice(1)?, slice(2)?],
+                attn_proj: frozen(&proj_w, &proj_b)?,
+                ln_2: norm(w, &format!("{p}.ln_2"), d)?,
+                c_fc: frozen(&fc_w, &fc_b)?,
+                mlp_proj: frozen(&mp_w, &mp_b)?,
+            });
+        }
+        Ok(Gpt2 {
+            wpe: Param::frozen(&get(w, "wpe.weight", &[config.n_positions, d])?),
+            wte: Param::frozen(&wte),
+            ln_f: norm(w, "ln_f", d)?,
+            blocks,
+            config,
+            name_or_path: name_or_path.to_string(),
+            device,
+        })
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    fn ln(&self, x: &Tensor, (w, b): &(Param, Param)) -> Result<Tensor> {
+        layer_norm(x, w.tensor(), b.tensor(), self.config.layer_norm_epsilon)
+    }
+
+    /// [batch, seq, d] -> [batch, heads, seq, head_dim]
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let h = self.config.n_head;
+        Ok(x.reshape((b, t, h, d / h))?.transpose(1, 2)?.contiguous()?)
+    }
+}
+
+impl CausalLm for Gpt2 {
+    fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let (b, t) = check_ids(ids, self.config.vocab_size, offset, Some(self.config.n_positions))?;
+        let positions = Tensor::arange(offset as u32, (offset + t) as u32, &self.device)?.unsqueeze(0)?;
+        let mut h = embedding(ids, self.wte.tensor())?.broadcast_add(&embedding(&positions, self.wpe.tensor())?)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let a = self.ln(&h, &block.ln_1)?;
+            let [q, k, v] = &block.c_attn;
+            let q = self.heads(&q.forward(&a, train)?)?;
+            let mut k = self.heads(&k.forward(&a, train)?)?;
+            let mut v = self.heads(&v.forward(&a, train)?)?;
+            if let Some(c) = cache.as_deref_mut() {
+                (k, v) = c.append(i, k, v)?;
+            }
+            let y = causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, self.config.n_embd))?;
+            h = (h + block.attn_proj.forward(&y, train)?)?;
+            let m = self.ln(&h, &block.ln_2)?;
+            h = (h + block.mlp_proj.forward(&gelu_new(&block.c_fc.forward(&m, train)?)?, train)?)?;
+        }
+        self.ln(&h, &self.ln_f)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        // The head is `wte` itself (tied weights).
+        linear_forward(hidden, self.wte.tensor(), None)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layer)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.config.n_positions)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+impl LoraModel for Gpt2 {
+    fn linears(&self) -> Vec<(String, &LinearSlot)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (part, slot) in QKV.iter().zip(&b.c_attn) {
+                out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
+            }
+            out.push((format!("transformer.h.{i}.attn.c_proj"), &b.attn_proj));
+            out.push((format!("transformer.h.{i}.mlp.c_fc"), &b.c_fc));
+            out.push((format!("transformer.h.{i}.mlp.c_proj"), &b.mlp_proj));
+        }
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (part, slot) in QKV.iter().zip(b.c_attn.iter_mut()) {
+                out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
+            }
+            out.push((format!("transformer.h.{i}.attn.c_proj"), &mut b.attn_proj));
+            out.push((format!("transformer.h.{i}.mlp.c_fc"), &mut b.c_fc));
+            out.push((format!("transformer.h.{i}.mlp.c_proj"), &mut b.mlp_proj));
+        }
+        out
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        let mut out =
+            vec![("transformer.wte.weight".to_string(), &self.wte), ("transformer.wpe.weight".into(), &self.wpe)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (n, (w, bias)) in [("ln_1", &b.ln_1), ("ln_2", &b.ln_2)] {
+                out.push((format!("transformer.h.{i}.{n}.weight"), w));
+                out.push((format!("transformer.h.{i}.{n}.bias"), bias));
+            }
+        }
+        out.push(("transformer.ln_f.weight".into(), &self.ln_f.0));
+        out.push(("transformer.ln_f.bias".into(), &self.ln_f.1));
+        out
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut out = vec![
+            ("transformer.wte.weight".to_string(), &mut self.wte),
+            ("transformer.wpe.weight".into(), &mut self.wpe),
+        ];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (n, (w, bias)) in [("ln_1", &mut b.ln_1), ("ln_2", &mut b.ln_2)] {
+                out.push((format!("transformer.h.{i}.{n}.weight"), w));
+                out.push((format!("transformer.h.{i}.{n}.bias"), bias));
+            }
+        }
+        out.push(("transformer.ln_f.weight".into(), &mut self.ln_f.0));
+        out.push(("transformer.ln_f.bias".into(), &mut self.ln_f.1));
+        out
+    }
+
+    fn name_or_path(&self) -> String {
+        self.name_or_path.clone()
+    }
+}

@@ -1,0 +1,321 @@
+//! The Llama family (Touvron et al. 2023) named as Hugging Face's `LlamaForCausalLM`, written for
+//! training. SmolLM2-135M is the target: 30 layers, hidden 576, 9 query heads sharing 3 key/value
+//! heads (grouped-query attention), RoPE with theta 1e5, RMSNorm, a SiLU-gated MLP, tied head.
+//!
+//! Module names: `model.embed_tokens`, `model.layers.N.{input_layernorm,
+//! self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.{gate,up,down}_proj}`, `model.norm`,
+//! and `lm_head` when the head is not tied to the embeddings.
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use super::weights::Weights;
+use super::{check_ids, CausalLm, KvCache};
+use crate::linear::linear_forward;
+use crate::ops::{causal_attention, embedding, rms_norm, rope, silu};
+use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
+
+/// transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older configs a top-level
+/// `rope_theta`. Both are read.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+}
+
+/// The fields of a Llama `config.json` this model reads.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Key/value heads; `None` means one per query head (no grouping).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    /// Only `null` (plain RoPE) is implemented; scaled variants are refused by name.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// One id or a list, as configs write it.
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    /// RoPE's base, from `rope_parameters`, then `rope_theta`, then transformers' default 10000.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(self.rope_theta).unwrap_or(10_000.0)
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The end-of-sequence ids.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Refuse what this implementation does not compute, naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        let rope_type = self.rope_parameters.as_ref().and_then(|p| p.rope_type.clone()).unwrap_or("default".into());
+        if rope_type != "default" || self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(LoraError::config(
+                "Llama rope",
+                "scaled RoPE (rope_type other than `default`) is not implemented",
+            ));
+        }
+        if self.hidden_act != "silu" {
+            return Err(LoraError::config(
+                "Llama hidden_act",
+                format!("is `{}`, only `silu` is implemented", self.hidden_act),
+            ));
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return Err(LoraError::config(
+                "Llama config",
+                "num_attention_heads must be a multiple of num_key_value_heads",
+            ));
+        }
+        Ok(())
+    }
+}
+
+const ATTN: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+#[derive(Clone, Debug)]
+struct Layer {
+    input_layernorm: Param,
+    /// q, k, v, o
+    attn: [LinearSlot; 4],
+    post_attention_layernorm: Param,
+    /// gate, up, down
+    mlp: [LinearSlot; 3],
+}
+
+/// A Llama-architecture causal LM with a slot for an adapter on every linear layer.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    config: LlamaConfig,
+    embed_tokens: Param,
+    layers: Vec<Layer>,
+    norm: Param,
+    /// `None` when the head is tied to `embed_tokens`.
+    lm_head: Option<LinearSlot>,
+    /// RoPE's inverse frequencies [head_dim / 2], f32.
+    inv_freq: Tensor,
+    name_or_path: String,
+    device: Device,
+}
+
+fn linear(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<LinearSlot> {
+    let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
+    let b = if bias { Some(w.get(&format!("{name}.bias"), &[out])?) } else { None };
+    Ok(LinearSlot::Linear(Linear::frozen(&weight, b.as_ref())?))
+}
+
+impl Llama {
+    /// Build the model from its config and weights; every weight starts frozen.
+    pub fn new(config: LlamaConfig, w: &Weights, name_or_path: &str) -> Result<Self> {
+        config.validate()?;
+        let (d, hd) = (config.hidden_size, config.head_dim());
+        let (q_out, kv_out) = (config.num_attention_heads * hd, config.kv_heads() * hd);
+        let embed = w.get("model.embed_tokens.weight", &[config.vocab_size, d])?;
+        let device = embed.device().clone();
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let outs = [q_out, kv_out, kv_out, d];
+            let ins = [d, d, d, q_out];
+            let attn = (0..4)
+                .map(|j| linear(w, &format!("{p}.self_attn.{}", ATTN[j]), outs[j], ins[j], config.attention_bias))
+                .collect::<Result<Vec<_>>>()?;
+            let (mo, mi) = ([config.intermediate_size, config.intermediate_size, d], [d, d, config.intermediate_size]);
+            let mlp = (0..3)
+                .map(|j| linear(w, &format!("{p}.mlp.{}", MLP[j]), mo[j], mi[j], config.mlp_bias))
+                .collect::<Result<Vec<_>>>()?;
+            layers.push(Layer {
+                input_layernorm: Param::frozen(&w.get(&format!("{p}.input_layernorm.weight"), &[d])?),
+                attn: attn.try_into().expect("four attention projections"),
+                post_attention_layernorm: Param::frozen(&w.get(&format!("{p}.post_attention_layernorm.weight"), &[d])?),
+                mlp: mlp.try_into().expect("three MLP projections"),
+            });
+        }
+        // A tied checkpoint may still list `lm_head.weight` (a copy of the embeddings); untied
+        // ones must.
+        let lm_head =
+            if config.tie_word_embeddings { None } else { Some(linear(w, "lm_head", config.vocab_size, d, false)?) };
+        let inv_freq: Vec<f32> =
+            (0..hd / 2).map(|i| (1.0 / config.rope_theta().powf(2.0 * i as f64 / hd as f64)) as f32).collect();
+        Ok(Llama {
+            inv_freq: Tensor::new(inv_freq, &device)?,
+            embed_tokens: Param::frozen(&embed),
+            norm: Param::frozen(&w.get("model.norm.weight", &[d])?),
+            layers,
+            lm_head,
+            config,
+            name_or_path: name_or_path.to_string(),
+            device,
+        })
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// cos and sin [seq, head_dim / 2] for positions `offset..offset + seq`, in `dtype`.
+    fn rope_tables(&self, offset: usize, seq: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let pos = Tensor::arange(offset as u32, (offset + seq) as u32, &self.device)?.to_dtype(DType::F32)?;
+        let freqs = pos.unsqueeze(1)?.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
+        Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+    }
+
+    /// [batch, seq, heads * hd] -> [batch, heads, seq, hd]
+    fn heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, t, n) = x.dims3()?;
+        Ok(x.reshape((b, t, heads, n / heads))?.transpose(1, 2)?.contiguous()?)
+    }
+}
+
+impl CausalLm for Llama {
+    fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let (b, t) = check_ids(ids, self.config.vocab_size, offset, None)?;
+        let (nh, nkv, eps) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.rms_norm_eps);
+        let mut h = embedding(ids, self.embed_tokens.tensor())?;
+        let (cos, sin) = self.rope_tables(offset, t, h.dtype())?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = rms_norm(&h, layer.input_layernorm.tensor(), eps)?;
+            let [q, k, v, o] = &layer.attn;
+            let q = rope(&Self::heads(&q.forward(&a, train)?, nh)?, &cos, &sin)?;
+            let mut k = rope(&Self::heads(&k.forward(&a, train)?, nkv)?, &cos, &sin)?;
+            let mut v = Self::heads(&v.forward(&a, train)?, nkv)?;
+            if let Some(c) = cache.as_deref_mut() {
+                (k, v) = c.append(i, k, v)?;
+            }
+            let y = causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, ()))?;
+            h = (h + o.forward(&y, train)?)?;
+            let m = rms_norm(&h, layer.post_attention_layernorm.tensor(), eps)?;
+            let [gate, up, down] = &layer.mlp;
+            let g = (silu(&gate.forward(&m, train)?)? * up.forward(&m, train)?)?;
+            h = (h + down.forward(&g, train)?)?;
+        }
+        rms_norm(&h, self.norm.tensor(), eps)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden, false),
+            None => linear_forward(hidden, self.embed_tokens.tensor(), None),
+        }
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+impl LoraModel for Llama {
+    fn linears(&self) -> Vec<(String, &LinearSlot)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.extend(ATTN.iter().zip(&l.attn).map(|(n, s)| (format!("model.layers.{i}.self_attn.{n}"), s)));
+            out.extend(MLP.iter().zip(&l.mlp).map(|(n, s)| (format!("model.layers.{i}.mlp.{n}"), s)));
+        }
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head".into(), head));
+        }
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            out.extend(ATTN.iter().zip(l.attn.iter_mut()).map(|(n, s)| (format!("model.layers.{i}.self_attn.{n}"), s)));
+            out.extend(MLP.iter().zip(l.mlp.iter_mut()).map(|(n, s)| (format!("model.layers.{i}.mlp.{n}"), s)));
+        }
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head".into(), head));
+        }
+        out
+    }
+
+    fn params(&self) -> Vec<(String, &Param)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push((format!("model.layers.{i}.input_layernorm.weight"), &l.input_layernorm));
+            out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
+        }
+        out.push(("model.norm.weight".into(), &self.norm));
+        out
+    }
+
+    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &mut self.embed_tokens)];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            out.push((format!("model.layers.{i}.input_layernorm.weight"), &mut l.input_layernorm));
+            out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), &mut l.post_attention_layernorm));
+        }
+        out.push(("model.norm.weight".into(), &mut self.norm));
+        out
+    }
+
+    fn output_head(&self) -> Option<&str> {
+        self.lm_head.as_ref().map(|_| "lm_head")
+    }
+
+    fn name_or_path(&self) -> String {
+        self.name_or_path.clone()
+    }
+}

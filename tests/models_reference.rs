@@ -1,0 +1,278 @@
+//! Our GPT-2 and Llama against Hugging Face transformers, through the fixtures that
+//! `scripts/make_fixtures.py` wrote from small random models: same weights and input ids must give
+//! the same logits (to 1e-4) and the same greedy continuation. Also: the KV cache changes nothing,
+//! adapters attach to the names the issue promises, and bad checkpoints fail with errors that
+//! name the problem.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use common::{max_abs_diff, values, CPU};
+use lora_from_scratch::generate::{generate, GenerateOptions, Sampling, StopReason};
+use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
+use lora_from_scratch::models::CausalLm;
+use lora_from_scratch::{find_target_modules, inject_lora, LoraConfig, LoraError};
+
+const FIXTURES: [&str; 2] = ["tiny-gpt2", "tiny-llama"];
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/{name}")
+}
+
+fn load(name: &str) -> LoadedModel {
+    load_model(&fixture(name), &LoadOptions::default()).unwrap()
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(format!("{}/reference.safetensors", fixture(name)), &CPU).unwrap()
+}
+
+fn u32_ids(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::U32).unwrap()
+}
+
+#[test]
+fn logits_match_transformers() {
+    for name in FIXTURES {
+        let m = load(name);
+        let r = reference(name);
+        let logits = m.model.forward(&u32_ids(&r["input_ids"]), None, false).unwrap();
+        assert_eq!(logits.dims(), r["logits"].dims(), "{name}");
+        let diff = max_abs_diff(&values(&logits), &values(&r["logits"]));
+        assert!(diff < 1e-4, "{name}: logits differ from transformers' by {diff}");
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    for name in FIXTURES {
+        let m = load(name);
+        let r = reference(name);
+        let prompt: Vec<u32> = u32_ids(&r["input_ids"]).get(0).unwrap().to_vec1().unwrap();
+        let expected: Vec<u32> = u32_ids(&r["greedy_ids"]).to_vec1().unwrap();
+        let opts = GenerateOptions { max_new_tokens: expected.len(), sampling: Sampling::greedy(), stop_ids: vec![] };
+        let out = generate(m.model.as_ref(), &prompt, &opts).unwrap();
+        assert_eq!(out.ids, expected, "{name}: greedy continuation differs from transformers' generate()");
+        assert_eq!(out.stop, StopReason::Budget);
+    }
+}
+
+/// Feeding a sequence in pieces through the KV cache gives the logits of feeding it whole.
+#[test]
+fn kv_cache_gives_the_same_logits() {
+    for name in FIXTURES {
+        let m = load(name);
+        let ids = u32_ids(&reference(name)["input_ids"]);
+        let whole = m.model.forward(&ids, None, false).unwrap();
+        let mut cache = m.model.new_cache();
+        let mut parts = vec![m.model.forward(&ids.narrow(1, 0, 3).unwrap(), Some(&mut cache), false).unwrap()];
+        for i in 3..ids.dim(1).unwrap() {
+            parts.push(m.model.forward(&ids.narrow(1, i, 1).unwrap(), Some(&mut cache), false).unwrap());
+        }
+        assert_eq!(cache.len(), ids.dim(1).unwrap());
+        let pieced = Tensor::cat(&parts, 1).unwrap();
+        let diff = max_abs_diff(&values(&whole), &values(&pieced));
+        assert!(diff < 1e-5, "{name}: cached logits differ by {diff}");
+    }
+}
+
+/// Sampling with a seed repeats; top-k 1 is greedy.
+#[test]
+fn sampling_is_seeded_and_top_k_one_is_greedy() {
+    let m = load("tiny-llama");
+    let prompt = [5u32, 7, 9];
+    let sample = |seed, top_k| {
+        let s = Sampling { temperature: 1.0, top_k, top_p: Some(0.9), seed };
+        generate(m.model.as_ref(), &prompt, &GenerateOptions { max_new_tokens: 8, sampling: s, stop_ids: vec![] })
+            .unwrap()
+            .ids
+    };
+    assert_eq!(sample(3, None), sample(3, None));
+    let greedy = generate(
+        m.model.as_ref(),
+        &prompt,
+        &GenerateOptions { max_new_tokens: 8, sampling: Sampling::greedy(), stop_ids: vec![] },
+    )
+    .unwrap();
+    assert_eq!(sample(4, Some(1)), greedy.ids);
+}
+
+#[test]
+fn generation_stops_at_a_stop_id() {
+    let m = load("tiny-gpt2");
+    let prompt = [1u32, 2, 3];
+    let greedy = |stop_ids| {
+        generate(
+            m.model.as_ref(),
+            &prompt,
+            &GenerateOptions { max_new_tokens: 6, sampling: Sampling::greedy(), stop_ids },
+        )
+        .unwrap()
+    };
+    let free = greedy(vec![]);
+    let stopped = greedy(vec![free.ids[2]]);
+    let first = free.ids.iter().position(|&t| t == free.ids[2]).unwrap();
+    assert_eq!(stopped.ids, free.ids[..first]);
+    assert_eq!(stopped.stop, StopReason::Eos);
+}
+
+/// GPT-2's fused `c_attn` is three targets, so "q only", "v only" and "q + v" each adapt what
+/// they name; a fresh adapter (B = 0) changes no logit.
+#[test]
+fn gpt2_targets_q_k_v_slices_separately() {
+    let m = load("tiny-gpt2");
+    let names = |targets: &[&str]| {
+        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+        find_target_modules(m.model.as_ref(), &t).unwrap()
+    };
+    assert_eq!(names(&["c_attn.q"]), ["transformer.h.0.attn.c_attn.q", "transformer.h.1.attn.c_attn.q"]);
+    assert_eq!(names(&["c_attn.v"]), ["transformer.h.0.attn.c_attn.v", "transformer.h.1.attn.c_attn.v"]);
+    assert_eq!(names(&["c_attn.q", "c_attn.v"]).len(), 4);
+    assert_eq!(names(&["all-linear"]).len(), 12, "q, k, v, attn.c_proj, c_fc, mlp.c_proj per block");
+
+    let ids = u32_ids(&reference("tiny-gpt2")["input_ids"]);
+    let before = m.model.forward(&ids, None, false).unwrap();
+    let mut m = m;
+    let summary = inject_lora(m.model.as_mut(), &LoraConfig::new(4, 8.0, &["c_attn.q", "c_attn.v"])).unwrap();
+    // 2 blocks x 2 slices x (A [4, 32] + B [32, 4])
+    assert_eq!(summary.params.trainable, 2 * 2 * (4 * 32 + 32 * 4));
+    let after = m.model.forward(&ids, None, false).unwrap();
+    assert_eq!(values(&before), values(&after));
+}
+
+#[test]
+fn llama_names_follow_transformers() {
+    let m = load("tiny-llama");
+    let names: Vec<String> = m.model.linears().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 2 * 7 + 1);
+    assert_eq!(names[0], "model.layers.0.self_attn.q_proj");
+    assert_eq!(names[6], "model.layers.0.mlp.down_proj");
+    assert_eq!(names.last().unwrap(), "lm_head");
+    // "all-linear" leaves the untied head alone, as PEFT does.
+    let all = find_target_modules(m.model.as_ref(), &["all-linear".to_string()]).unwrap();
+    assert_eq!(all.len(), 14);
+}
+
+#[test]
+fn sharded_checkpoint_loads_like_a_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new("tests/fixtures/tiny-llama");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let all = candle_core::safetensors::load(src.join("model.safetensors"), &CPU).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let tensors: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), all[*n].clone())).collect();
+        candle_core::safetensors::save(&tensors, dir.path().join(&file)).unwrap();
+        for n in part.iter() {
+            weight_map.insert((*n).clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = load_model(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let ids = u32_ids(&reference("tiny-llama")["input_ids"]);
+    let a = values(&load("tiny-llama").model.forward(&ids, None, false).unwrap());
+    let b = values(&sharded.model.forward(&ids, None, false).unwrap());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bf16_weights_are_an_option() {
+    let opts = LoadOptions { dtype: DType::BF16, ..Default::default() };
+    let m = load_model(&fixture("tiny-llama"), &opts).unwrap();
+    let r = reference("tiny-llama");
+    let logits = m.model.forward(&u32_ids(&r["input_ids"]), None, false).unwrap();
+    assert_eq!(logits.dtype(), DType::BF16);
+    let diff = max_abs_diff(&values(&logits), &values(&r["logits"]));
+    assert!(diff < 0.05, "bf16 logits are {diff} away from f32 ones");
+}
+
+/// Copy a fixture into a temporary folder, letting `edit` change its tensors or config.
+fn broken_copy(
+    name: &str,
+    edit: impl FnOnce(&mut HashMap<String, Tensor>, &mut serde_json::Value),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new("tests/fixtures").join(name);
+    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &CPU).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut tensors, &mut config);
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+fn load_err(dir: &tempfile::TempDir) -> String {
+    match load_model(dir.path().to_str().unwrap(), &LoadOptions::default()) {
+        Ok(_) => panic!("a broken checkpoint loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = broken_copy("tiny-llama", |t, _| {
+        t.remove("model.layers.1.mlp.up_proj.weight");
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("[48, 32]"), "{err}");
+}
+
+#[test]
+fn wrong_shape_is_named() {
+    let dir = broken_copy("tiny-gpt2", |t, _| {
+        t.insert("transformer.h.0.mlp.c_fc.weight".into(), Tensor::zeros((128, 32), DType::F32, &CPU).unwrap());
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("transformer.h.0.mlp.c_fc.weight") && err.contains("[32, 128]"), "{err}");
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let dir = broken_copy("tiny-llama", |_, c| c["model_type"] = "bert".into());
+    let err = load_err(&dir);
+    assert!(err.contains("`bert`") && err.contains("gpt2, llama"), "{err}");
+}
+
+#[test]
+fn missing_files_are_named() {
+    let err = load_model("no/such/folder/model.gguf", &LoadOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("no/such/folder/model.gguf") && err.contains("does not exist"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("tests/fixtures/tiny-gpt2/config.json", dir.path().join("config.json")).unwrap();
+    let err = load_model(dir.path().to_str().unwrap(), &LoadOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn out_of_range_ids_and_too_long_sequences_are_errors() {
+    let m = load("tiny-gpt2");
+    let bad = Tensor::new(&[[1u32, 97]], &CPU).unwrap();
+    let err = m.model.forward(&bad, None, false).err().unwrap().to_string();
+    assert!(err.contains("97") && err.contains("vocabulary"), "{err}");
+    let long = Tensor::zeros((1, 33), DType::U32, &CPU).unwrap();
+    let err = m.model.forward(&long, None, false).err().unwrap().to_string();
+    assert!(err.contains("32"), "{err}");
+}
+
+/// A Hub id that cannot be fetched (no network here; a missing repo elsewhere) says so and names
+/// the offline path.
+#[test]
+fn unreachable_hub_names_the_offline_path() {
+    match load_model("lora-from-scratch/no-such-model", &LoadOptions::default()) {
+        Err(e @ LoraError::Hub { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("no-such-model") && msg.contains("scripts/fetch-smollm2.sh"), "{msg}");
+        }
+        Err(e) => panic!("expected a Hub error, got {e}"),
+        Ok(_) => panic!("a model that does not exist loaded"),
+    }
+}
