@@ -98,10 +98,24 @@ def smollm2(gguf_path):
     prompt = tok("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         logits = model(prompt).logits[0]
+    # Greedy continuations (KV cache on): the plain prompt, and a chat turn through the model's
+    # own chat template.
+    with torch.no_grad():
+        completion = model.generate(prompt, max_new_tokens=12, do_sample=False)[0, prompt.shape[1]:]
+        chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                       tokenize=False, add_generation_prompt=True)
+        chat_ids = tok(chat, return_tensors="pt", add_special_tokens=False).input_ids
+        reply = model.generate(chat_ids, max_new_tokens=24, do_sample=False)[0, chat_ids.shape[1]:]
     # All positions on the first 2048 ids, and the whole vocabulary at the last position.
     save_file({"input_ids": prompt[0].to(torch.int64).contiguous(),
                "logits_head": logits[:, :2048].contiguous(),
-               "logits_last": logits[-1].contiguous()}, os.path.join(out, "gguf_logits.safetensors"))
+               "logits_last": logits[-1].contiguous(),
+               "completion_ids": completion.to(torch.int64).contiguous(),
+               "chat_ids": chat_ids[0].to(torch.int64).contiguous(),
+               "chat_reply_ids": reply.to(torch.int64).contiguous()}, os.path.join(out, "gguf_logits.safetensors"))
+    print("completion:", repr(tok.decode(completion)))
+    print("chat prompt:", repr(chat))
+    print("chat reply:", repr(tok.decode(reply)))
 
 
 if __name__ == "__main__":
