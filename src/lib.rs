@@ -9,6 +9,7 @@
 //! one the crate's public API (and so every model in `src/`) uses.
 
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod io;

@@ -43,10 +43,12 @@ impl CustomOp1 for FrozenLinear {
         Ok((y, Shape::from(out_dims)))
     }
 
+    // ANCHOR: frozen_bwd
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // dL/dx = dL/dy W; no dL/dW: the weight is frozen.
         Ok(Some(grad_y.broadcast_matmul(&self.weight)?))
     }
+    // ANCHOR_END: frozen_bwd
 }
 
 /// `x W^T` where W [out, in] gets no gradient. On the CPU this is [`FrozenLinear`]; elsewhere
@@ -73,11 +75,13 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     Ok(x.silu()?)
 }
 
+// ANCHOR: softmax
 /// Softmax over the last dim, built from ops that all have a backward
 /// (not `softmax_last_dim`, which has none).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }
+// ANCHOR_END: softmax
 
 /// LayerNorm over the last dim with weight and bias (GPT-2's `ln_1`, `ln_2`, `ln_f`).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {

@@ -13,7 +13,6 @@ use candle_core::{DType, Tensor};
 use common::{max_abs_diff, values, CPU};
 use lora_from_scratch::generate::{generate, GenerateOptions, Sampling, StopReason};
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::models::CausalLm;
 use lora_from_scratch::{find_target_modules, inject_lora, LoraConfig, LoraError};
 
 const FIXTURES: [&str; 2] = ["tiny-gpt2", "tiny-llama"];
@@ -122,6 +121,7 @@ fn generation_stops_at_a_stop_id() {
 /// GPT-2's fused `c_attn` is three targets, so "q only", "v only" and "q + v" each adapt what
 /// they name; a fresh adapter (B = 0) changes no logit.
 #[test]
+#[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
 fn gpt2_targets_q_k_v_slices_separately() {
     let m = load("tiny-gpt2");
     let names = |targets: &[&str]| {
@@ -144,6 +144,7 @@ fn gpt2_targets_q_k_v_slices_separately() {
 }
 
 #[test]
+#[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
 fn llama_names_follow_transformers() {
     let m = load("tiny-llama");
     let names: Vec<String> = m.model.linears().into_iter().map(|(n, _)| n).collect();
@@ -275,4 +276,29 @@ fn unreachable_hub_names_the_offline_path() {
         Err(e) => panic!("expected a Hub error, got {e}"),
         Ok(_) => panic!("a model that does not exist loaded"),
     }
+}
+
+/// A bf16 base with f32 adapters (what PEFT does under a half-precision model) trains: the loss
+/// is finite and every adapter matrix gets a finite, non-zero gradient.
+#[test]
+#[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
+fn bf16_base_with_f32_adapters_trains() {
+    let opts = LoadOptions { dtype: DType::BF16, ..Default::default() };
+    let mut m = load_model(&fixture("tiny-llama"), &opts).unwrap();
+    inject_lora(m.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj", "v_proj", "down_proj"])).unwrap();
+    for (_, v) in lora_from_scratch::get_lora_parameters(m.model.as_ref()) {
+        assert_eq!(v.dtype(), DType::F32);
+        // Move B off zero so that A's gradient is not zero as well.
+        v.set(&(v.ones_like().unwrap() * 0.1).unwrap()).unwrap();
+    }
+    let ids = u32_ids(&reference("tiny-llama")["input_ids"]);
+    let logits = m.model.forward(&ids, None, true).unwrap().to_dtype(DType::F32).unwrap();
+    let targets = ids.narrow(1, 1, 6).unwrap().flatten_all().unwrap();
+    let loss = lora_from_scratch::ops::cross_entropy(&logits.narrow(1, 0, 6).unwrap().flatten_to(1).unwrap(), &targets)
+        .unwrap();
+    assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+    let grads = loss.backward().unwrap();
+    let report = lora_from_scratch::check_gradients(m.model.as_ref(), &grads).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.entries.len(), 2 * 3 * 2);
 }

@@ -223,6 +223,7 @@ impl CausalLm for Llama {
         let (nh, nkv, eps) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.rms_norm_eps);
         let mut h = embedding(ids, self.embed_tokens.tensor())?;
         let (cos, sin) = self.rope_tables(offset, t, h.dtype())?;
+        // ANCHOR: llama_layer
         for (i, layer) in self.layers.iter().enumerate() {
             let a = rms_norm(&h, layer.input_layernorm.tensor(), eps)?;
             let [q, k, v, o] = &layer.attn;
@@ -239,6 +240,7 @@ impl CausalLm for Llama {
             let g = (silu(&gate.forward(&m, train)?)? * up.forward(&m, train)?)?;
             h = (h + down.forward(&g, train)?)?;
         }
+        // ANCHOR_END: llama_layer
         rms_norm(&h, self.norm.tensor(), eps)
     }
 

@@ -1,0 +1,163 @@
+//! Throughput of SmolLM2-135M in this crate, in the shape of `../shared/bench/peft_baseline.py`
+//! so the two can be compared side by side: no-grad forward, and a training step (forward, loss,
+//! backward, AdamW) with LoRA on chosen modules, on seeded random token ids. Prints ONE JSON line:
+//! tokens/s, seconds per step (median), peak RSS.
+//!
+//! ```text
+//! scripts/fetch-smollm2.sh
+//! cargo run --release --example bench_smollm2 -- --batch 8 --seq 128 --rank 8 --targets q_proj,v_proj
+//! cargo run --release --example bench_smollm2 -- --frozen-linear   # the frozen-linear op alone
+//! ```
+//!
+//! Measure on an idle machine: on two cores, a build running beside it halves the figures.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use clap::Parser;
+use lora_from_scratch::models::load::{load_model, LoadOptions};
+use lora_from_scratch::ops::{cross_entropy, frozen_linear};
+use lora_from_scratch::{get_lora_parameters, inject_lora, LoraConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Hub id, folder or .gguf.
+    #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
+    model: String,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// LoRA alpha; the baseline script's default is 2 * rank.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Comma-separated target modules.
+    #[arg(long, default_value = "q_proj,v_proj")]
+    targets: String,
+    /// Timed steps (the median is reported) after the warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Instead: time forward + backward of one GPT-2-sized linear layer (768 -> 3072 at
+    /// batch x seq tokens), frozen-linear op against candle's matmul of a detached weight.
+    #[arg(long)]
+    frozen_linear: bool,
+}
+
+/// Peak resident memory of this process, from the kernel's high-water mark.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Run `f` `warmup` times untimed, then `steps` times timed; the median in seconds.
+fn time(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..steps {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn bench_frozen_linear(args: &Args) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let dev = Device::Cpu;
+    let n = args.batch * args.seq;
+    let w = Tensor::new((0..3072 * 768).map(|_| rng.random::<f32>() - 0.5).collect::<Vec<_>>(), &dev)?
+        .reshape((3072, 768))?;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (args.batch, args.seq, 768), &dev)?)?;
+    let ours = time(args.warmup, args.steps, || {
+        let g = frozen_linear(x.as_tensor(), &w)?.sum_all()?.backward()?;
+        assert!(g.get(x.as_tensor()).is_some());
+        Ok(())
+    })?;
+    let plain = time(args.warmup, args.steps, || {
+        let g = x.as_tensor().broadcast_matmul(&w.t()?)?.sum_all()?.backward()?;
+        assert!(g.get(x.as_tensor()).is_some());
+        Ok(())
+    })?;
+    let line = json!({
+        "bench": "frozen_linear", "tokens": n, "in": 768, "out": 3072,
+        "frozen_linear_s": ours, "candle_matmul_s": plain, "speedup": plain / ours,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.frozen_linear {
+        return bench_frozen_linear(&args);
+    }
+    let t0 = Instant::now();
+    let mut loaded = load_model(&args.model, &LoadOptions::default())?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_after_load = peak_rss_mib();
+    let targets: Vec<&str> = args.targets.split(',').collect();
+    let cfg = LoraConfig::new(args.rank, args.alpha.unwrap_or(2.0 * args.rank as f64), &targets);
+    let summary = inject_lora(loaded.model.as_mut(), &cfg)?;
+    let model = loaded.model.as_ref();
+
+    let mut rng = StdRng::seed_from_u64(0);
+    let vocab = model.vocab_size() as u32;
+    let ids: Vec<u32> = (0..args.batch * args.seq).map(|_| rng.random_range(0..vocab)).collect();
+    let ids = Tensor::from_vec(ids, (args.batch, args.seq), model.device())?;
+
+    let forward_s = time(1, 3, || {
+        model.forward(&ids, None, false)?;
+        Ok(())
+    })?;
+
+    let vars: Vec<Var> = get_lora_parameters(model).into_iter().map(|(_, v)| v).collect();
+    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 1e-4, weight_decay: 0.01, ..Default::default() })?;
+    // As transformers does with `labels = input_ids`: logits for every position, and the loss of
+    // predicting token t + 1 from position t.
+    let labels = ids.narrow(1, 1, args.seq - 1)?.flatten_all()?;
+    let mut last_loss = f32::NAN;
+    let step_s = time(args.warmup, args.steps, || {
+        let logits = model.forward(&ids, None, true)?.narrow(1, 0, args.seq - 1)?;
+        let loss = cross_entropy(&logits.flatten_to(1)?, &labels)?;
+        last_loss = loss.to_scalar::<f32>()?;
+        if !last_loss.is_finite() {
+            bail!("loss is {last_loss}");
+        }
+        opt.backward_step(&loss)?;
+        Ok(())
+    })?;
+    let tokens = (args.batch * args.seq) as f64;
+    let line = json!({
+        "impl": "lora-from-scratch", "model": args.model, "batch": args.batch, "seq": args.seq,
+        "mode": "lora", "rank": args.rank, "targets": targets, "dtype": "float32",
+        "trainable_params": summary.params.trainable,
+        "load_s": load_s, "rss_after_load_mib": rss_after_load,
+        "forward_tokens_per_s": tokens / forward_s,
+        "step_s_median": step_s, "tokens_per_s": tokens / step_s, "loss": last_loss,
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": candle_core::utils::get_num_threads(),
+    });
+    println!("{line}");
+    Ok(())
+}

