@@ -61,6 +61,7 @@ fn main() -> Result<()> {
         dtype: if args.bf16 { DType::BF16 } else { DType::F32 },
         device: pick_device(args.cpu)?,
         revision: args.revision.clone(),
+        split_qkv: false,
     };
     let t0 = std::time::Instant::now();
     let loaded = load_model(&args.model, &opts)?;

@@ -118,29 +118,43 @@ fn generation_stops_at_a_stop_id() {
     assert_eq!(stopped.stop, StopReason::Eos);
 }
 
-/// GPT-2's fused `c_attn` is three targets, so "q only", "v only" and "q + v" each adapt what
-/// they name; a fresh adapter (B = 0) changes no logit.
+/// GPT-2's fused `c_attn` is one target as PEFT has it; split, its q, k and v are three, so "q
+/// only", "v only" and "q + v" each adapt what they name. Splitting changes no logit, and neither
+/// does a fresh adapter (B = 0).
 #[test]
 #[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
-fn gpt2_targets_q_k_v_slices_separately() {
-    let m = load("tiny-gpt2");
-    let names = |targets: &[&str]| {
-        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        find_target_modules(m.model.as_ref(), &t).unwrap()
-    };
-    assert_eq!(names(&["c_attn.q"]), ["transformer.h.0.attn.c_attn.q", "transformer.h.1.attn.c_attn.q"]);
-    assert_eq!(names(&["c_attn.v"]), ["transformer.h.0.attn.c_attn.v", "transformer.h.1.attn.c_attn.v"]);
-    assert_eq!(names(&["c_attn.q", "c_attn.v"]).len(), 4);
-    assert_eq!(names(&["all-linear"]).len(), 12, "q, k, v, attn.c_proj, c_fc, mlp.c_proj per block");
-
+fn gpt2_targets_fused_c_attn_or_its_slices() {
     let ids = u32_ids(&reference("tiny-gpt2")["input_ids"]);
-    let before = m.model.forward(&ids, None, false).unwrap();
-    let mut m = m;
-    let summary = inject_lora(m.model.as_mut(), &LoraConfig::new(4, 8.0, &["c_attn.q", "c_attn.v"])).unwrap();
+    let mut fused = load("tiny-gpt2");
+    let before = values(&fused.model.forward(&ids, None, false).unwrap());
+    let names = |m: &LoadedModel, targets: &[&str]| {
+        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+        find_target_modules(m.model.as_ref(), &t)
+    };
+    assert_eq!(names(&fused, &["c_attn"]).unwrap(), ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]);
+    assert!(names(&fused, &["c_attn.q"]).is_err(), "slices are targets only once split");
+    // PEFT's count for r = 4 on c_attn: A [4, 32] + B [96, 4] per block.
+    let summary = inject_lora(fused.model.as_mut(), &LoraConfig::new(4, 8.0, &["c_attn"])).unwrap();
+    assert_eq!(summary.params.trainable, 2 * (4 * 32 + 96 * 4));
+    assert_eq!(values(&fused.model.forward(&ids, None, false).unwrap()), before);
+
+    let opts = LoadOptions { split_qkv: true, ..Default::default() };
+    let mut split = load_model(&fixture("tiny-gpt2"), &opts).unwrap();
+    let split_logits = values(&split.model.forward(&ids, None, false).unwrap());
+    assert!(max_abs_diff(&split_logits, &before) < 1e-5, "splitting c_attn changed the output");
+    assert_eq!(
+        names(&split, &["c_attn.q"]).unwrap(),
+        ["transformer.h.0.attn.c_attn.q", "transformer.h.1.attn.c_attn.q"]
+    );
+    assert_eq!(
+        names(&split, &["c_attn.v"]).unwrap(),
+        ["transformer.h.0.attn.c_attn.v", "transformer.h.1.attn.c_attn.v"]
+    );
+    assert_eq!(names(&split, &["all-linear"]).unwrap().len(), 12, "q, k, v, attn.c_proj, c_fc, mlp.c_proj per block");
+    let summary = inject_lora(split.model.as_mut(), &LoraConfig::new(4, 8.0, &["c_attn.q", "c_attn.v"])).unwrap();
     // 2 blocks x 2 slices x (A [4, 32] + B [32, 4])
     assert_eq!(summary.params.trainable, 2 * 2 * (4 * 32 + 32 * 4));
-    let after = m.model.forward(&ids, None, false).unwrap();
-    assert_eq!(values(&before), values(&after));
+    assert_eq!(values(&split.model.forward(&ids, None, false).unwrap()), split_logits);
 }
 
 #[test]

@@ -134,8 +134,8 @@ fn causal_attention_ignores_the_future() {
 /// Whole models in f64: the gradient of `sum(logits * r)` with respect to every adapter matrix,
 /// checked as a directional derivative (move all A and B along a random direction d; the loss
 /// must change by <grad, d> * eps).
-fn directional_check(fixture: &str, targets: &[&str]) {
-    let opts = LoadOptions { dtype: DType::F64, ..Default::default() };
+fn directional_check(fixture: &str, targets: &[&str], split_qkv: bool) {
+    let opts = LoadOptions { dtype: DType::F64, split_qkv, ..Default::default() };
     let mut loaded = load_model(&format!("tests/fixtures/{fixture}"), &opts).unwrap();
     let cfg = LoraConfig::new(2, 4.0, targets);
     inject_lora(loaded.model.as_mut(), &cfg).unwrap();
@@ -181,11 +181,12 @@ fn directional_check(fixture: &str, targets: &[&str]) {
 #[test]
 #[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
 fn gpt2_adapter_gradients_match_finite_differences() {
-    directional_check("tiny-gpt2", &["c_attn.q", "c_attn.v", "c_proj", "c_fc"]);
+    directional_check("tiny-gpt2", &["c_attn", "c_proj", "c_fc"], false);
+    directional_check("tiny-gpt2", &["c_attn.q", "c_attn.v", "mlp.c_proj"], true);
 }
 
 #[test]
 #[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
 fn llama_adapter_gradients_match_finite_differences() {
-    directional_check("tiny-llama", &["all-linear", "lm_head"]);
+    directional_check("tiny-llama", &["all-linear", "lm_head"], false);
 }

@@ -5,10 +5,12 @@
 //! GPT-2 stores its linears as `Conv1D`, weight [in, out]; we transpose them once at load so every
 //! linear is [out, in] like `nn.Linear`.
 //!
-//! `c_attn` computes q, k and v in one [3 * d, d] matmul. The LoRA paper adapts only some of them
-//! (q and v on GPT-2), which loralib does with `MergedLinear(enable_lora=[True, False, True])`:
-//! here the fused weight is split at load into three linears, `attn.c_attn.q`, `attn.c_attn.k` and
-//! `attn.c_attn.v`, each a target of its own. The output is the same as the fused layer's.
+//! `c_attn` computes q, k and v in one [3 * d, d] matmul. As loaded it is one linear layer named
+//! `attn.c_attn`, so the target `"c_attn"` adapts it exactly as PEFT does (one A [r, d], one
+//! B [3d, r]). The LoRA paper adapts only some of q, k, v (q and v on GPT-2), which loralib does
+//! with `MergedLinear(enable_lora=[True, False, True])`: [`Gpt2::split_qkv`] (or
+//! `LoadOptions::split_qkv`) splits the fused weight into three linears, `attn.c_attn.q`,
+//! `attn.c_attn.k` and `attn.c_attn.v`, each a target of its own. The output does not change.
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
@@ -50,11 +52,17 @@ fn default_activation() -> String {
 /// The slices of `c_attn`, in the order the fused weight stacks them.
 pub const QKV: [&str; 3] = ["q", "k", "v"];
 
+/// `c_attn` as loaded, or split into its q, k and v slices.
+#[derive(Clone, Debug)]
+enum CAttn {
+    Fused(LinearSlot),
+    Split([LinearSlot; 3]),
+}
+
 #[derive(Clone, Debug)]
 struct Block {
     ln_1: (Param, Param),
-    /// q, k, v: the three slices of `c_attn`.
-    c_attn: [LinearSlot; 3],
+    c_attn: CAttn,
     attn_proj: LinearSlot,
     ln_2: (Param, Param),
     c_fc: LinearSlot,
@@ -124,13 +132,12 @@ impl Gpt2 {
         for i in 0..config.n_layer {
             let p = format!("h.{i}");
             let (qkv_w, qkv_b) = conv1d(w, &format!("{p}.attn.c_attn"), d, 3 * d)?;
-            let slice = |j: usize| frozen(&qkv_w.narrow(0, j * d, d)?.contiguous()?, &qkv_b.narrow(0, j * d, d)?);
             let (proj_w, proj_b) = conv1d(w, &format!("{p}.attn.c_proj"), d, d)?;
             let (fc_w, fc_b) = conv1d(w, &format!("{p}.mlp.c_fc"), d, inner)?;
             let (mp_w, mp_b) = conv1d(w, &format!("{p}.mlp.c_proj"), inner, d)?;
             blocks.push(Block {
                 ln_1: norm(w, &format!("{p}.ln_1"), d)?,
-                c_attn: [slice(0)?, slice(1)?, slice(2)?],
+                c_attn: CAttn::Fused(frozen(&qkv_w, &qkv_b)?),
                 attn_proj: frozen(&proj_w, &proj_b)?,
                 ln_2: norm(w, &format!("{p}.ln_2"), d)?,
                 c_fc: frozen(&fc_w, &fc_b)?,
@@ -153,6 +160,26 @@ impl Gpt2 {
         &self.config
     }
 
+    /// Split every block's fused `c_attn` into three linears `c_attn.q`, `c_attn.k`, `c_attn.v`,
+    /// so that each can be a LoRA target. Must come before `inject_lora` on `c_attn`: a fused
+    /// layer that already has an adapter is an error.
+    pub fn split_qkv(&mut self) -> Result<()> {
+        let d = self.config.n_embd;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let CAttn::Fused(slot) = &block.c_attn else { continue };
+            if slot.lora().is_some() {
+                return Err(LoraError::module(
+                    format!("transformer.h.{i}.attn.c_attn"),
+                    "has a LoRA adapter; split q, k, v before injecting adapters",
+                ));
+            }
+            let (w, b) = (slot.base_weight(), slot.base_bias().expect("c_attn has a bias"));
+            let slice = |j: usize| frozen(&w.narrow(0, j * d, d)?.contiguous()?, &b.narrow(0, j * d, d)?);
+            block.c_attn = CAttn::Split([slice(0)?, slice(1)?, slice(2)?]);
+        }
+        Ok(())
+    }
+
     fn ln(&self, x: &Tensor, (w, b): &(Param, Param)) -> Result<Tensor> {
         layer_norm(x, w.tensor(), b.tensor(), self.config.layer_norm_epsilon)
     }
@@ -173,10 +200,15 @@ impl CausalLm for Gpt2 {
         let mut h = embedding(ids, self.wte.tensor())?.broadcast_add(&embedding(&positions, self.wpe.tensor())?)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let a = self.ln(&h, &block.ln_1)?;
-            let [q, k, v] = &block.c_attn;
-            let q = self.heads(&q.forward(&a, train)?)?;
-            let mut k = self.heads(&k.forward(&a, train)?)?;
-            let mut v = self.heads(&v.forward(&a, train)?)?;
+            let d = self.config.n_embd;
+            let (q, k, v) = match &block.c_attn {
+                CAttn::Fused(qkv) => {
+                    let y = qkv.forward(&a, train)?;
+                    (y.narrow(2, 0, d)?, y.narrow(2, d, d)?, y.narrow(2, 2 * d, d)?)
+                }
+                CAttn::Split([q, k, v]) => (q.forward(&a, train)?, k.forward(&a, train)?, v.forward(&a, train)?),
+            };
+            let (q, mut k, mut v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(i, k, v)?;
             }
@@ -214,8 +246,13 @@ impl LoraModel for Gpt2 {
     fn linears(&self) -> Vec<(String, &LinearSlot)> {
         let mut out = Vec::new();
         for (i, b) in self.blocks.iter().enumerate() {
-            for (part, slot) in QKV.iter().zip(&b.c_attn) {
-                out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
+            match &b.c_attn {
+                CAttn::Fused(slot) => out.push((format!("transformer.h.{i}.attn.c_attn"), slot)),
+                CAttn::Split(slots) => {
+                    for (part, slot) in QKV.iter().zip(slots) {
+                        out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
+                    }
+                }
             }
             out.push((format!("transformer.h.{i}.attn.c_proj"), &b.attn_proj));
             out.push((format!("transformer.h.{i}.mlp.c_fc"), &b.c_fc));
@@ -227,8 +264,13 @@ impl LoraModel for Gpt2 {
     fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
         let mut out = Vec::new();
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            for (part, slot) in QKV.iter().zip(b.c_attn.iter_mut()) {
-                out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
+            match &mut b.c_attn {
+                CAttn::Fused(slot) => out.push((format!("transformer.h.{i}.attn.c_attn"), slot)),
+                CAttn::Split(slots) => {
+                    for (part, slot) in QKV.iter().zip(slots.iter_mut()) {
+                        out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
+                    }
+                }
             }
             out.push((format!("transformer.h.{i}.attn.c_proj"), &mut b.attn_proj));
             out.push((format!("transformer.h.{i}.mlp.c_fc"), &mut b.c_fc));

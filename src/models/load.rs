@@ -26,11 +26,13 @@ pub struct LoadOptions {
     pub device: Device,
     /// A branch, tag or commit on the Hub; ignored for local files.
     pub revision: String,
+    /// GPT-2 only: split the fused `c_attn` into `c_attn.q`, `.k`, `.v` (see [`Gpt2::split_qkv`]).
+    pub split_qkv: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { dtype: DType::F32, device: Device::Cpu, revision: "main".into() }
+        LoadOptions { dtype: DType::F32, device: Device::Cpu, revision: "main".into(), split_qkv: false }
     }
 }
 
@@ -112,7 +114,11 @@ pub fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedM
         "gpt2" => {
             let config: Gpt2Config = read_config(&config_path)?;
             let eos = config.eos_token_id.into_iter().collect();
-            (Box::new(Gpt2::new(config, &weights, name)?), eos)
+            let mut model = Gpt2::new(config, &weights, name)?;
+            if opts.split_qkv {
+                model.split_qkv()?;
+            }
+            (Box::new(model), eos)
         }
         "llama" => {
             let config: LlamaConfig = read_config(&config_path)?;
