@@ -118,12 +118,47 @@ def smollm2(gguf_path):
     print("chat reply:", repr(tok.decode(reply)))
 
 
+def bleu_cases():
+    """Corpus BLEU of ../shared/bench/peft_e2e_task.py on real E2E sentences, perturbed, so our
+    corpus_bleu can be checked against the baseline's own function."""
+    import csv
+    import random
+    import sys
+    sys.path.insert(0, "../shared/bench")
+    from peft_e2e_task import bleu
+    rows = list(csv.DictReader(open("../shared/data/e2e/devset.csv", encoding="utf-8")))
+    refs = {}
+    for r in rows:
+        refs.setdefault(r["mr"], []).append(r["ref"])
+    mrs = list(refs)[:40]
+    rnd = random.Random(3)
+    cases = []
+    for c in range(6):
+        chosen = rnd.sample(mrs, 5)
+        hyps = []
+        for m in chosen:
+            words = rnd.choice(refs[m]).split()
+            if c % 2 == 1 and len(words) > 4:  # drop and swap words
+                del words[rnd.randrange(len(words))]
+                i = rnd.randrange(len(words) - 1)
+                words[i], words[i + 1] = words[i + 1], words[i]
+            if c == 4:
+                words = words[: max(1, len(words) // 2)]  # short outputs: brevity penalty
+            hyps.append(" ".join(words))
+        references = [refs[m] if c != 2 else refs[m][1:] or refs[m] for m in chosen]
+        cases.append({"hypotheses": hyps, "references": references, "bleu": bleu(hyps, references)})
+    with open(os.path.join(OUT, "bleu_reference.json"), "w") as f:
+        json.dump({"source": "bleu() of ../shared/bench/peft_e2e_task.py on E2E devset sentences", "cases": cases},
+                  f, indent=1)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (from scripts/fetch-smollm2.sh)")
     args = ap.parse_args()
     tiny_gpt2()
     tiny_llama()
+    bleu_cases()
     if args.gguf:
         smollm2(args.gguf)
     print("fixtures written under", OUT)

@@ -4,3 +4,6 @@ pub mod t01_lora_layer;
 pub mod t02_linear_with_lora;
 pub mod t03_inject;
 pub mod t04_save_load;
+pub mod t05_data;
+pub mod t06_train;
+pub mod t07_eval;

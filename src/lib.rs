@@ -9,16 +9,20 @@
 //! one the crate's public API (and so every model in `src/`) uses.
 
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod history;
 pub mod io;
 pub mod linear;
 pub mod model;
 pub mod models;
 pub mod ops;
+pub mod optim;
 pub mod param;
 pub mod peft;
+pub mod progress;
 pub mod report;
 pub mod tasks;
 pub mod tokenizer;
@@ -48,3 +52,6 @@ pub use active::t01_lora_layer::*;
 pub use active::t02_linear_with_lora::*;
 pub use active::t03_inject::*;
 pub use active::t04_save_load::*;
+pub use active::t05_data::*;
+pub use active::t06_train::*;
+pub use active::t07_eval::*;

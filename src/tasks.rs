@@ -69,4 +69,22 @@ pub const TASKS: &[Task] = &[
         title: "save_lora_weights / load_lora_weights in PEFT's format",
         hint: "Keys come from peft::peft_key; on load collect every TensorProblem before touching the model.",
     },
+    Task {
+        name: "t05_data",
+        number: "2.1",
+        title: "Training examples: label masking, truncation, padding and batching",
+        hint: "Labels are IGNORE_INDEX over the prompt and the padding; the EOS token is trained on.",
+    },
+    Task {
+        name: "t06_train",
+        number: "2.2",
+        title: "train_lora: schedule, clipping, the causal LM loss, the loop, checkpoints",
+        hint: "Start with lr_at and clip_grad_norm; in causal_lm_loss position t predicts the label at t + 1.",
+    },
+    Task {
+        name: "t07_eval",
+        number: "2.3",
+        title: "evaluate_generation, perplexity and corpus BLEU",
+        hint: "Perplexity is exp of the token-weighted mean loss; BLEU clips each n-gram count by the references.",
+    },
 ];

@@ -1,0 +1,199 @@
+//! Task 2.2: `train_lora`, the fine-tuning loop.
+//!
+//! The pieces every careful training loop has (nanoGPT's `train.py`, transformers' `Trainer`):
+//! only the adapter `Var`s go to AdamW; the learning rate warms up linearly, then decays along a
+//! cosine; the global gradient norm is clipped; gradients of several micro-batches can be
+//! accumulated; the validation loss is measured at an interval and the best adapter is kept; a
+//! checkpoint (adapter, optimizer moments, step) lets an interrupted run resume exactly; and a NaN
+//! loss stops the run with an error instead of training on garbage. Read book/src/t06_train.md
+//! beside this file. Grade it with `cargo test --features exercises --test t06_train`.
+#![allow(unused_variables, unused_imports, unused_mut, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use crate::data::epoch_batches;
+use crate::history::{EvalRecord, StepRecord, TrainHistory};
+use crate::models::CausalLm;
+use crate::ops::cross_entropy;
+use crate::optim::{AdamW, AdamWParams};
+use crate::{
+    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Param,
+    Result, IGNORE_INDEX,
+};
+
+/// How the learning rate decays after warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decay {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+/// The learning-rate schedule over `total_steps` optimizer steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    pub peak_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    pub decay: Decay,
+    /// The decay ends at `peak_lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+}
+
+/// The learning rate of step `step` (0-based): `peak * (step + 1) / warmup` during warmup, then
+/// from `peak` down to `peak * min_lr_ratio` by the decay rule, reached at the last step.
+pub fn lr_at(s: &Schedule, step: usize) -> f64 {
+    // TODO:
+    // 1. During warmup (step < warmup_steps): peak_lr * (step + 1) / warmup_steps.
+    // 2. After it, progress p goes from 0 (step == warmup_steps) to 1 (step == total_steps - 1).
+    // 3. Cosine: min + (peak - min) * (1 + cos(pi p)) / 2; Linear: peak - (peak - min) p;
+    //    Constant: peak. min = peak * min_lr_ratio. Book: "The learning-rate schedule".
+    todo!("t06: lr_at")
+}
+
+/// Scale every gradient by `max_norm / norm` when the global norm (over all `vars`) exceeds
+/// `max_norm`, as `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    // TODO:
+    // 1. The global norm: sqrt of the sum over vars of sum(g^2) (skip vars with no gradient).
+    // 2. If it exceeds max_norm, replace each gradient by g * max_norm / (norm + 1e-6)
+    //    (`grads.remove` then `grads.insert`). Return the norm before clipping.
+    //    Book: "Clipping the gradient".
+    todo!("t06: clip_grad_norm")
+}
+
+/// Mean cross-entropy of next-token prediction over the supervised positions of `batch`, and
+/// how many there are. The hidden state at position t predicts the label at t + 1; the output
+/// head (49k columns for SmolLM2) runs only on the positions whose label is not ignored.
+pub fn causal_lm_loss(model: &dyn CausalLm, batch: &Batch, train: bool) -> Result<(Tensor, usize)> {
+    // TODO:
+    // 1. hidden = model.forward_hidden(ids) [b, t, d]. Position i predicts the label at i + 1,
+    //    so pair hidden[:, ..t-1] with labels[:, 1..].
+    // 2. Keep only the pairs whose label is not IGNORE_INDEX (an empty set is an error), pick
+    //    those rows of hidden (index_select), and run model.logits on them alone.
+    // 3. Return cross_entropy(logits in f32, targets) and the number of targets.
+    //    Book: "The loss of a causal LM".
+    todo!("t06: causal_lm_loss")
+}
+
+/// Everything `train_lora` needs besides the model and the data.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub schedule: Schedule,
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this; `None` does not clip.
+    pub max_grad_norm: Option<f64>,
+    pub weight_decay: f64,
+    /// Validate (and checkpoint) every this many steps, and after the last.
+    pub eval_every: usize,
+    /// Where `best/`, `checkpoint/`, `training_history.json` and `.png` go.
+    pub out_dir: PathBuf,
+    /// Seed of the batch order.
+    pub seed: u64,
+    /// Continue from `out_dir/checkpoint` if it exists.
+    pub resume: bool,
+    /// Stop after this many steps as if interrupted (tests, and `--stop-after`).
+    pub stop_after: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Run `f` with every adapter frozen (so no graph is built), then give back the same `Var`s, so
+/// an optimizer holding them is not disturbed.
+fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
+    let mut saved: Vec<Option<Var>> = Vec::new();
+    for (_, slot) in model.linears_mut() {
+        if let Some(l) = slot.lora_mut() {
+            for p in l.lora_mut().params_mut() {
+                saved.push(p.var().cloned());
+                p.freeze();
+            }
+        }
+    }
+    let out = f(model);
+    let mut saved = saved.into_iter();
+    for (_, slot) in model.linears_mut() {
+        if let Some(l) = slot.lora_mut() {
+            for p in l.lora_mut().params_mut() {
+                if let Some(Some(v)) = saved.next() {
+                    *p = Param::Trainable(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Token-weighted mean loss over `examples`, with the adapters frozen so no graph is built.
+pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
+    // TODO: inside with_frozen_adapters, collate examples in chunks of batch_size, and return
+    // sum(loss * n) / sum(n) over the chunks: a mean over tokens, not over batches.
+    // Book: "Validation without a graph".
+    todo!("t06: evaluate_loss")
+}
+
+/// The step a checkpoint was written at and the history so far.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    step: usize,
+    history: TrainHistory,
+}
+
+fn checkpoint_dir(cfg: &TrainConfig) -> PathBuf {
+    cfg.out_dir.join("checkpoint")
+}
+
+fn save_checkpoint(
+    model: &dyn CausalLm,
+    lora: &LoraConfig,
+    opt: &AdamW,
+    step: usize,
+    h: &TrainHistory,
+    cfg: &TrainConfig,
+) -> Result<()> {
+    let dir = checkpoint_dir(cfg);
+    save_lora_weights(model, lora, &dir)?;
+    opt.save_state(&dir.join("optimizer.safetensors"))?;
+    // Written last: a checkpoint counts only once its state file names the step.
+    let json = serde_json::to_string(&TrainerState { step, history: h.clone() }).expect("state serializes");
+    crate::io::write_atomic(&dir.join("trainer_state.json"), json.as_bytes())
+}
+
+/// Train the adapters of `model` on `train`, validating on `val`. `on_eval` runs after each
+/// validation (for sample generations). Returns the history; the best adapter is in
+/// `out_dir/best`.
+pub fn train_lora(
+    model: &mut dyn CausalLm,
+    lora: &LoraConfig,
+    train: &[Example],
+    val: &[Example],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
+) -> Result<TrainHistory> {
+    // TODO: the loop of the book's "The training loop", step by step:
+    // 1. Empty train or validation set: an error.
+    // 2. If cfg.resume and out_dir/checkpoint/trainer_state.json exists: load_lora_weights from
+    //    the checkpoint FIRST (it replaces the Vars), then read the TrainerState.
+    // 3. AdamW over get_lora_parameters(model) (after loading!); restore its state when resuming.
+    // 4. For each step from the start to total_steps (or cfg.stop_after): set the learning rate
+    //    lr_at(step); for each of grad_accum micro-batches take the batch of epoch_batches(...)
+    //    that this micro-step falls on, collate, causal_lm_loss, stop with an error on a
+    //    non-finite loss, backward (loss / grad_accum) and sum the gradients; clip; opt.step;
+    //    record a StepRecord.
+    // 5. Every eval_every steps and after the last: evaluate_loss on val, keep the best adapter
+    //    in out_dir/best (save_lora_weights), save_checkpoint, call on_eval.
+    // 6. Save training_history.json and .png in out_dir and return the history.
+    todo!("t06: train_lora")
+}
+
+/// Where a finished run keeps its best adapter.
+pub fn best_adapter_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("best")
+}

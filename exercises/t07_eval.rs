@@ -1,0 +1,95 @@
+//! Task 2.3: `evaluate_generation`, perplexity and BLEU.
+//!
+//! Perplexity is exp of the mean negative log-likelihood per response token (token-weighted over
+//! the whole set, not a mean of per-batch means). BLEU-4 (Papineni et al. 2002) is computed over
+//! the corpus with several references per output, the closest reference length for the brevity
+//! penalty, and no smoothing: exactly `bleu()` of `../shared/bench/peft_e2e_task.py`, so the
+//! numbers compare with the PEFT baseline. Read book/src/t07_eval.md beside this file. Grade it
+//! with `cargo test --features exercises --test t07_eval`.
+#![allow(unused_variables, unused_imports, unused_mut, dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::generate::{generate, GenerateOptions};
+use crate::io::write_atomic;
+use crate::models::CausalLm;
+use crate::tokenizer::{decode, encode};
+use crate::{evaluate_loss, Example, Result};
+
+/// exp(mean NLL) over every supervised token of `examples`.
+pub fn perplexity(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
+    // TODO: exp of the token-weighted mean loss (evaluate_loss from task 2.2).
+    // Book: "Perplexity".
+    todo!("t07: perplexity")
+}
+
+/// BLEU's tokens: lower-cased words (`\w+`) and single punctuation marks.
+pub fn bleu_tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for c in text.to_lowercase().chars() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        if !c.is_whitespace() {
+            out.push(c.to_string());
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
+    let mut counts = HashMap::new();
+    for g in tokens.windows(n) {
+        *counts.entry(g).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Corpus BLEU-4 in percent: clipped n-gram precisions for n = 1..4 (each hypothesis n-gram
+/// counted at most as often as in the reference that has it most), their geometric mean, times
+/// the brevity penalty exp(1 - r / c) when the hypotheses are shorter than the closest references.
+pub fn corpus_bleu(hypotheses: &[String], references: &[Vec<String>]) -> f64 {
+    // TODO: for every hypothesis (tokens from bleu_tokens) and its references:
+    // 1. Add its length to c, and the length of the closest reference (ties: the shorter) to r.
+    // 2. For n = 1..=4: add the clipped matches (each n-gram counted at most as often as the
+    //    reference with most of it has it) and the number of hypothesis n-grams.
+    // 3. Any n with no match: 0. Else 100 * BP * exp(mean over n of ln(matches / total)), with
+    //    BP = 1 if c > r, else exp(1 - r / c). Book: "BLEU".
+    todo!("t07: corpus_bleu")
+}
+
+/// One generated output beside its prompt and references.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Generated {
+    pub prompt: String,
+    pub references: Vec<String>,
+    pub output: String,
+}
+
+/// Generate a reply for every prompt, write `{prompt, references, output}` lines to `out` (JSONL,
+/// atomically), and return them. `clean` post-processes each output (E2E keeps its first line).
+pub fn evaluate_generation(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    prompts: &[(String, Vec<String>)],
+    opts: &GenerateOptions,
+    clean: &dyn Fn(&str) -> String,
+    out: &Path,
+) -> Result<Vec<Generated>> {
+    // TODO: for every (prompt, references): encode, generate with opts, decode, clean; collect
+    // Generated records, write them as JSON lines to `out` with write_atomic, return them.
+    // Book: "Saving generations".
+    todo!("t07: evaluate_generation")
+}

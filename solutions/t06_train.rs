@@ -1,0 +1,324 @@
+//! Task 2.2: `train_lora`, the fine-tuning loop.
+//!
+//! The pieces every careful training loop has (nanoGPT's `train.py`, transformers' `Trainer`):
+//! only the adapter `Var`s go to AdamW; the learning rate warms up linearly, then decays along a
+//! cosine; the global gradient norm is clipped; gradients of several micro-batches can be
+//! accumulated; the validation loss is measured at an interval and the best adapter is kept; a
+//! checkpoint (adapter, optimizer moments, step) lets an interrupted run resume exactly; and a NaN
+//! loss stops the run with an error instead of training on garbage.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+
+use crate::data::epoch_batches;
+use crate::history::{EvalRecord, StepRecord, TrainHistory};
+use crate::models::CausalLm;
+use crate::ops::cross_entropy;
+use crate::optim::{AdamW, AdamWParams};
+use crate::{
+    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Param,
+    Result, IGNORE_INDEX,
+};
+
+/// How the learning rate decays after warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decay {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+/// The learning-rate schedule over `total_steps` optimizer steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    pub peak_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    pub decay: Decay,
+    /// The decay ends at `peak_lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+}
+
+// ANCHOR: lr_at
+/// The learning rate of step `step` (0-based): `peak * (step + 1) / warmup` during warmup, then
+/// from `peak` down to `peak * min_lr_ratio` by the decay rule, reached at the last step.
+pub fn lr_at(s: &Schedule, step: usize) -> f64 {
+    if step < s.warmup_steps {
+        return s.peak_lr * (step + 1) as f64 / s.warmup_steps as f64;
+    }
+    let min = s.peak_lr * s.min_lr_ratio;
+    let span = s.total_steps.saturating_sub(s.warmup_steps + 1).max(1) as f64;
+    let p = ((step - s.warmup_steps) as f64 / span).min(1.0);
+    match s.decay {
+        Decay::Cosine => min + (s.peak_lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+        Decay::Linear => s.peak_lr - (s.peak_lr - min) * p,
+        Decay::Constant => s.peak_lr,
+    }
+}
+// ANCHOR_END: lr_at
+
+// ANCHOR: clip
+/// Scale every gradient by `max_norm / norm` when the global norm (over all `vars`) exceeds
+/// `max_norm`, as `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut sum = 0.0;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sum += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = sum.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * coef)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+// ANCHOR_END: clip
+
+// ANCHOR: loss
+/// Mean cross-entropy of next-token prediction over the supervised positions of `batch`, and
+/// how many there are. The hidden state at position t predicts the label at t + 1; the output
+/// head (49k columns for SmolLM2) runs only on the positions whose label is not ignored.
+pub fn causal_lm_loss(model: &dyn CausalLm, batch: &Batch, train: bool) -> Result<(Tensor, usize)> {
+    let hidden = model.forward_hidden(&batch.input_ids, None, train)?;
+    let (b, t, d) = hidden.dims3()?;
+    let labels: Vec<i64> = batch.labels.narrow(1, 1, t - 1)?.flatten_all()?.to_vec1()?;
+    let (rows, targets): (Vec<u32>, Vec<u32>) = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| l != IGNORE_INDEX)
+        .map(|(i, &l)| ((i / (t - 1)) as u32 * t as u32 + (i % (t - 1)) as u32, l as u32))
+        .unzip();
+    if rows.is_empty() {
+        return Err(LoraError::config("batch", "has no supervised tokens (every label is ignored)"));
+    }
+    let device = hidden.device();
+    let picked = hidden.reshape((b * t, d))?.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+    let logits = model.logits(&picked)?.to_dtype(DType::F32)?;
+    let loss = cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?;
+    Ok((loss, rows.len()))
+}
+// ANCHOR_END: loss
+
+/// Everything `train_lora` needs besides the model and the data.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub schedule: Schedule,
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this; `None` does not clip.
+    pub max_grad_norm: Option<f64>,
+    pub weight_decay: f64,
+    /// Validate (and checkpoint) every this many steps, and after the last.
+    pub eval_every: usize,
+    /// Where `best/`, `checkpoint/`, `training_history.json` and `.png` go.
+    pub out_dir: PathBuf,
+    /// Seed of the batch order.
+    pub seed: u64,
+    /// Continue from `out_dir/checkpoint` if it exists.
+    pub resume: bool,
+    /// Stop after this many steps as if interrupted (tests, and `--stop-after`).
+    pub stop_after: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Run `f` with every adapter frozen (so no graph is built), then give back the same `Var`s, so
+/// an optimizer holding them is not disturbed.
+fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
+    let mut saved: Vec<Option<Var>> = Vec::new();
+    for (_, slot) in model.linears_mut() {
+        if let Some(l) = slot.lora_mut() {
+            for p in l.lora_mut().params_mut() {
+                saved.push(p.var().cloned());
+                p.freeze();
+            }
+        }
+    }
+    let out = f(model);
+    let mut saved = saved.into_iter();
+    for (_, slot) in model.linears_mut() {
+        if let Some(l) = slot.lora_mut() {
+            for p in l.lora_mut().params_mut() {
+                if let Some(Some(v)) = saved.next() {
+                    *p = Param::Trainable(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+// ANCHOR: eval_loss
+/// Token-weighted mean loss over `examples`, with the adapters frozen so no graph is built.
+pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
+    with_frozen_adapters(model, |m| {
+        let (mut total, mut count) = (0.0, 0usize);
+        for chunk in examples.chunks(batch_size.max(1)) {
+            let batch = collate(chunk, pad_id, m.device())?;
+            let (loss, n) = causal_lm_loss(m, &batch, false)?;
+            total += f64::from(loss.to_scalar::<f32>()?) * n as f64;
+            count += n;
+        }
+        Ok(total / count.max(1) as f64)
+    })
+}
+// ANCHOR_END: eval_loss
+
+/// The step a checkpoint was written at and the history so far.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    step: usize,
+    history: TrainHistory,
+}
+
+fn checkpoint_dir(cfg: &TrainConfig) -> PathBuf {
+    cfg.out_dir.join("checkpoint")
+}
+
+fn save_checkpoint(
+    model: &dyn CausalLm,
+    lora: &LoraConfig,
+    opt: &AdamW,
+    step: usize,
+    h: &TrainHistory,
+    cfg: &TrainConfig,
+) -> Result<()> {
+    let dir = checkpoint_dir(cfg);
+    save_lora_weights(model, lora, &dir)?;
+    opt.save_state(&dir.join("optimizer.safetensors"))?;
+    // Written last: a checkpoint counts only once its state file names the step.
+    let json = serde_json::to_string(&TrainerState { step, history: h.clone() }).expect("state serializes");
+    crate::io::write_atomic(&dir.join("trainer_state.json"), json.as_bytes())
+}
+
+// ANCHOR: train
+/// Train the adapters of `model` on `train`, validating on `val`. `on_eval` runs after each
+/// validation (for sample generations). Returns the history; the best adapter is in
+/// `out_dir/best`.
+pub fn train_lora(
+    model: &mut dyn CausalLm,
+    lora: &LoraConfig,
+    train: &[Example],
+    val: &[Example],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
+) -> Result<TrainHistory> {
+    if train.is_empty() || val.is_empty() {
+        return Err(LoraError::config("dataset", "train and validation sets must both be non-empty"));
+    }
+    let params = AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
+    let mut history = TrainHistory::default();
+    let mut start = 0;
+    let state_path = checkpoint_dir(cfg).join("trainer_state.json");
+    if cfg.resume && state_path.is_file() {
+        // Loading replaces the adapter Vars, so the optimizer is built after it.
+        load_lora_weights(model, &checkpoint_dir(cfg))?;
+        let text = std::fs::read_to_string(&state_path).map_err(|e| LoraError::io(&state_path, e))?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|e| LoraError::file(&state_path, e.to_string()))?;
+        (start, history) = (state.step, state.history);
+    }
+    let mut opt = AdamW::new(get_lora_parameters(model), params)?;
+    if start > 0 {
+        opt.load_state(&checkpoint_dir(cfg).join("optimizer.safetensors"))?;
+    }
+    let vars: Vec<Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
+    let per_epoch = epoch_batches(train.len(), cfg.batch_size, cfg.seed, 0).len();
+    let total = cfg.schedule.total_steps;
+    let bar = crate::progress::bar(total, start, cfg.progress);
+    for step in start..total.min(cfg.stop_after.unwrap_or(usize::MAX)) {
+        let t0 = Instant::now();
+        let lr = lr_at(&cfg.schedule, step);
+        opt.set_lr(lr);
+        // Gradients summed over the micro-batches, one per Var.
+        let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut last: Option<GradStore> = None;
+        let (mut loss_sum, mut tokens) = (0.0, 0);
+        for k in 0..cfg.grad_accum.max(1) {
+            let micro = step * cfg.grad_accum.max(1) + k;
+            let idx = &epoch_batches(train.len(), cfg.batch_size, cfg.seed, micro / per_epoch)[micro % per_epoch];
+            let batch: Vec<Example> = idx.iter().map(|&i| train[i].clone()).collect();
+            let (loss, n) = causal_lm_loss(model, &collate(&batch, pad_id, model.device())?, true)?;
+            let value = f64::from(loss.to_scalar::<f32>()?);
+            if !value.is_finite() {
+                return Err(LoraError::config(
+                    "loss",
+                    format!(
+                        "is {value} at step {}; stopped (the best adapter so far is in {})",
+                        step + 1,
+                        cfg.out_dir.join("best").display()
+                    ),
+                ));
+            }
+            loss_sum += value;
+            tokens += n;
+            let g = (loss / cfg.grad_accum.max(1) as f64)?.backward()?;
+            for (sum, v) in acc.iter_mut().zip(&vars) {
+                if let Some(gv) = g.get(v.as_tensor()) {
+                    *sum = Some(match sum.take() {
+                        Some(prev) => (prev + gv)?,
+                        None => gv.clone(),
+                    });
+                }
+            }
+            last = Some(g);
+        }
+        // candle cannot make an empty GradStore; reuse the last one with the sums put in.
+        let mut grads = last.expect("at least one micro-batch ran");
+        for (sum, v) in acc.into_iter().zip(&vars) {
+            match sum {
+                Some(t) => grads.insert(v.as_tensor(), t),
+                None => grads.remove(v.as_tensor()),
+            };
+        }
+        let grad_norm = match cfg.max_grad_norm {
+            Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
+            None => clip_grad_norm(&mut grads, &vars, f64::INFINITY)?,
+        };
+        opt.step(&grads)?;
+        let loss = loss_sum / cfg.grad_accum.max(1) as f64;
+        let secs = t0.elapsed().as_secs_f64();
+        history.train.push(StepRecord {
+            step: step + 1,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / secs,
+        });
+        bar.set_position((step + 1) as u64);
+        bar.set_message(format!("loss {loss:.3}  lr {lr:.2e}  {:.0} tok/s", tokens as f64 / secs));
+        if (step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == total {
+            let val_loss = evaluate_loss(model, val, cfg.batch_size, pad_id)?;
+            history.val.push(EvalRecord { step: step + 1, val_loss });
+            if history.best.is_none_or(|(_, b)| val_loss < b) {
+                history.best = Some((step + 1, val_loss));
+                save_lora_weights(model, lora, &cfg.out_dir.join("best"))?;
+            }
+            save_checkpoint(model, lora, &opt, step + 1, &history, cfg)?;
+            bar.println(format!("step {}: train loss {loss:.4}, validation loss {val_loss:.4}", step + 1));
+            on_eval(model, step + 1);
+        }
+    }
+    bar.finish_and_clear();
+    history.save_json(&cfg.out_dir.join("training_history.json"))?;
+    history.plot(&cfg.out_dir.join("training_history.png"))?;
+    Ok(history)
+}
+// ANCHOR_END: train
+
+/// Where a finished run keeps its best adapter.
+pub fn best_adapter_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("best")
+}

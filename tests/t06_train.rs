@@ -1,0 +1,241 @@
+//! Grader for task 2.2, the training loop (book/src/t06_train.md). Uses the small random Llama
+//! fixture as the model, with your task-1 and task-2.1 code inside it.
+//!
+//! Run: `cargo test --features exercises --test t06_train`.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor, Var, D};
+use common::*;
+use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
+use lora_from_scratch::{
+    causal_lm_loss, clip_grad_norm, collate, evaluate_loss, get_lora_parameters, inject_lora, load_lora_weights, lr_at,
+    tokenize_example, train_lora, Decay, Example, LoraConfig, Schedule, TrainConfig, IGNORE_INDEX,
+};
+use proptest::prelude::*;
+
+const PAD: u32 = 0;
+
+fn lora() -> LoraConfig {
+    LoraConfig::new(4, 8.0, &["all-linear", "lm_head"])
+}
+
+fn model() -> LoadedModel {
+    let mut m = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
+    inject_lora(m.model.as_mut(), &lora()).unwrap();
+    m
+}
+
+/// `n` examples with random prompts (1..6 tokens) and responses (1..6 tokens) of ids 3..101.
+fn examples(seed: u64, n: usize) -> Vec<Example> {
+    use rand::Rng;
+    let g = &mut rng(seed);
+    (0..n)
+        .map(|_| {
+            let p: Vec<u32> = (0..g.random_range(1..6)).map(|_| g.random_range(3..101)).collect();
+            let r: Vec<u32> = (0..g.random_range(1..6)).map(|_| g.random_range(3..101)).collect();
+            tokenize_example(&p, &r, 2, 64).unwrap()
+        })
+        .collect()
+}
+
+fn config(out: &Path, steps: usize, lr: f64) -> TrainConfig {
+    TrainConfig {
+        schedule: Schedule {
+            peak_lr: lr,
+            warmup_steps: 2,
+            total_steps: steps,
+            decay: Decay::Cosine,
+            min_lr_ratio: 0.1,
+        },
+        batch_size: 2,
+        grad_accum: 2,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.0,
+        eval_every: 2,
+        out_dir: out.to_path_buf(),
+        seed: 5,
+        resume: false,
+        stop_after: None,
+        progress: false,
+    }
+}
+
+fn adapter_values(m: &LoadedModel) -> Vec<(String, Vec<u32>)> {
+    get_lora_parameters(m.model.as_ref()).into_iter().map(|(n, v)| (n, bits(v.as_tensor()))).collect()
+}
+
+proptest! {
+    #![proptest_config(proptest_config(64))]
+
+    #[test]
+    fn warmup_then_decay_to_the_minimum(warmup in 0usize..10, extra in 2usize..40, peak in 1e-5f64..1e-1,
+                                        cosine in any::<bool>()) {
+        book("t06_train", "The learning-rate schedule");
+        let s = Schedule { peak_lr: peak, warmup_steps: warmup, total_steps: warmup + extra,
+                           decay: if cosine { Decay::Cosine } else { Decay::Linear }, min_lr_ratio: 0.1 };
+        for step in 0..warmup {
+            let want = peak * (step + 1) as f64 / warmup as f64;
+            prop_assert!((lr_at(&s, step) - want).abs() < 1e-12 * peak, "warmup is linear up to the peak");
+        }
+        prop_assert!((lr_at(&s, warmup) - peak).abs() < 1e-12 * peak, "the first step after warmup is at the peak");
+        prop_assert!((lr_at(&s, warmup + extra - 1) - 0.1 * peak).abs() < 1e-9 * peak, "the last step is at min_lr_ratio * peak");
+        for step in warmup..warmup + extra - 1 {
+            prop_assert!(lr_at(&s, step + 1) <= lr_at(&s, step) + 1e-15, "after warmup the rate never rises");
+        }
+        let mid = warmup + (extra - 1) / 2;
+        if cosine && (extra - 1) % 2 == 0 {
+            prop_assert!((lr_at(&s, mid) - 0.55 * peak).abs() < 1e-9 * peak, "a cosine is half-way down at half-way");
+        }
+    }
+
+    #[test]
+    fn clipping_scales_the_global_norm(vals in prop::collection::vec(-3.0f64..3.0, 2..12), max_norm in 0.1f64..5.0) {
+        book("t06_train", "Clipping the gradient");
+        let split = vals.len() / 2;
+        let a = Var::new(&vals[..split], &CPU).unwrap();
+        let b = Var::new(&vals[split..], &CPU).unwrap();
+        // loss = sum(a^2) / 2 + sum(b^2) / 2: the gradients are a and b themselves.
+        let loss = ((a.as_tensor().sqr().unwrap().sum_all().unwrap() + b.as_tensor().sqr().unwrap().sum_all().unwrap())
+            .unwrap() * 0.5).unwrap();
+        let mut grads = loss.backward().unwrap();
+        let norm = vals.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let got = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], max_norm).unwrap();
+        prop_assert!((got - norm).abs() < 1e-9, "returns the norm before clipping");
+        let after: f64 = [&a, &b].iter().map(|v| values(grads.get(v.as_tensor()).unwrap()).iter().map(|g| g * g).sum::<f64>()).sum::<f64>().sqrt();
+        let want = norm.min(max_norm);
+        prop_assert!((after - want).abs() < 1e-5 * want.max(1.0), "global norm after clipping is min(norm, max_norm)");
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(12))]
+
+    #[test]
+    fn the_loss_counts_response_tokens_only(seed in 0u64..1000, n in 1usize..4) {
+        book("t06_train", "The loss of a causal LM");
+        let m = model();
+        let ex = examples(seed, n);
+        let batch = collate(&ex, PAD, &CPU).unwrap();
+        let (loss, count) = causal_lm_loss(m.model.as_ref(), &batch, false).unwrap();
+        // Reference: full logits, log-softmax in f64, every position whose next label is trained.
+        let logits = m.model.forward(&batch.input_ids, None, false).unwrap().to_dtype(DType::F64).unwrap();
+        let logp: Vec<Vec<Vec<f64>>> = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap().to_vec3().unwrap();
+        let labels: Vec<Vec<i64>> = batch.labels.to_vec2().unwrap();
+        let (mut nll, mut k) = (0.0, 0);
+        for (i, row) in labels.iter().enumerate() {
+            for t in 1..row.len() {
+                if row[t] != IGNORE_INDEX {
+                    nll -= logp[i][t - 1][row[t] as usize];
+                    k += 1;
+                }
+            }
+        }
+        prop_assert_eq!(count, k, "one target per trained label after the first position");
+        let got = f64::from(loss.to_scalar::<f32>().unwrap());
+        prop_assert!((got - nll / k as f64).abs() < 1e-4, "loss {} but the mean NLL of response tokens is {}", got, nll / k as f64);
+        // Padding content cannot matter.
+        let other_pad = collate(&ex, 55, &CPU).unwrap();
+        let (loss2, _) = causal_lm_loss(m.model.as_ref(), &other_pad, false).unwrap();
+        prop_assert_eq!(loss.to_scalar::<f32>().unwrap(), loss2.to_scalar::<f32>().unwrap(), "padding tokens must not change the loss");
+    }
+}
+
+#[test]
+fn a_batch_with_nothing_to_learn_is_an_error() {
+    book("t06_train", "The loss of a causal LM");
+    let m = model();
+    let e = Example { input_ids: vec![5, 6, 7], labels: vec![IGNORE_INDEX; 3], truncated: 0 };
+    assert!(causal_lm_loss(m.model.as_ref(), &collate(&[e], PAD, &CPU).unwrap(), false).is_err());
+}
+
+#[test]
+fn training_memorises_a_small_set_and_changes_only_the_adapters() {
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model();
+    let data = examples(1, 4);
+    let base_before = base_weight_bits(m.model.as_ref());
+    let adapters_before = adapter_values(&m);
+    let first = evaluate_loss(m.model.as_mut(), &data, 4, PAD).unwrap();
+    let h = train_lora(m.model.as_mut(), &lora(), &data, &data, PAD, &config(dir.path(), 40, 5e-2), &mut |_, _| {})
+        .unwrap();
+    let last = evaluate_loss(m.model.as_mut(), &data, 4, PAD).unwrap();
+    assert!(last < 0.5 * first, "40 steps on 4 examples should memorise them: loss {first} -> {last}");
+    assert_eq!(h.train.len(), 40);
+    assert_eq!(base_weight_bits(m.model.as_ref()), base_before, "frozen weights must not change");
+    assert_ne!(adapter_values(&m), adapters_before, "the adapters must change");
+    assert!(dir.path().join("training_history.json").is_file() && dir.path().join("training_history.png").is_file());
+}
+
+#[test]
+fn the_best_adapter_is_kept() {
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model();
+    let (train, val) = (examples(2, 6), examples(3, 3));
+    let h = train_lora(m.model.as_mut(), &lora(), &train, &val, PAD, &config(dir.path(), 12, 5e-2), &mut |_, _| {})
+        .unwrap();
+    assert_eq!(h.val.len(), 6, "validation every 2 steps");
+    let best = h.val.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
+    let (best_step, best_loss) = h.best.unwrap();
+    assert_eq!(best_loss, best, "history.best is the lowest validation loss");
+    assert!(h.val.iter().any(|r| r.step == best_step && r.val_loss == best));
+    let mut fresh = model();
+    load_lora_weights(fresh.model.as_mut(), &dir.path().join("best")).unwrap();
+    let reloaded = evaluate_loss(fresh.model.as_mut(), &val, 3, PAD).unwrap();
+    assert!((reloaded - best).abs() < 1e-5, "the saved best adapter gives validation loss {reloaded}, not {best}");
+}
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    book("t06_train", "Resuming a run");
+    let (train, val) = (examples(4, 7), examples(5, 2));
+    let whole = tempfile::tempdir().unwrap();
+    let mut a = model();
+    let ha = train_lora(a.model.as_mut(), &lora(), &train, &val, PAD, &config(whole.path(), 8, 1e-2), &mut |_, _| {})
+        .unwrap();
+
+    let parts = tempfile::tempdir().unwrap();
+    let mut cfg = config(parts.path(), 8, 1e-2);
+    cfg.stop_after = Some(4);
+    let mut b = model();
+    train_lora(b.model.as_mut(), &lora(), &train, &val, PAD, &cfg, &mut |_, _| {}).unwrap();
+    // A new process: a fresh model, resumed from the checkpoint.
+    let mut c = model();
+    cfg.stop_after = None;
+    cfg.resume = true;
+    let hc = train_lora(c.model.as_mut(), &lora(), &train, &val, PAD, &cfg, &mut |_, _| {}).unwrap();
+    assert_eq!(hc.train.len(), 8, "the resumed history continues the old one");
+    let (va, vc) = (adapter_values(&a), adapter_values(&c));
+    for ((name, x), (_, y)) in va.iter().zip(&vc) {
+        let (x, y): (Vec<f32>, Vec<f32>) =
+            (x.iter().map(|b| f32::from_bits(*b)).collect(), y.iter().map(|b| f32::from_bits(*b)).collect());
+        let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-6, "{name} differs by {diff} between the resumed and the uninterrupted run");
+    }
+    assert!((ha.train[7].loss - hc.train[7].loss).abs() < 1e-5);
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_best_adapter() {
+    book("t06_train", "When the loss is NaN");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model();
+    let data = examples(6, 4);
+    // After the validation at step 2, break one adapter: the next step's loss is NaN.
+    let mut poison = |model: &dyn lora_from_scratch::models::CausalLm, step: usize| {
+        if step == 2 {
+            let (_, v) = get_lora_parameters(model).remove(0);
+            v.set(&Tensor::full(f32::NAN, v.dims(), &CPU).unwrap()).unwrap();
+        }
+    };
+    let err = train_lora(m.model.as_mut(), &lora(), &data, &data, PAD, &config(dir.path(), 10, 1e-2), &mut poison)
+        .expect_err("training on a NaN loss must stop with an error");
+    assert!(err.to_string().to_lowercase().contains("nan"), "the error should say the loss is NaN: {err}");
+    // The best adapter from step 2 is intact (loading refuses non-finite values).
+    let mut fresh = model();
+    load_lora_weights(fresh.model.as_mut(), &dir.path().join("best")).unwrap();
+}
