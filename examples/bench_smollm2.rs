@@ -14,12 +14,13 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::ops::{cross_entropy, frozen_linear};
-use lora_from_scratch::{get_lora_parameters, inject_lora, LoraConfig};
+use lora_from_scratch::models::CausalLm;
+use lora_from_scratch::ops::frozen_linear;
+use lora_from_scratch::optim::{AdamW, AdamWParams};
+use lora_from_scratch::{causal_lm_loss, get_lora_parameters, inject_lora, Batch, LinearSlot, LoraConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -38,9 +39,12 @@ struct Args {
     /// LoRA alpha; the baseline script's default is 2 * rank.
     #[arg(long)]
     alpha: Option<f64>,
-    /// Comma-separated target modules.
+    /// Comma-separated target modules (`all-linear` for every linear layer but the head).
     #[arg(long, default_value = "q_proj,v_proj")]
     targets: String,
+    /// Full fine-tuning: every weight trainable, no adapters.
+    #[arg(long)]
+    full_ft: bool,
     /// Timed steps (the median is reported) after the warm-up steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -107,6 +111,26 @@ fn bench_frozen_linear(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Make every weight a `Var` (full fine-tuning) and return them all.
+fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, Var)>> {
+    let mut vars = Vec::new();
+    for (name, slot) in model.linears_mut() {
+        if let LinearSlot::Linear(l) = slot {
+            l.weight.unfreeze()?;
+            vars.push((format!("{name}.weight"), l.weight.var().expect("unfrozen").clone()));
+            if let Some(b) = &mut l.bias {
+                b.unfreeze()?;
+                vars.push((format!("{name}.bias"), b.var().expect("unfrozen").clone()));
+            }
+        }
+    }
+    for (name, p) in model.params_mut() {
+        p.unfreeze()?;
+        vars.push((name, p.var().expect("unfrozen").clone()));
+    }
+    Ok(vars)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.frozen_linear {
@@ -117,8 +141,14 @@ fn main() -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mib();
     let targets: Vec<&str> = args.targets.split(',').collect();
-    let cfg = LoraConfig::new(args.rank, args.alpha.unwrap_or(2.0 * args.rank as f64), &targets);
-    let summary = inject_lora(loaded.model.as_mut(), &cfg)?;
+    let vars: Vec<(String, Var)> = if args.full_ft {
+        unfreeze_all(loaded.model.as_mut())?
+    } else {
+        let cfg = LoraConfig::new(args.rank, args.alpha.unwrap_or(2.0 * args.rank as f64), &targets);
+        inject_lora(loaded.model.as_mut(), &cfg)?;
+        get_lora_parameters(loaded.model.as_ref())
+    };
+    let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let model = loaded.model.as_ref();
 
     let mut rng = StdRng::seed_from_u64(0);
@@ -131,27 +161,26 @@ fn main() -> Result<()> {
         Ok(())
     })?;
 
-    let vars: Vec<Var> = get_lora_parameters(model).into_iter().map(|(_, v)| v).collect();
-    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 1e-4, weight_decay: 0.01, ..Default::default() })?;
-    // As transformers does with `labels = input_ids`: logits for every position, and the loss of
-    // predicting token t + 1 from position t.
-    let labels = ids.narrow(1, 1, args.seq - 1)?.flatten_all()?;
+    let lr = if args.full_ft { 1e-5 } else { 1e-4 };
+    let mut opt = AdamW::new(vars, AdamWParams { lr, weight_decay: 0.01, ..Default::default() })?;
+    // As transformers does with `labels = input_ids`: every position is supervised, and the
+    // loss is that of predicting token t + 1 from position t (task 2.2's causal_lm_loss).
+    let batch = Batch { input_ids: ids.clone(), labels: ids.to_dtype(DType::I64)?, attention_mask: ids.ones_like()? };
     let mut last_loss = f32::NAN;
     let step_s = time(args.warmup, args.steps, || {
-        let logits = model.forward(&ids, None, true)?.narrow(1, 0, args.seq - 1)?;
-        let loss = cross_entropy(&logits.flatten_to(1)?, &labels)?;
+        let (loss, _) = causal_lm_loss(model, &batch, true)?;
         last_loss = loss.to_scalar::<f32>()?;
         if !last_loss.is_finite() {
             bail!("loss is {last_loss}");
         }
-        opt.backward_step(&loss)?;
+        opt.step(&loss.backward()?)?;
         Ok(())
     })?;
     let tokens = (args.batch * args.seq) as f64;
     let line = json!({
         "impl": "lora-from-scratch", "model": args.model, "batch": args.batch, "seq": args.seq,
-        "mode": "lora", "rank": args.rank, "targets": targets, "dtype": "float32",
-        "trainable_params": summary.params.trainable,
+        "mode": if args.full_ft { "full_ft" } else { "lora" }, "rank": args.rank, "targets": targets,
+        "dtype": "float32", "trainable_params": trainable,
         "load_s": load_s, "rss_after_load_mib": rss_after_load,
         "forward_tokens_per_s": tokens / forward_s,
         "step_s_median": step_s, "tokens_per_s": tokens / step_s, "loss": last_loss,

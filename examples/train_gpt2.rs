@@ -40,7 +40,8 @@ struct Args {
     /// {instruction, input, output} records.
     #[arg(long, default_value = "ml")]
     dataset: String,
-    /// The E2E NLG CSV (mr,ref); the official release's devset or trainset.
+    /// The E2E NLG CSV (mr,ref). If the file is not there, the official release is downloaded
+    /// (once, into the cache) and its trainset.csv used.
     #[arg(long, default_value = "../shared/data/e2e/devset.csv")]
     e2e_csv: PathBuf,
     /// LoRA target modules, comma-separated; default c_attn for GPT-2, q_proj,v_proj otherwise.
@@ -124,8 +125,24 @@ fn main() -> Result<()> {
     // Data: (prompt, response) samples, split so validation is unseen.
     let e2e = args.dataset == "e2e";
     let (train_s, val_s, val_refs) = if e2e {
-        let records = data::load_e2e(&args.e2e_csv)?;
+        let csv_path = if args.e2e_csv.is_file() {
+            args.e2e_csv.clone()
+        } else {
+            println!("{} is not there; fetching the E2E NLG release", args.e2e_csv.display());
+            lora_from_scratch::download::fetch_e2e()?.join("trainset.csv")
+        };
+        let records = data::load_e2e(&csv_path)?;
         let (train, val) = data::split_e2e_by_mr(&records, 0.1, args.seed);
+        // The split as CSV, so `../shared/bench/peft_e2e_task.py` can run on exactly the same one.
+        std::fs::create_dir_all(&args.out)?;
+        for (name, rows) in [("e2e_train.csv", &train), ("e2e_val.csv", &val)] {
+            let mut w = csv::Writer::from_path(args.out.join(name))?;
+            w.write_record(["mr", "ref"])?;
+            for r in rows.iter() {
+                w.write_record([&r.mr, &r.reference])?;
+            }
+            w.flush()?;
+        }
         let refs = data::e2e_references(&val);
         let samples = |rs: &[data::E2eRecord]| rs.iter().map(data::e2e_sample).collect::<Vec<Sample>>();
         (samples(&train), samples(&val), refs)

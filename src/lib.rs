@@ -11,6 +11,7 @@
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod download;
 pub mod error;
 pub mod generate;
 pub mod history;

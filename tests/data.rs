@@ -1,0 +1,113 @@
+//! The datasets and their plumbing (`src/data.rs`, `src/download.rs`): the embedded set, E2E
+//! splits that keep every reference of an MR on one side, deterministic batch orders, templates,
+//! and clear errors for bad files.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+
+use lora_from_scratch::data::{
+    e2e_references, e2e_sample, embedded_instructions, epoch_batches, load_e2e, load_instructions, split_e2e_by_mr,
+    InstructionRecord, Template,
+};
+use lora_from_scratch::download::{extract_e2e_zip, E2E_FILES};
+use proptest::prelude::*;
+
+const DEVSET: &str = "../shared/data/e2e/devset.csv";
+
+#[test]
+fn the_embedded_set_has_150_pairs_in_english_and_chinese() {
+    let records = embedded_instructions();
+    assert!(records.len() >= 150, "{} records", records.len());
+    let chinese =
+        records.iter().filter(|r| r.instruction.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))).count();
+    assert!(chinese >= 50 && records.len() - chinese >= 50, "{chinese} Chinese of {}", records.len());
+    assert!(records.iter().any(|r| r.instruction == "什么是机器学习？"), "the tutorial's test question is in the set");
+    assert!(records.iter().all(|r| !r.instruction.is_empty() && !r.output.is_empty()));
+    let distinct: HashSet<&str> = records.iter().map(|r| r.instruction.as_str()).collect();
+    assert_eq!(distinct.len(), records.len(), "no question twice");
+}
+
+#[test]
+fn e2e_splits_keep_each_meaning_representation_on_one_side() {
+    if !Path::new(DEVSET).is_file() {
+        eprintln!("skipped: {DEVSET} not here");
+        return;
+    }
+    let records = load_e2e(Path::new(DEVSET)).unwrap();
+    assert_eq!(records.len(), 4672);
+    let (train, val) = split_e2e_by_mr(&records, 0.1, 7);
+    assert_eq!(train.len() + val.len(), records.len());
+    let train_mrs: HashSet<&str> = train.iter().map(|r| r.mr.as_str()).collect();
+    let val_mrs: HashSet<&str> = val.iter().map(|r| r.mr.as_str()).collect();
+    assert!(train_mrs.is_disjoint(&val_mrs), "an MR on both sides leaks its references into validation");
+    assert_eq!(train_mrs.len() + val_mrs.len(), 547);
+    assert_eq!(split_e2e_by_mr(&records, 0.1, 7), (train, val.clone()), "the same seed gives the same split");
+    let refs = e2e_references(&val);
+    assert_eq!(refs.len(), val_mrs.len());
+    assert_eq!(refs.iter().map(|(_, r)| r.len()).sum::<usize>(), val.len());
+    let s = e2e_sample(&val[0]);
+    assert!(s.prompt.starts_with("Meaning representation: ") && s.prompt.ends_with("\nDescription:"));
+    assert_eq!(s.response, format!(" {}", val[0].reference));
+}
+
+proptest! {
+    #[test]
+    fn each_epoch_visits_every_example_once(n in 1usize..60, bs in 1usize..9, seed in 0u64..100, epoch in 0usize..5) {
+        let batches = epoch_batches(n, bs, seed, epoch);
+        let mut seen: Vec<usize> = batches.concat();
+        prop_assert!(batches.iter().all(|b| b.len() <= bs && !b.is_empty()));
+        prop_assert_eq!(&batches, &epoch_batches(n, bs, seed, epoch), "the order depends only on its arguments");
+        seen.sort();
+        prop_assert_eq!(seen, (0..n).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn templates_put_the_instruction_in_the_prompt() {
+    let r =
+        InstructionRecord { instruction: "What is LoRA?".into(), input: "briefly".into(), output: "Low-rank.".into() };
+    let chat = Template::ChatMl.sample(&r);
+    assert!(chat.prompt.ends_with("<|im_start|>user\nWhat is LoRA?\n\nbriefly<|im_end|>\n<|im_start|>assistant\n"));
+    assert_eq!(chat.response, "Low-rank.");
+    let plain = Template::Plain.sample(&r);
+    assert_eq!(plain.prompt, "### Instruction:\nWhat is LoRA?\n\nbriefly\n\n### Response:\n");
+    assert_eq!(Template::for_architecture("gpt2"), Template::Plain);
+    assert_eq!(Template::for_architecture("llama"), Template::ChatMl);
+}
+
+#[test]
+fn bad_dataset_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"instruction\": \"q\", \"output\": \"a\"}\n{\"question\": \"no\"}\n").unwrap();
+    let err = load_instructions(&bad).unwrap_err().to_string();
+    assert!(err.contains("bad.jsonl") && err.contains("line 2"), "{err}");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    assert!(load_instructions(&empty).unwrap_err().to_string().contains("no records"));
+    let csv = dir.path().join("e2e.csv");
+    std::fs::write(&csv, "mr,ref\n").unwrap();
+    assert!(load_e2e(&csv).unwrap_err().to_string().contains("no E2E rows"));
+}
+
+/// The release's CSVs come out of its zip wherever they sit inside it.
+#[test]
+fn the_e2e_release_zip_unpacks_its_csvs() {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default();
+        for f in E2E_FILES {
+            zip.start_file(format!("e2e-dataset/{f}"), opts).unwrap();
+            zip.write_all(format!("mr,ref\n\"name[{f}]\",\"text\"\n").as_bytes()).unwrap();
+        }
+        zip.start_file("e2e-dataset/README.md", opts).unwrap();
+        zip.finish().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let written = extract_e2e_zip(buf.get_ref(), dir.path()).unwrap();
+    assert_eq!(written.len(), 3);
+    assert_eq!(load_e2e(&dir.path().join("devset.csv")).unwrap()[0].mr, "name[devset.csv]");
+    assert!(extract_e2e_zip(b"not a zip", dir.path()).is_err());
+}
