@@ -272,7 +272,7 @@ fn main() -> Result<()> {
     } else {
         show(loaded.model.as_ref(), "after fine-tuning")?;
     }
-    println!("(merging the adapter into the base lands with the merge task; the adapter loads in PEFT as saved)");
+    println!("(merging the adapter into the base model lands with the merge task, t08)");
     println!("history: {}", args.out.join("training_history.png").display());
     Ok(())
 }

@@ -7,3 +7,4 @@ pub mod t04_save_load;
 pub mod t05_data;
 pub mod t06_train;
 pub mod t07_eval;
+pub mod t08_merge;

@@ -56,3 +56,4 @@ pub use active::t04_save_load::*;
 pub use active::t05_data::*;
 pub use active::t06_train::*;
 pub use active::t07_eval::*;
+pub use active::t08_merge::*;

@@ -87,4 +87,10 @@ pub const TASKS: &[Task] = &[
         title: "evaluate_generation, perplexity and corpus BLEU",
         hint: "Perplexity is exp of the token-weighted mean loss; BLEU clips each n-gram count by the references.",
     },
+    Task {
+        name: "t08_merge",
+        number: "3.1-3.2",
+        title: "merge_lora_weights, unmerge_lora_weights and verify_merge",
+        hint: "The update is scaling * B A, shaped like W; check every merged weight before replacing any slot.",
+    },
 ];

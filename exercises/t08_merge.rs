@@ -1,0 +1,68 @@
+//! Task 3.1 and 3.2: merge the adapters into the base weights, and verify the merge.
+//!
+//! Hu et al. 2021, section 4.1: "When deployed in production, we can explicitly compute and store
+//! W = W0 + BA and perform inference as usual", so LoRA adds no inference latency. Merging turns
+//! every adapted slot back into a plain linear layer; `unmerge_lora_weights` takes the update back
+//! out (PEFT's `unmerge_adapter`), which is how one base serves several adapters in turn. Read
+//! book/src/t08_merge.md beside this file. Grade it with `cargo test --features exercises --test t08_merge`.
+#![allow(unused_variables, unused_imports, unused_mut)]
+
+use candle_core::{DType, Tensor};
+
+use crate::models::CausalLm;
+use crate::{Linear, LinearSlot, LinearWithLora, LoraError, LoraLayer, LoraModel, Result};
+
+/// The adapters a merge removed, by module name, so that `unmerge_lora_weights` can take their
+/// updates back out of the weights.
+#[derive(Clone, Debug)]
+pub struct MergedAdapters {
+    pub modules: Vec<(String, LoraLayer)>,
+}
+
+/// `scaling * B A` [out, in], the weight update an adapter stands for, computed in f32.
+pub fn lora_delta(lora: &LoraLayer) -> Result<Tensor> {
+    // TODO: scaling * (B A) in f32: B [out, r] times A [r, in] gives [out, in], the shape of W.
+    // Book: "The update an adapter stands for".
+    todo!("t08: lora_delta")
+}
+
+/// Replace every adapted slot by a plain frozen linear layer with weight `W + scaling * B A`.
+/// Everything is computed and checked first: a model without adapters, or an update that makes a
+/// weight NaN or infinite, is an error and changes nothing.
+pub fn merge_lora_weights(model: &mut dyn LoraModel) -> Result<MergedAdapters> {
+    // TODO:
+    // 1. First pass over model.linears(): for each adapted slot compute W + lora_delta (in f32,
+    //    back to W's dtype) and check it is finite (an f64 abs().sum_all()); a NaN or inf is a
+    //    `LoraError::module` error. No adapters at all: an error too. Nothing is changed yet.
+    // 2. Second pass over model.linears_mut(): replace each adapted slot by
+    //    LinearSlot::Linear(Linear::frozen(&new_w, bias)) and keep (name, its LoraLayer).
+    // Book: "Merging".
+    todo!("t08: merge_lora_weights")
+}
+
+/// Take merged updates back out: `W = W' - scaling * B A`, and the adapter back in its slot.
+pub fn unmerge_lora_weights(model: &mut dyn LoraModel, merged: MergedAdapters) -> Result<()> {
+    // TODO: for each (name, lora): the slot must exist and be a plain Linear; W = W' - lora_delta;
+    // put LinearSlot::Lora(LinearWithLora::new(&W, bias, lora)) back. Book: "Unmerging".
+    todo!("t08: unmerge_lora_weights")
+}
+
+/// How far the merged model's outputs are from the adapted model's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MergeReport {
+    pub max_abs_diff: f64,
+    /// max |merged - adapted| / max |adapted|
+    pub max_rel_diff: f64,
+    pub tolerance: f64,
+    pub passed: bool,
+}
+
+/// Merge `model`'s adapters and check that its logits on `ids` stay within `tolerance`
+/// (absolute) of the adapted model's. If they do not, the merge is undone. Returns the report and
+/// what was merged (for a later unmerge).
+pub fn verify_merge(model: &mut dyn CausalLm, ids: &Tensor, tolerance: f64) -> Result<(MergeReport, MergedAdapters)> {
+    // TODO: logits before (adapted), merge_lora_weights, logits after; max |after - before| and
+    // that over max |before|; passed = after is finite and the max difference <= tolerance; if
+    // it did not pass, unmerge again. Book: "Verifying a merge".
+    todo!("t08: verify_merge")
+}

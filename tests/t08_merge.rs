@@ -1,0 +1,122 @@
+//! Grader for task 3, merging (book/src/t08_merge.md).
+//!
+//! Run: `cargo test --features exercises --test t08_merge`.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use common::*;
+use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
+use lora_from_scratch::{
+    count_parameters, get_lora_parameters, inject_lora, lora_delta, merge_lora_weights, unmerge_lora_weights,
+    verify_merge, LinearSlot, LoraConfig, LoraLayer,
+};
+use proptest::prelude::*;
+
+/// A fixture model with adapters whose B is random (a fresh B = 0 would merge to nothing).
+fn adapted(fixture: &str, r: usize, targets: &[&str], seed: u64, split_qkv: bool) -> LoadedModel {
+    let opts = LoadOptions { split_qkv, ..Default::default() };
+    let mut m = load_model(&format!("tests/fixtures/{fixture}"), &opts).unwrap();
+    inject_lora(m.model.as_mut(), &LoraConfig { seed, ..LoraConfig::new(r, 2.0 * r as f64, targets) }).unwrap();
+    for (i, (_, v)) in get_lora_parameters(m.model.as_ref()).into_iter().enumerate() {
+        let t = (randn(&mut rng(seed + i as u64), v.dims(), DType::F32) * 0.05).unwrap();
+        v.set(&t).unwrap();
+    }
+    m
+}
+
+fn ids() -> Tensor {
+    Tensor::new(&[[3u32, 1, 4, 1, 5, 9, 2, 6], [5, 3, 5, 8, 9, 7, 9, 3]], &CPU).unwrap()
+}
+
+fn logits(m: &LoadedModel) -> Vec<f64> {
+    values(&m.model.forward(&ids(), None, false).unwrap())
+}
+
+#[test]
+fn the_delta_is_scaling_b_a() {
+    book("t08_merge", "The update an adapter stands for");
+    let g = &mut rng(1);
+    let (a, b) = (randn(g, &[3, 5], DType::F32), randn(g, &[4, 3], DType::F32));
+    let lora = LoraLayer::from_tensors(&a, &b, &LoraConfig::new(3, 6.0, &["q_proj"])).unwrap();
+    let d = lora_delta(&lora).unwrap();
+    assert_eq!(d.dims(), &[4, 5], "B A has W's shape [out, in]");
+    let want: Vec<f64> = values(&b.matmul(&a).unwrap()).iter().map(|x| x * 2.0).collect();
+    assert!(max_abs_diff(&values(&d), &want) < 1e-5);
+}
+
+proptest! {
+    #![proptest_config(proptest_config(10))]
+
+    #[test]
+    fn merged_equals_adapted(r in 1usize..9, seed in 0u64..1000, which in 0usize..4) {
+        book("t08_merge", "Merging");
+        let (fixture, targets, split): (&str, &[&str], bool) = match which {
+            0 => ("tiny-llama", &["q_proj", "v_proj"], false),
+            1 => ("tiny-llama", &["all-linear", "lm_head"], false),
+            2 => ("tiny-gpt2", &["c_attn", "c_fc"], false),
+            _ => ("tiny-gpt2", &["c_attn.q", "c_attn.v", "attn.c_proj"], true),
+        };
+        let mut m = adapted(fixture, r, targets, seed, split);
+        let before = logits(&m);
+        let merged = merge_lora_weights(m.model.as_mut()).unwrap();
+        prop_assert!(!merged.modules.is_empty());
+        let after = logits(&m);
+        prop_assert!(max_abs_diff(&before, &after) < 1e-5, "merged logits differ by {}", max_abs_diff(&before, &after));
+        prop_assert!(m.model.linears().iter().all(|(_, s)| s.lora().is_none()), "no adapter is left after merging");
+        prop_assert_eq!(count_parameters(m.model.as_ref()).trainable, 0, "a merged model trains nothing");
+    }
+
+    #[test]
+    fn unmerge_restores_the_base(r in 1usize..6, seed in 0u64..1000) {
+        book("t08_merge", "Unmerging");
+        let mut m = adapted("tiny-llama", r, &["q_proj", "down_proj"], seed, false);
+        let base: Vec<(String, Vec<f64>)> = m.model.linears().into_iter().map(|(n, s)| (n, values(s.base_weight()))).collect();
+        let adapted_logits = logits(&m);
+        let merged = merge_lora_weights(m.model.as_mut()).unwrap();
+        unmerge_lora_weights(m.model.as_mut(), merged).unwrap();
+        for ((name, w0), (_, s)) in base.iter().zip(m.model.linears()) {
+            prop_assert!(max_abs_diff(w0, &values(s.base_weight())) < 1e-6, "{} is not restored", name);
+        }
+        prop_assert!(max_abs_diff(&adapted_logits, &logits(&m)) < 1e-5, "the adapters are back in place");
+        prop_assert_eq!(m.model.linears().iter().filter(|(_, s)| s.lora().is_some()).count(), 4);
+    }
+}
+
+#[test]
+fn merging_twice_is_an_error_not_a_double_update() {
+    book("t08_merge", "Merging");
+    let mut m = adapted("tiny-llama", 4, &["q_proj"], 3, false);
+    merge_lora_weights(m.model.as_mut()).unwrap();
+    let once = logits(&m);
+    assert!(merge_lora_weights(m.model.as_mut()).is_err(), "a second merge must be refused");
+    assert_eq!(logits(&m), once, "and must not change the model");
+}
+
+#[test]
+fn a_nan_update_is_refused_and_changes_nothing() {
+    book("t08_merge", "Merging");
+    let mut m = adapted("tiny-llama", 2, &["q_proj", "v_proj"], 4, false);
+    let (name, v) = get_lora_parameters(m.model.as_ref()).pop().unwrap();
+    v.set(&Tensor::full(f32::NAN, v.dims(), &CPU).unwrap()).unwrap();
+    let err = merge_lora_weights(m.model.as_mut()).expect_err("a NaN weight must not be merged");
+    assert!(err.to_string().contains(name.trim_end_matches(".lora_B.weight")), "the error names the module: {err}");
+    let adapted_slots = m.model.linears().iter().filter(|(_, s)| matches!(s, LinearSlot::Lora(_))).count();
+    assert_eq!(adapted_slots, 4, "nothing was merged");
+}
+
+#[test]
+fn verify_merge_reports_and_passes_a_good_merge() {
+    book("t08_merge", "Verifying a merge");
+    let mut m = adapted("tiny-gpt2", 4, &["c_attn", "c_fc", "c_proj"], 5, false);
+    let (report, merged) = verify_merge(m.model.as_mut(), &ids(), 1e-4).unwrap();
+    assert!(report.passed && report.max_abs_diff < 1e-4, "{report:?}");
+    assert!(report.max_rel_diff.is_finite() && report.max_rel_diff >= 0.0);
+    assert_eq!(merged.modules.len(), 8, "c_attn, c_fc and both c_proj in 2 blocks");
+    assert!(m.model.linears().iter().all(|(_, s)| s.lora().is_none()));
+    // An impossible tolerance fails, and the merge is undone.
+    let mut m = adapted("tiny-gpt2", 4, &["c_attn"], 6, false);
+    let (report, _) = verify_merge(m.model.as_mut(), &ids(), -1.0).unwrap();
+    assert!(!report.passed);
+    assert_eq!(m.model.linears().iter().filter(|(_, s)| s.lora().is_some()).count(), 2, "a failed merge is undone");
+}
