@@ -152,6 +152,37 @@ def bleu_cases():
                   f, indent=1)
 
 
+def peft_fixtures():
+    """Adapters both ways. `<model>-from-peft/`: an adapter made and saved by PEFT (GPT-2 c_attn
+    with fan_in_fan_out, Llama q/v), with PEFT's logits. `<model>-from-rust/` (written by
+    `cargo run --example interop_adapters`): PEFT loads our adapter and records its logits."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    for name, targets in [("tiny-gpt2", ["c_attn", "mlp.c_proj"]), ("tiny-llama", ["q_proj", "v_proj", "down_proj"])]:
+        base_dir = os.path.join(OUT, name)
+        ids = load_file(os.path.join(base_dir, "reference.safetensors"))["input_ids"]
+        torch.manual_seed(2)
+        base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM",
+                         fan_in_fan_out=name == "tiny-gpt2")
+        pm = get_peft_model(base, cfg).eval()
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.normal_(0.0, 0.1)
+            logits = pm(ids).logits
+        out = os.path.join(OUT, "peft", f"{name}-from-peft")
+        pm.save_pretrained(out)
+        save_file({"input_ids": ids, "logits": logits.contiguous()}, os.path.join(out, "reference.safetensors"))
+        ours = os.path.join(OUT, "peft", f"{name}-from-rust")
+        if os.path.isdir(ours):
+            fresh = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+            loaded = PeftModel.from_pretrained(fresh, ours).eval()
+            with torch.no_grad():
+                logits = loaded(ids).logits
+            save_file({"input_ids": ids, "logits": logits.contiguous()}, os.path.join(ours, "peft_logits.safetensors"))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (from scripts/fetch-smollm2.sh)")
@@ -159,6 +190,7 @@ if __name__ == "__main__":
     tiny_gpt2()
     tiny_llama()
     bleu_cases()
+    peft_fixtures()
     if args.gguf:
         smollm2(args.gguf)
     print("fixtures written under", OUT)
