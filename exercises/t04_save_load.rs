@@ -28,7 +28,8 @@ pub fn save_lora_weights(model: &dyn LoraModel, config: &LoraConfig, dir: &Path)
     // 2. `safetensors::serialize(&tensors, Some(metadata))` with metadata {"format": "pt"} and,
     //    for each key, "lora_from_scratch.crc32.<key>" -> `crc32_hex(&tensor.data())`, so that
     //    loading can name a tensor whose bytes were damaged.
-    // 3. `AdapterConfig::from_lora_config(config, &model.name_or_path())` as pretty JSON.
+    // 3. `AdapterConfig::from_lora_config(config, &model.name_or_path())` as pretty JSON, with
+    //    `fan_in_fan_out` set to `model.conv1d_layout()` (true for GPT-2's Conv1D layers).
     // 4. `create_dir_all(dir)`, then `write_atomic` both files (weights first).
     // Book: "PEFT's keys" and "Atomic writes".
     todo!("t04: save_lora_weights")

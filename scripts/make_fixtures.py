@@ -181,6 +181,23 @@ def peft_fixtures():
             with torch.no_grad():
                 logits = loaded(ids).logits
             save_file({"input_ids": ids, "logits": logits.contiguous()}, os.path.join(ours, "peft_logits.safetensors"))
+        # A merged model this crate exported as a Hugging Face folder: transformers' logits.
+        merged = os.path.join(OUT, "merged", name)
+        if os.path.isdir(merged):
+            m = AutoModelForCausalLM.from_pretrained(merged).eval()
+            with torch.no_grad():
+                logits = m(ids).logits
+            save_file({"input_ids": ids, "logits": logits.contiguous()},
+                      os.path.join(merged, "transformers_logits.safetensors"))
+    # GPT-2 q and v slice adapters, exported for PEFT by the block construction.
+    split = os.path.join(OUT, "peft", "tiny-gpt2-split-from-rust")
+    if os.path.isdir(split):
+        base_dir = os.path.join(OUT, "tiny-gpt2")
+        ids = load_file(os.path.join(base_dir, "reference.safetensors"))["input_ids"]
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir).eval(), split).eval()
+        with torch.no_grad():
+            logits = loaded(ids).logits
+        save_file({"input_ids": ids, "logits": logits.contiguous()}, os.path.join(split, "peft_logits.safetensors"))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ pub fn save_lora_weights(model: &dyn LoraModel, config: &LoraConfig, dir: &Path)
 
     let mut saved = config.clone();
     saved.target_modules = saved_targets(model, &adapted);
-    let adapter_config = AdapterConfig::from_lora_config(&saved, &model.name_or_path());
+    let mut adapter_config = AdapterConfig::from_lora_config(&saved, &model.name_or_path());
+    // GPT-2 stores its linears as Conv1D; PEFT records that (and would warn and fix it if not).
+    adapter_config.fan_in_fan_out = model.conv1d_layout();
     let json = serde_json::to_string_pretty(&adapter_config).expect("AdapterConfig always serializes");
 
     std::fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;

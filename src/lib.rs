@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod download;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod history;
 pub mod io;

@@ -99,4 +99,10 @@ pub trait LoraModel {
     fn name_or_path(&self) -> String {
         String::new()
     }
+
+    /// Whether the original checkpoint stores its linears as GPT-2's `Conv1D` ([in, out]); PEFT
+    /// writes `fan_in_fan_out: true` for those.
+    fn conv1d_layout(&self) -> bool {
+        false
+    }
 }

@@ -13,16 +13,16 @@
 //! `attn.c_attn.k` and `attn.c_attn.v`, each a target of its own. The output does not change.
 
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::weights::Weights;
-use super::{check_ids, CausalLm, KvCache};
+use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::linear::linear_forward;
 use crate::ops::{causal_attention, embedding, gelu_new, layer_norm};
 use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
 
 /// The fields of GPT-2's `config.json` this model reads.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Gpt2Config {
     pub vocab_size: usize,
     /// Number of learned positions: the longest sequence.
@@ -240,6 +240,36 @@ impl CausalLm for Gpt2 {
     fn device(&self) -> &Device {
         &self.device
     }
+
+    fn hf_config(&self) -> serde_json::Value {
+        let mut c = serde_json::to_value(&self.config).expect("the config serializes");
+        c["model_type"] = "gpt2".into();
+        c["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+        c["tie_word_embeddings"] = true.into();
+        c
+    }
+
+    fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out: Vec<(String, Tensor)> = self.params().into_iter().map(|(n, p)| (n, p.tensor().clone())).collect();
+        // Linears go back to Conv1D's [in, out]; split q, k, v are fused again.
+        let mut qkv: Vec<(Tensor, Tensor)> = Vec::new();
+        for (name, slot) in self.linears() {
+            let (w, b) = plain_weights(&name, slot)?;
+            let b = b.expect("every GPT-2 linear has a bias");
+            if let Some(fused) = name.strip_suffix(".q").or(name.strip_suffix(".k")).or(name.strip_suffix(".v")) {
+                qkv.push((w, b));
+                if qkv.len() == 3 {
+                    let (ws, bs): (Vec<Tensor>, Vec<Tensor>) = qkv.drain(..).unzip();
+                    out.push((format!("{fused}.weight"), Tensor::cat(&ws, 0)?.t()?.contiguous()?));
+                    out.push((format!("{fused}.bias"), Tensor::cat(&bs, 0)?));
+                }
+                continue;
+            }
+            out.push((format!("{name}.weight"), w.t()?.contiguous()?));
+            out.push((format!("{name}.bias"), b));
+        }
+        Ok(out)
+    }
 }
 
 impl LoraModel for Gpt2 {
@@ -311,5 +341,9 @@ impl LoraModel for Gpt2 {
 
     fn name_or_path(&self) -> String {
         self.name_or_path.clone()
+    }
+
+    fn conv1d_layout(&self) -> bool {
+        true
     }
 }

@@ -7,17 +7,17 @@
 //! and `lm_head` when the head is not tied to the embeddings.
 
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::weights::Weights;
-use super::{check_ids, CausalLm, KvCache};
+use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::linear::linear_forward;
 use crate::ops::{causal_attention, embedding, rms_norm, rope, silu};
 use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
 
 /// transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older configs a top-level
 /// `rope_theta`. Both are read.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct RopeParameters {
     #[serde(default)]
     pub rope_theta: Option<f64>,
@@ -26,7 +26,7 @@ pub struct RopeParameters {
 }
 
 /// The fields of a Llama `config.json` this model reads.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -265,6 +265,30 @@ impl CausalLm for Llama {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn hf_config(&self) -> serde_json::Value {
+        let mut c = serde_json::to_value(&self.config).expect("the config serializes");
+        let theta = self.config.rope_theta();
+        c["model_type"] = "llama".into();
+        c["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        c["rope_theta"] = theta.into();
+        c["rope_parameters"] = serde_json::json!({"rope_theta": theta, "rope_type": "default"});
+        c["num_key_value_heads"] = self.config.kv_heads().into();
+        c["head_dim"] = self.config.head_dim().into();
+        c
+    }
+
+    fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out: Vec<(String, Tensor)> = self.params().into_iter().map(|(n, p)| (n, p.tensor().clone())).collect();
+        for (name, slot) in self.linears() {
+            let (w, b) = plain_weights(&name, slot)?;
+            out.push((format!("{name}.weight"), w));
+            if let Some(b) = b {
+                out.push((format!("{name}.bias"), b));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -75,6 +75,25 @@ pub trait CausalLm: LoraModel {
 
     /// The device the weights live on.
     fn device(&self) -> &Device;
+
+    /// The model's `config.json` as transformers reads it.
+    fn hf_config(&self) -> serde_json::Value;
+
+    /// Every weight under its Hugging Face name and in the checkpoint's layout (GPT-2's Conv1D
+    /// [in, out], `c_attn` fused), tied weights once. An adapter still in a slot is an error:
+    /// merge first.
+    fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>>;
+}
+
+/// The weight and bias of a slot that holds no adapter, or an error naming the module.
+pub(crate) fn plain_weights(name: &str, slot: &crate::LinearSlot) -> Result<(Tensor, Option<Tensor>)> {
+    match slot {
+        crate::LinearSlot::Linear(l) => Ok((l.weight.tensor().clone(), l.bias.as_ref().map(|b| b.tensor().clone()))),
+        crate::LinearSlot::Lora(_) => Err(crate::LoraError::module(
+            name,
+            "still has a LoRA adapter; merge it (merge_lora_weights) before exporting",
+        )),
+    }
 }
 
 /// Check token ids before they index an embedding table: a [batch, seq] tensor of ids below
