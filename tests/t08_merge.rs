@@ -83,6 +83,30 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(proptest_config(24))]
+
+    /// Random layer shapes and ranks on the graders' small model: merged equals adapted to 1e-5.
+    #[test]
+    fn merged_equals_adapted_for_any_shape(hidden in 1usize..24, inter in 1usize..24, vocab in 2usize..40,
+                                           r in 1usize..9, seed in 0u64..1000) {
+        book("t08_merge", "Merging");
+        use lora_from_scratch::models::tiny::{TinyConfig, TinyLm};
+        let cfg = TinyConfig { vocab_size: vocab, hidden_size: hidden, intermediate_size: inter, num_layers: 2, attention_bias: true };
+        let mut m = TinyLm::new(cfg, seed, &CPU).unwrap();
+        inject_lora(&mut m, &LoraConfig { seed, ..LoraConfig::new(r, 3.0, &["all-linear", "lm_head"]) }).unwrap();
+        for (i, (_, v)) in get_lora_parameters(&m).into_iter().enumerate() {
+            v.set(&(randn(&mut rng(seed + i as u64), v.dims(), DType::F32) * 0.3).unwrap()).unwrap();
+        }
+        let ids = token_ids(&mut rng(seed), 2, 5, vocab);
+        let before = values(&m.forward(&ids, false).unwrap());
+        merge_lora_weights(&mut m).unwrap();
+        let after = values(&m.forward(&ids, false).unwrap());
+        prop_assert!(max_abs_diff(&before, &after) < 1e-5 * before.iter().fold(1.0f64, |a, x| a.max(x.abs())),
+            "merged output differs by {}", max_abs_diff(&before, &after));
+    }
+}
+
 #[test]
 fn merging_twice_is_an_error_not_a_double_update() {
     book("t08_merge", "Merging");
