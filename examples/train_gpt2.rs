@@ -15,16 +15,17 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use clap::Parser;
 use lora_from_scratch::data::{self, Sample, Template};
 use lora_from_scratch::device::pick_device;
+use lora_from_scratch::export::save_pretrained;
 use lora_from_scratch::generate::{generate_text, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::models::CausalLm;
 use lora_from_scratch::{
     corpus_bleu, evaluate_generation, inject_lora, load_lora_weights, perplexity, print_trainable_parameters,
-    save_lora_weights, train_lora, Decay, LoraConfig, Schedule, TrainConfig,
+    save_lora_weights, train_lora, verify_merge, Decay, LoraConfig, Schedule, TrainConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -84,6 +85,9 @@ struct Args {
     /// Continue from --out/checkpoint.
     #[arg(long)]
     resume: bool,
+    /// After training, also write the merged model as a Hugging Face folder to --out/merged.
+    #[arg(long)]
+    save_merged: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// bf16 base weights (adapters stay f32).
@@ -272,7 +276,20 @@ fn main() -> Result<()> {
     } else {
         show(loaded.model.as_ref(), "after fine-tuning")?;
     }
-    println!("(merging the adapter into the base model lands with the merge task, t08)");
+    // Task 3: fold the best adapter into the weights and check the outputs did not move.
+    let probe = Tensor::new(val[0].input_ids.as_slice(), loaded.model.device())?.unsqueeze(0)?;
+    let (report, _) = verify_merge(loaded.model.as_mut(), &probe, 1e-3)?;
+    println!(
+        "merge: max logit difference {:.2e} (relative {:.2e}), {}",
+        report.max_abs_diff,
+        report.max_rel_diff,
+        if report.passed { "passed" } else { "FAILED, adapter kept unmerged" }
+    );
+    if args.save_merged && report.passed {
+        let dir = args.out.join("merged");
+        save_pretrained(loaded.model.as_ref(), Some(&tok), &dir)?;
+        println!("merged model (Hugging Face folder): {}", dir.display());
+    }
     println!("history: {}", args.out.join("training_history.png").display());
     Ok(())
 }
