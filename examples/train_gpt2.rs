@@ -105,6 +105,8 @@ struct Args {
 const TEST_PROMPTS: [&str; 3] = ["什么是机器学习？", "What is LoRA?", "What is overfitting?"];
 
 fn main() -> Result<()> {
+    // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
+    lora_from_scratch::alloc::keep_freed_memory();
     let mut args = Args::parse();
     if args.test_mode {
         (args.steps, args.eval_every, args.eval_mrs, args.max_len) = (4, 2, 2, 96);

@@ -8,6 +8,7 @@
 //! reference code. Both are compiled in every build; the `exercises` feature only chooses which
 //! one the crate's public API (and so every model in `src/`) uses.
 
+pub mod alloc;
 pub mod config;
 pub mod data;
 pub mod device;
