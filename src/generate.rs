@@ -85,11 +85,17 @@ pub fn generate(model: &dyn CausalLm, prompt: &[u32], opts: &GenerateOptions) ->
     Ok(Generation { ids, stop: StopReason::Budget })
 }
 
-/// Tokenize `prompt`, generate, and decode the new tokens.
+/// Tokenize `prompt`, generate, and decode the new tokens. A character cut in half by the token
+/// budget (byte-level tokens split UTF-8 sequences, common in Chinese) is dropped rather than
+/// shown as U+FFFD.
 pub fn generate_text(model: &dyn CausalLm, tok: &Tokenizer, prompt: &str, opts: &GenerateOptions) -> Result<String> {
     let ids = tokenizer::encode(tok, prompt)?;
     let out = generate(model, &ids, opts)?;
-    tokenizer::decode(tok, &out.ids)
+    let text = tokenizer::decode(tok, &out.ids)?;
+    Ok(match out.stop {
+        StopReason::Eos => text,
+        _ => text.trim_end_matches('\u{FFFD}').to_string(),
+    })
 }
 
 /// The next token from `logits` [vocab].

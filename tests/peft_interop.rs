@@ -84,7 +84,7 @@ fn our_files_have_peft_keys_and_do_not_drift() {
             serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
         let committed: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
-        for key in ["peft_type", "r", "lora_alpha", "target_modules", "bias", "task_type"] {
+        for key in ["peft_type", "r", "lora_alpha", "target_modules", "bias", "task_type", "fan_in_fan_out"] {
             assert_eq!(saved[key], committed[key], "{model}: adapter_config.json `{key}` drifted");
         }
     }

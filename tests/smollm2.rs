@@ -100,3 +100,17 @@ fn chat_reply_is_the_models_own() {
     assert_eq!(out.ids, want, "reply: {text:?}");
     assert!(text.contains("Paris"), "reply: {text:?}");
 }
+
+/// A token budget that ends inside a Chinese character (byte-level tokens) drops the half
+/// character instead of printing U+FFFD.
+#[test]
+fn a_character_cut_by_the_budget_is_dropped() {
+    let Some(m) = smollm2() else { return };
+    let tok = m.tokenizer().unwrap();
+    let prompt = smollm2_chat_prompt(&[ChatMessage::new("user", "什么是机器学习？")], true);
+    let opts = GenerateOptions { max_new_tokens: 8, sampling: Sampling::greedy(), stop_ids: m.eos_ids.clone() };
+    let raw = generate(m.model.as_ref(), &encode(tok, &prompt).unwrap(), &opts).unwrap();
+    assert!(decode(tok, &raw.ids).unwrap().ends_with('\u{FFFD}'), "this budget cuts a character (the premise)");
+    let text = lora_from_scratch::generate::generate_text(m.model.as_ref(), tok, &prompt, &opts).unwrap();
+    assert!(text.starts_with("机器学") && !text.contains('\u{FFFD}'), "{text:?}");
+}
