@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
+use lora_from_scratch::checkpoint::best_adapter_dir;
 use lora_from_scratch::data::{self, Sample, Template};
 use lora_from_scratch::device::pick_device;
 use lora_from_scratch::export::save_pretrained;
@@ -200,13 +201,8 @@ fn main() -> Result<()> {
     print_trainable_parameters(loaded.model.as_ref());
     let ppl_before = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let bleu = |model: &dyn CausalLm, name: &str| -> Result<f64> {
-        let prompts: Vec<(String, Vec<String>)> = val_refs
-            .iter()
-            .take(args.eval_mrs)
-            .map(|(mr, refs)| {
-                (data::e2e_sample(&data::E2eRecord { mr: mr.clone(), reference: String::new() }).prompt, refs.clone())
-            })
-            .collect();
+        let prompts: Vec<(String, Vec<String>)> =
+            val_refs.iter().take(args.eval_mrs).map(|(mr, refs)| (data::e2e_prompt(mr), refs.clone())).collect();
         let first_line = |t: &str| t.lines().next().unwrap_or("").trim().to_string();
         std::fs::create_dir_all(&args.out)?;
         let out = evaluate_generation(
@@ -257,7 +253,7 @@ fn main() -> Result<()> {
     let train_s = t0.elapsed().as_secs_f64();
     save_lora_weights(loaded.model.as_ref(), &lora, &args.out.join("final"))?;
     // The rest of the run uses the best adapter, as the tutorial does.
-    load_lora_weights(loaded.model.as_mut(), &args.out.join("best"))?;
+    load_lora_weights(loaded.model.as_mut(), &best_adapter_dir(&args.out))?;
     let ppl_after = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let tokens: usize = history.train.iter().map(|r| r.tokens).sum();
     println!(
@@ -266,7 +262,7 @@ fn main() -> Result<()> {
         tokens as f64 / train_s
     );
     if let Some((step, loss)) = history.best {
-        println!("best validation loss {loss:.4} at step {step}; adapter in {}", args.out.join("best").display());
+        println!("best validation loss {loss:.4} at step {step}; adapter in {}", best_adapter_dir(&args.out).display());
     }
     println!("validation perplexity {ppl_before:.2} -> {ppl_after:.2}");
     if let Some(before) = bleu_before {

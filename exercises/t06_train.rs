@@ -9,20 +9,24 @@
 //! beside this file. Grade it with `cargo test --features exercises --test t06_train`.
 #![allow(unused_variables, unused_imports, unused_mut, dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use crate::checkpoint::{
+    best_adapter_dir, checkpoint_dir, optimizer_state_path, read_checkpoint_state, save_checkpoint,
+    with_frozen_adapters,
+};
 use crate::data::epoch_batches;
 use crate::history::{EvalRecord, StepRecord, TrainHistory};
 use crate::models::CausalLm;
 use crate::ops::cross_entropy;
 use crate::optim::{AdamW, AdamWParams};
 use crate::{
-    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Param,
-    Result, IGNORE_INDEX,
+    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Result,
+    IGNORE_INDEX,
 };
 
 /// How the learning rate decays after warmup.
@@ -104,65 +108,12 @@ pub struct TrainConfig {
     pub progress: bool,
 }
 
-/// Run `f` with every adapter frozen (so no graph is built), then give back the same `Var`s, so
-/// an optimizer holding them is not disturbed.
-fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
-    let mut saved: Vec<Option<Var>> = Vec::new();
-    for (_, slot) in model.linears_mut() {
-        if let Some(l) = slot.lora_mut() {
-            for p in l.lora_mut().params_mut() {
-                saved.push(p.var().cloned());
-                p.freeze();
-            }
-        }
-    }
-    let out = f(model);
-    let mut saved = saved.into_iter();
-    for (_, slot) in model.linears_mut() {
-        if let Some(l) = slot.lora_mut() {
-            for p in l.lora_mut().params_mut() {
-                if let Some(Some(v)) = saved.next() {
-                    *p = Param::Trainable(v);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Token-weighted mean loss over `examples`, with the adapters frozen so no graph is built.
 pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
     // TODO: inside with_frozen_adapters, collate examples in chunks of batch_size, and return
     // sum(loss * n) / sum(n) over the chunks: a mean over tokens, not over batches.
     // Book: "Validation without a graph".
     todo!("t06: evaluate_loss")
-}
-
-/// The step a checkpoint was written at and the history so far.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TrainerState {
-    step: usize,
-    history: TrainHistory,
-}
-
-fn checkpoint_dir(cfg: &TrainConfig) -> PathBuf {
-    cfg.out_dir.join("checkpoint")
-}
-
-fn save_checkpoint(
-    model: &dyn CausalLm,
-    lora: &LoraConfig,
-    opt: &AdamW,
-    step: usize,
-    h: &TrainHistory,
-    cfg: &TrainConfig,
-) -> Result<()> {
-    let dir = checkpoint_dir(cfg);
-    save_lora_weights(model, lora, &dir)?;
-    opt.save_state(&dir.join("optimizer.safetensors"))?;
-    // Written last: a checkpoint counts only once its state file names the step.
-    let json = serde_json::to_string(&TrainerState { step, history: h.clone() }).expect("state serializes");
-    crate::io::write_atomic(&dir.join("trainer_state.json"), json.as_bytes())
 }
 
 /// Train the adapters of `model` on `train`, validating on `val`. `on_eval` runs after each
@@ -179,21 +130,17 @@ pub fn train_lora(
 ) -> Result<TrainHistory> {
     // TODO: the loop of the book's "The training loop", step by step:
     // 1. Empty train or validation set: an error.
-    // 2. If cfg.resume and out_dir/checkpoint/trainer_state.json exists: load_lora_weights from
-    //    the checkpoint FIRST (it replaces the Vars), then read the TrainerState.
-    // 3. AdamW over get_lora_parameters(model) (after loading!); restore its state when resuming.
+    // 2. If cfg.resume and read_checkpoint_state(out_dir) finds a checkpoint: load_lora_weights
+    //    from checkpoint_dir(out_dir) FIRST (it replaces the Vars), and start at its step and history.
+    // 3. AdamW over get_lora_parameters(model) (after loading!); when resuming, restore its state
+    //    from optimizer_state_path(out_dir).
     // 4. For each step from the start to total_steps (or cfg.stop_after): set the learning rate
     //    lr_at(step); for each of grad_accum micro-batches take the batch of epoch_batches(...)
     //    that this micro-step falls on, collate, causal_lm_loss, stop with an error on a
     //    non-finite loss, backward (loss / grad_accum) and sum the gradients; clip; opt.step;
     //    record a StepRecord.
     // 5. Every eval_every steps and after the last: evaluate_loss on val, keep the best adapter
-    //    in out_dir/best (save_lora_weights), save_checkpoint, call on_eval.
+    //    in best_adapter_dir(out_dir) (save_lora_weights), save_checkpoint, call on_eval.
     // 6. Save training_history.json and .png in out_dir and return the history.
     todo!("t06: train_lora")
-}
-
-/// Where a finished run keeps its best adapter.
-pub fn best_adapter_dir(out_dir: &Path) -> PathBuf {
-    out_dir.join("best")
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::bleu::{bleu_tokens, ngrams};
 use crate::generate::{generate, GenerateOptions};
 use crate::io::write_atomic;
 use crate::models::CausalLm;
@@ -25,36 +26,6 @@ pub fn perplexity(model: &mut dyn CausalLm, examples: &[Example], batch_size: us
     // TODO: exp of the token-weighted mean loss (evaluate_loss from task 2.2).
     // Book: "Perplexity".
     todo!("t07: perplexity")
-}
-
-/// BLEU's tokens: lower-cased words (`\w+`) and single punctuation marks.
-pub fn bleu_tokens(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    for c in text.to_lowercase().chars() {
-        if c.is_alphanumeric() || c == '_' {
-            word.push(c);
-            continue;
-        }
-        if !word.is_empty() {
-            out.push(std::mem::take(&mut word));
-        }
-        if !c.is_whitespace() {
-            out.push(c.to_string());
-        }
-    }
-    if !word.is_empty() {
-        out.push(word);
-    }
-    out
-}
-
-fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
-    let mut counts = HashMap::new();
-    for g in tokens.windows(n) {
-        *counts.entry(g).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// Corpus BLEU-4 in percent: clipped n-gram precisions for n = 1..4 (each hypothesis n-gram

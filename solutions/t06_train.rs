@@ -7,20 +7,24 @@
 //! checkpoint (adapter, optimizer moments, step) lets an interrupted run resume exactly; and a NaN
 //! loss stops the run with an error instead of training on garbage.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+use crate::checkpoint::{
+    best_adapter_dir, checkpoint_dir, optimizer_state_path, read_checkpoint_state, save_checkpoint,
+    with_frozen_adapters,
+};
 use crate::data::epoch_batches;
 use crate::history::{EvalRecord, StepRecord, TrainHistory};
 use crate::models::CausalLm;
 use crate::ops::cross_entropy;
 use crate::optim::{AdamW, AdamWParams};
 use crate::{
-    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Param,
-    Result, IGNORE_INDEX,
+    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Result,
+    IGNORE_INDEX,
 };
 
 /// How the learning rate decays after warmup.
@@ -132,32 +136,6 @@ pub struct TrainConfig {
     pub progress: bool,
 }
 
-/// Run `f` with every adapter frozen (so no graph is built), then give back the same `Var`s, so
-/// an optimizer holding them is not disturbed.
-fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
-    let mut saved: Vec<Option<Var>> = Vec::new();
-    for (_, slot) in model.linears_mut() {
-        if let Some(l) = slot.lora_mut() {
-            for p in l.lora_mut().params_mut() {
-                saved.push(p.var().cloned());
-                p.freeze();
-            }
-        }
-    }
-    let out = f(model);
-    let mut saved = saved.into_iter();
-    for (_, slot) in model.linears_mut() {
-        if let Some(l) = slot.lora_mut() {
-            for p in l.lora_mut().params_mut() {
-                if let Some(Some(v)) = saved.next() {
-                    *p = Param::Trainable(v);
-                }
-            }
-        }
-    }
-    out
-}
-
 // ANCHOR: eval_loss
 /// Token-weighted mean loss over `examples`, with the adapters frozen so no graph is built.
 pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
@@ -173,33 +151,6 @@ pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size:
     })
 }
 // ANCHOR_END: eval_loss
-
-/// The step a checkpoint was written at and the history so far.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TrainerState {
-    step: usize,
-    history: TrainHistory,
-}
-
-fn checkpoint_dir(cfg: &TrainConfig) -> PathBuf {
-    cfg.out_dir.join("checkpoint")
-}
-
-fn save_checkpoint(
-    model: &dyn CausalLm,
-    lora: &LoraConfig,
-    opt: &AdamW,
-    step: usize,
-    h: &TrainHistory,
-    cfg: &TrainConfig,
-) -> Result<()> {
-    let dir = checkpoint_dir(cfg);
-    save_lora_weights(model, lora, &dir)?;
-    opt.save_state(&dir.join("optimizer.safetensors"))?;
-    // Written last: a checkpoint counts only once its state file names the step.
-    let json = serde_json::to_string(&TrainerState { step, history: h.clone() }).expect("state serializes");
-    crate::io::write_atomic(&dir.join("trainer_state.json"), json.as_bytes())
-}
 
 // ANCHOR: train
 /// Train the adapters of `model` on `train`, validating on `val`. `on_eval` runs after each
@@ -220,18 +171,14 @@ pub fn train_lora(
     let params = AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
     let mut history = TrainHistory::default();
     let mut start = 0;
-    let state_path = checkpoint_dir(cfg).join("trainer_state.json");
-    if cfg.resume && state_path.is_file() {
+    if let Some(state) = if cfg.resume { read_checkpoint_state(&cfg.out_dir)? } else { None } {
         // Loading replaces the adapter Vars, so the optimizer is built after it.
-        load_lora_weights(model, &checkpoint_dir(cfg))?;
-        let text = std::fs::read_to_string(&state_path).map_err(|e| LoraError::io(&state_path, e))?;
-        let state: TrainerState =
-            serde_json::from_str(&text).map_err(|e| LoraError::file(&state_path, e.to_string()))?;
-        (start, history) = (state.step, state.history);
+        load_lora_weights(model, &checkpoint_dir(&cfg.out_dir))?;
+        (start, history) = state;
     }
     let mut opt = AdamW::new(get_lora_parameters(model), params)?;
     if start > 0 {
-        opt.load_state(&checkpoint_dir(cfg).join("optimizer.safetensors"))?;
+        opt.load_state(&optimizer_state_path(&cfg.out_dir))?;
     }
     let vars: Vec<Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
     let per_epoch = epoch_batches(train.len(), cfg.batch_size, cfg.seed, 0).len();
@@ -257,7 +204,7 @@ pub fn train_lora(
                     format!(
                         "is {value} at step {}; stopped (the best adapter so far is in {})",
                         step + 1,
-                        cfg.out_dir.join("best").display()
+                        best_adapter_dir(&cfg.out_dir).display()
                     ),
                 ));
             }
@@ -304,9 +251,9 @@ pub fn train_lora(
             history.val.push(EvalRecord { step: step + 1, val_loss });
             if history.best.is_none_or(|(_, b)| val_loss < b) {
                 history.best = Some((step + 1, val_loss));
-                save_lora_weights(model, lora, &cfg.out_dir.join("best"))?;
+                save_lora_weights(model, lora, &best_adapter_dir(&cfg.out_dir))?;
             }
-            save_checkpoint(model, lora, &opt, step + 1, &history, cfg)?;
+            save_checkpoint(model, lora, &opt, step + 1, &history, &cfg.out_dir)?;
             bar.println(format!("step {}: train loss {loss:.4}, validation loss {val_loss:.4}", step + 1));
             on_eval(model, step + 1);
         }
@@ -317,8 +264,3 @@ pub fn train_lora(
     Ok(history)
 }
 // ANCHOR_END: train
-
-/// Where a finished run keeps its best adapter.
-pub fn best_adapter_dir(out_dir: &Path) -> PathBuf {
-    out_dir.join("best")
-}

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::bleu::{bleu_tokens, ngrams};
 use crate::generate::{generate, GenerateOptions};
 use crate::io::write_atomic;
 use crate::models::CausalLm;
@@ -24,36 +25,6 @@ pub fn perplexity(model: &mut dyn CausalLm, examples: &[Example], batch_size: us
     Ok(evaluate_loss(model, examples, batch_size, pad_id)?.exp())
 }
 // ANCHOR_END: perplexity
-
-/// BLEU's tokens: lower-cased words (`\w+`) and single punctuation marks.
-pub fn bleu_tokens(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    for c in text.to_lowercase().chars() {
-        if c.is_alphanumeric() || c == '_' {
-            word.push(c);
-            continue;
-        }
-        if !word.is_empty() {
-            out.push(std::mem::take(&mut word));
-        }
-        if !c.is_whitespace() {
-            out.push(c.to_string());
-        }
-    }
-    if !word.is_empty() {
-        out.push(word);
-    }
-    out
-}
-
-fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
-    let mut counts = HashMap::new();
-    for g in tokens.windows(n) {
-        *counts.entry(g).or_insert(0) += 1;
-    }
-    counts
-}
 
 // ANCHOR: bleu
 /// Corpus BLEU-4 in percent: clipped n-gram precisions for n = 1..4 (each hypothesis n-gram

@@ -85,9 +85,14 @@ pub fn load_e2e(path: &Path) -> Result<Vec<E2eRecord>> {
     Ok(out)
 }
 
-/// The E2E prompt of `peft_e2e_task.py`; the response is the reference after a space.
+/// The E2E prompt of `peft_e2e_task.py` for a meaning representation.
+pub fn e2e_prompt(mr: &str) -> String {
+    format!("Meaning representation: {mr}\nDescription:")
+}
+
+/// An E2E pair as (prompt, response): the response is the reference after a space.
 pub fn e2e_sample(r: &E2eRecord) -> Sample {
-    Sample { prompt: format!("Meaning representation: {}\nDescription:", r.mr), response: format!(" {}", r.reference) }
+    Sample { prompt: e2e_prompt(&r.mr), response: format!(" {}", r.reference) }
 }
 
 /// Split E2E pairs by meaning representation: every reference of one MR lands on the same side,

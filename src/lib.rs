@@ -9,6 +9,8 @@
 //! one the crate's public API (and so every model in `src/`) uses.
 
 pub mod alloc;
+pub mod bleu;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
