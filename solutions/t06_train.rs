@@ -20,7 +20,6 @@ use crate::checkpoint::{
 use crate::data::epoch_batches;
 use crate::history::{EvalRecord, StepRecord, TrainHistory};
 use crate::models::CausalLm;
-use crate::ops::cross_entropy;
 use crate::optim::{AdamW, AdamWParams};
 use crate::{
     collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Result,
@@ -106,8 +105,9 @@ pub fn causal_lm_loss(model: &dyn CausalLm, batch: &Batch, train: bool) -> Resul
     }
     let device = hidden.device();
     let picked = hidden.reshape((b * t, d))?.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
-    let logits = model.logits(&picked)?.to_dtype(DType::F32)?;
-    let loss = cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?;
+    // The head and the loss in one: at a 49k vocabulary the [rows, vocab] logits would be the
+    // largest tensor of the step, and `head_loss` never holds them whole.
+    let loss = model.head_loss(&picked, &targets)?;
     Ok((loss, rows.len()))
 }
 // ANCHOR_END: loss

@@ -29,7 +29,13 @@ impl LinearSlot {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             LinearSlot::Linear(l) => l.forward(x),
-            LinearSlot::Lora(l) => l.forward(x, train),
+            LinearSlot::Lora(l) => {
+                #[cfg(not(feature = "exercises"))]
+                if let Some(y) = fused_lora_forward(l, x, train)? {
+                    return Ok(y);
+                }
+                l.forward(x, train)
+            }
         }
     }
 
@@ -70,6 +76,22 @@ impl LinearSlot {
         let dims = self.base_weight().dims();
         (dims[1], dims[0])
     }
+}
+
+/// The adapted layer as one fused op ([`crate::fused::lora_linear`]) when it can be: CPU f32/f64
+/// and no dropout to apply. Same values as [`LinearWithLora::forward`] (tested), fewer tensors
+/// kept for the backward. With `--features exercises` the learner's `forward` always runs.
+#[cfg(not(feature = "exercises"))]
+fn fused_lora_forward(l: &LinearWithLora, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+    let lora = l.lora();
+    let (a, b) = (lora.a().tensor(), lora.b().tensor());
+    if (train && lora.dropout() > 0.0) || !crate::fused::usable(&[x, l.weight(), a, b]) {
+        return Ok(None);
+    }
+    if l.bias().is_some_and(|b| !crate::fused::usable(&[x, b])) {
+        return Ok(None);
+    }
+    Ok(Some(crate::fused::lora_linear::lora_linear(x, l.weight(), l.bias(), a, b, lora.scaling())?))
 }
 
 /// A model whose linear layers can carry LoRA adapters.

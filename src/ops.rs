@@ -5,7 +5,12 @@
 //! without an error while the adapters below them get wrong gradients. So the models call only
 //! the functions here, and `tests/ops_gradients.rs` checks every one against finite differences.
 //!
-//! [`frozen_linear`] is the one op written by hand. candle's backward of `x.matmul(w)` computes
+//! Each function takes the fused op of [`crate::fused`] (one node, hand-written backward, no
+//! gradient for constants) when the inputs are CPU f32/f64, and otherwise the composed version
+//! in [`composed`], built from candle ops that have a backward. `tests/fused_ops.rs` checks that
+//! the two agree and that both match finite differences.
+//!
+//! [`frozen_linear`] is the first op written by hand. candle's backward of `x.matmul(w)` computes
 //! the gradient of both operands, and for a frozen weight that second matmul is wasted work (a
 //! third of a linear layer's training cost) and a weight-sized tensor kept alive. Our op's
 //! backward returns only the input's gradient.
@@ -13,7 +18,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
 
-use crate::Result;
+use crate::{fused, Result};
 
 /// `x W^T` for a weight that gets no gradient, as one op whose backward computes only the input
 /// gradient `dy W`. Holds the weight, so the op has one input and keeps nothing else alive.
@@ -65,43 +70,138 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 /// GPT-2's activation, `gelu_new`: the tanh approximation
-/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, which is candle's `gelu`.
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu()?)
+    if fused::usable(&[x]) {
+        return Ok(fused::elementwise::gelu_new(x)?);
+    }
+    composed::gelu_new(x)
 }
 
-/// SiLU, `x sigmoid(x)`, Llama's MLP activation.
+/// SiLU, `x sigmoid(x)`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     Ok(x.silu()?)
 }
 
-// ANCHOR: softmax
-/// Softmax over the last dim, built from ops that all have a backward
-/// (not `softmax_last_dim`, which has none).
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+/// Llama's gated MLP activation `silu(g) * u` (SwiGLU).
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if fused::usable(&[g, u]) && g.dims() == u.dims() {
+        return Ok(fused::elementwise::swiglu(g, u)?);
+    }
+    composed::swiglu(g, u)
 }
-// ANCHOR_END: softmax
+
+pub use composed::softmax_last;
 
 /// LayerNorm over the last dim with weight and bias (GPT-2's `ln_1`, `ln_2`, `ln_f`).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    Ok(candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)?)
+    if fused::usable(&[x, weight, bias]) {
+        return Ok(fused::norm::layer_norm(x, weight, bias, eps)?);
+    }
+    composed::layer_norm(x, weight, bias, eps)
 }
 
-/// RMSNorm over the last dim, `x / sqrt(mean(x^2) + eps) * weight`. Half-precision input is
-/// normalized in f32, as transformers' `LlamaRMSNorm` does.
+/// RMSNorm over the last dim, `x / sqrt(mean(x^2) + eps) * weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let inner = if matches!(dtype, DType::BF16 | DType::F16) { DType::F32 } else { dtype };
-    let xi = x.to_dtype(inner)?;
-    let norm = xi.broadcast_div(&(xi.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?;
-    Ok(norm.to_dtype(dtype)?.broadcast_mul(weight)?)
+    if fused::usable(&[x, weight]) {
+        return Ok(fused::norm::rms_norm(x, weight, eps)?);
+    }
+    composed::rms_norm(x, weight, eps)
 }
 
 /// Rotary position embedding in Hugging Face's "rotate half" layout, for `x` [batch, heads, seq,
 /// head_dim] and `cos`, `sin` [seq, head_dim / 2].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::rotary_emb::rope_slow(&x.contiguous()?, cos, sin)?)
+    if fused::usable(&[x]) {
+        return Ok(fused::rope::rope(x, cos, sin)?);
+    }
+    composed::rope(x, cos, sin)
+}
+
+/// Causal self-attention over a whole sequence (training and evaluation; no KV cache) in the
+/// projections' own layout: `q` [batch, seq, heads * hd], `k`, `v` [batch, seq, kv_heads * hd],
+/// RoPE on q and k when `rope` = (cos, sin) [seq, hd / 2] is given. Returns [batch, seq, heads * hd].
+pub fn self_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize, rope_tables: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let head_dim = q.dim(2)? / heads;
+    if fused::usable(&[q, k, v]) {
+        let rope = rope_tables.map(|(c, s)| fused::rope::RopeTables::from_tensors(c, s)).transpose()?;
+        let op = fused::attention::CausalAttention { heads, kv_heads, head_dim, rope };
+        return Ok(fused::attention::causal_attention(q, k, v, op)?);
+    }
+    composed::self_attention(q, k, v, heads, kv_heads, rope_tables)
+}
+
+/// Mean cross-entropy of the head's logits `h W^T` (`h` [n, d], `weight` [vocab, d]) against
+/// `targets` [n]. On the CPU the logits are never held whole (see
+/// [`fused::cross_entropy`]); elsewhere they are computed in f32 and go through
+/// [`cross_entropy`].
+pub fn head_cross_entropy(h: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    if fused::usable(&[h, weight]) {
+        return Ok(fused::cross_entropy::head_cross_entropy(h, weight, targets)?);
+    }
+    let logits = crate::linear::linear_forward(h, weight, None)?.to_dtype(DType::F32)?;
+    cross_entropy(&logits, &Tensor::new(targets, h.device())?)
+}
+
+/// The composed versions: candle ops that all have a backward. The fallback off the CPU and in
+/// half precision, and the reference the fused ops are tested against.
+pub mod composed {
+    use candle_core::{DType, Tensor, D};
+
+    use crate::Result;
+
+    /// `gelu_new`, which is candle's `gelu`.
+    pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
+        Ok(x.gelu()?)
+    }
+
+    /// `silu(g) * u`.
+    pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        Ok((g.silu()? * u)?)
+    }
+
+    // ANCHOR: softmax
+    /// Softmax over the last dim, built from ops that all have a backward
+    /// (not `softmax_last_dim`, which has none).
+    pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    }
+    // ANCHOR_END: softmax
+
+    /// LayerNorm with weight and bias.
+    pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)?)
+    }
+
+    /// RMSNorm. Half-precision input is normalized in f32, as transformers' `LlamaRMSNorm` does.
+    pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let inner = if matches!(dtype, DType::BF16 | DType::F16) { DType::F32 } else { dtype };
+        let xi = x.to_dtype(inner)?;
+        let norm = xi.broadcast_div(&(xi.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?;
+        Ok(norm.to_dtype(dtype)?.broadcast_mul(weight)?)
+    }
+
+    /// RoPE through candle's `rope_slow`.
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope_slow(&x.contiguous()?, cos, sin)?)
+    }
+
+    /// [batch, seq, heads * hd] -> [batch, heads, seq, hd]
+    pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, t, n) = x.dims3()?;
+        Ok(x.reshape((b, t, heads, n / heads))?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// [`super::self_attention`] from split heads, `rope` and [`super::causal_attention`].
+    pub fn self_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize, rope_tables: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let (mut q, mut k, v) = (split_heads(q, heads)?, split_heads(k, kv_heads)?, split_heads(v, kv_heads)?);
+        if let Some((cos, sin)) = rope_tables {
+            (q, k) = (rope(&q, cos, sin)?, rope(&k, cos, sin)?);
+        }
+        Ok(super::causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, ()))?)
+    }
 }
 
 /// Row `i` of `table` [vocab, dim] for every id in `ids` [batch, seq]: [batch, seq, dim].

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::linear::linear_forward;
-use crate::ops::{causal_attention, embedding, gelu_new, layer_norm};
+use crate::ops::{causal_attention, embedding, gelu_new, layer_norm, self_attention};
 use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
 
 /// The fields of GPT-2's `config.json` this model reads.
@@ -208,11 +208,16 @@ impl CausalLm for Gpt2 {
                 }
                 CAttn::Split([q, k, v]) => (q.forward(&a, train)?, k.forward(&a, train)?, v.forward(&a, train)?),
             };
-            let (q, mut k, mut v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
-            if let Some(c) = cache.as_deref_mut() {
-                (k, v) = c.append(i, k, v)?;
-            }
-            let y = causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, self.config.n_embd))?;
+            let nh = self.config.n_head;
+            let y = match cache.as_deref_mut() {
+                // A whole sequence: one attention op in the projections' layout.
+                None => self_attention(&q, &k, &v, nh, nh, None)?,
+                Some(c) => {
+                    let (q, k, v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
+                    let (k, v) = c.append(i, k, v)?;
+                    causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, self.config.n_embd))?
+                }
+            };
             h = (h + block.attn_proj.forward(&y, train)?)?;
             let m = self.ln(&h, &block.ln_2)?;
             h = (h + block.mlp_proj.forward(&gelu_new(&block.c_fc.forward(&m, train)?)?, train)?)?;
@@ -223,6 +228,10 @@ impl CausalLm for Gpt2 {
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         // The head is `wte` itself (tied weights).
         linear_forward(hidden, self.wte.tensor(), None)
+    }
+
+    fn head_weight(&self) -> Option<&Tensor> {
+        Some(self.wte.tensor())
     }
 
     fn new_cache(&self) -> KvCache {

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::linear::linear_forward;
-use crate::ops::{causal_attention, embedding, rms_norm, rope, silu};
+use crate::ops::composed::split_heads;
+use crate::ops::{causal_attention, embedding, rms_norm, rope, self_attention, swiglu};
 use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
 
 /// transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older configs a top-level
@@ -209,11 +210,6 @@ impl Llama {
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
 
-    /// [batch, seq, heads * hd] -> [batch, heads, seq, hd]
-    fn heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, t, n) = x.dims3()?;
-        Ok(x.reshape((b, t, heads, n / heads))?.transpose(1, 2)?.contiguous()?)
-    }
 }
 
 impl CausalLm for Llama {
@@ -227,17 +223,22 @@ impl CausalLm for Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             let a = rms_norm(&h, layer.input_layernorm.tensor(), eps)?;
             let [q, k, v, o] = &layer.attn;
-            let q = rope(&Self::heads(&q.forward(&a, train)?, nh)?, &cos, &sin)?;
-            let mut k = rope(&Self::heads(&k.forward(&a, train)?, nkv)?, &cos, &sin)?;
-            let mut v = Self::heads(&v.forward(&a, train)?, nkv)?;
-            if let Some(c) = cache.as_deref_mut() {
-                (k, v) = c.append(i, k, v)?;
-            }
-            let y = causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, ()))?;
+            let (q, k, v) = (q.forward(&a, train)?, k.forward(&a, train)?, v.forward(&a, train)?);
+            let y = match cache.as_deref_mut() {
+                // A whole sequence: one attention op in the projections' layout, RoPE inside.
+                None => self_attention(&q, &k, &v, nh, nkv, Some((&cos, &sin)))?,
+                // Generation: rotate, append to the cache, attend over everything cached.
+                Some(c) => {
+                    let q = rope(&split_heads(&q, nh)?, &cos, &sin)?;
+                    let k = rope(&split_heads(&k, nkv)?, &cos, &sin)?;
+                    let (k, v) = c.append(i, k, split_heads(&v, nkv)?)?;
+                    causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, ()))?
+                }
+            };
             h = (h + o.forward(&y, train)?)?;
             let m = rms_norm(&h, layer.post_attention_layernorm.tensor(), eps)?;
             let [gate, up, down] = &layer.mlp;
-            let g = (silu(&gate.forward(&m, train)?)? * up.forward(&m, train)?)?;
+            let g = swiglu(&gate.forward(&m, train)?, &up.forward(&m, train)?)?;
             h = (h + down.forward(&g, train)?)?;
         }
         // ANCHOR_END: llama_layer
@@ -248,6 +249,14 @@ impl CausalLm for Llama {
         match &self.lm_head {
             Some(head) => head.forward(hidden, false),
             None => linear_forward(hidden, self.embed_tokens.tensor(), None),
+        }
+    }
+
+    fn head_weight(&self) -> Option<&Tensor> {
+        match &self.lm_head {
+            None => Some(self.embed_tokens.tensor()),
+            Some(LinearSlot::Linear(l)) if l.bias.is_none() => Some(l.weight.tensor()),
+            Some(_) => None,
         }
     }
 

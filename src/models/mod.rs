@@ -59,6 +59,25 @@ pub trait CausalLm: LoraModel {
     /// Logits [..., vocab] for hidden states [..., hidden] (the output head).
     fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
 
+    /// The output head's weight [vocab, d] when the head is a plain linear map without bias
+    /// (tied to the embeddings or not); `None` when it carries an adapter.
+    fn head_weight(&self) -> Option<&Tensor> {
+        None
+    }
+
+    /// Mean cross-entropy of the head's logits on `hidden` [n, d] against `targets` [n]. With a
+    /// plain head this is [`crate::ops::head_cross_entropy`], which on the CPU never holds the
+    /// [n, vocab] logits; otherwise the logits (in f32) and [`crate::ops::cross_entropy`].
+    fn head_loss(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        match self.head_weight() {
+            Some(w) => crate::ops::head_cross_entropy(hidden, w, targets),
+            None => {
+                let logits = self.logits(hidden)?.to_dtype(candle_core::DType::F32)?;
+                crate::ops::cross_entropy(&logits, &Tensor::new(targets, hidden.device())?)
+            }
+        }
+    }
+
     /// Logits [batch, seq, vocab] for token ids [batch, seq].
     fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
         self.logits(&self.forward_hidden(ids, cache, train)?)
