@@ -169,15 +169,27 @@ fn main() -> Result<()> {
     // loss is that of predicting token t + 1 from position t (task 2.2's causal_lm_loss).
     let batch = Batch { input_ids: ids.clone(), labels: ids.to_dtype(DType::I64)?, attention_mask: ids.ones_like()? };
     let mut last_loss = f32::NAN;
+    // Per-phase times of the timed steps: forward + loss, backward, optimizer.
+    let mut phases: Vec<[f64; 3]> = Vec::new();
     let step_s = time(args.warmup, args.steps, || {
+        let t = Instant::now();
         let (loss, _) = causal_lm_loss(model, &batch, true)?;
         last_loss = loss.to_scalar::<f32>()?;
         if !last_loss.is_finite() {
             bail!("loss is {last_loss}");
         }
-        opt.step(&loss.backward()?)?;
+        let forward = t.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        // The graph (every activation) is freed here, as it is at the end of a training step.
+        drop(loss);
+        let backward = t.elapsed().as_secs_f64() - forward;
+        opt.step(&grads)?;
+        phases.push([forward, backward, t.elapsed().as_secs_f64() - forward - backward]);
         Ok(())
     })?;
+    // The medians of the timed steps only (the warm-up steps come first).
+    let timed = &phases[phases.len() - args.steps..];
+    let phase = |i: usize| median(timed.iter().map(|p| p[i]).collect());
     let tokens = (args.batch * args.seq) as f64;
     let line = json!({
         "impl": "lora-from-scratch", "model": args.model, "batch": args.batch, "seq": args.seq,
@@ -186,6 +198,7 @@ fn main() -> Result<()> {
         "load_s": load_s, "rss_after_load_mib": rss_after_load,
         "forward_tokens_per_s": tokens / forward_s,
         "step_s_median": step_s, "tokens_per_s": tokens / step_s, "loss": last_loss,
+        "forward_s": phase(0), "backward_s": phase(1), "optimizer_s": phase(2),
         "peak_rss_mib": peak_rss_mib(),
         "threads": candle_core::utils::get_num_threads(), "alloc_tuned": alloc_tuned,
     });

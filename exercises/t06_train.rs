@@ -77,9 +77,10 @@ pub fn causal_lm_loss(model: &dyn CausalLm, batch: &Batch, train: bool) -> Resul
     // TODO:
     // 1. hidden = model.forward_hidden(ids) [b, t, d]. Position i predicts the label at i + 1,
     //    so pair hidden[:, ..t-1] with labels[:, 1..].
-    // 2. Keep only the pairs whose label is not IGNORE_INDEX (an empty set is an error), pick
-    //    those rows of hidden (index_select), and run model.logits on them alone.
-    // 3. Return cross_entropy(logits in f32, targets) and the number of targets.
+    // 2. Keep only the pairs whose label is not IGNORE_INDEX (an empty set is an error), and
+    //    pick those rows of hidden (index_select): the head runs on them alone.
+    // 3. Return model.head_loss(rows, targets) (the head's logits and their cross-entropy in
+    //    one, never holding all the logits) and the number of targets.
     //    Book: "The loss of a causal LM".
     todo!("t06: causal_lm_loss")
 }

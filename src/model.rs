@@ -78,6 +78,7 @@ impl LinearSlot {
     }
 }
 
+// ANCHOR: fused_dispatch
 /// The adapted layer as one fused op ([`crate::fused::lora_linear`]) when it can be: CPU f32/f64
 /// and no dropout to apply. Same values as [`LinearWithLora::forward`] (tested), fewer tensors
 /// kept for the backward. With `--features exercises` the learner's `forward` always runs.
@@ -93,6 +94,7 @@ fn fused_lora_forward(l: &LinearWithLora, x: &Tensor, train: bool) -> Result<Opt
     }
     Ok(Some(crate::fused::lora_linear::lora_linear(x, l.weight(), l.bias(), a, b, lora.scaling())?))
 }
+// ANCHOR_END: fused_dispatch
 
 /// A model whose linear layers can carry LoRA adapters.
 ///

@@ -73,6 +73,17 @@ impl AdamW {
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g = g.to_dtype(var.dtype())?;
+            // On the CPU the same update runs in place, without parameter-sized temporaries
+            // (src/fused/adamw.rs); the tensor ops below are the reference it is tested against.
+            if crate::fused::usable(&[var.as_tensor(), &self.m[i], &self.v[i], &g])
+                && var.as_tensor().is_contiguous()
+                && self.m[i].is_contiguous()
+                && self.v[i].is_contiguous()
+            {
+                let s = crate::fused::adamw::AdamWStep { lr, beta1, beta2, eps, weight_decay, c1, c2 };
+                crate::fused::adamw::step(var.as_tensor(), &self.m[i], &self.v[i], &g, s)?;
+                continue;
+            }
             self.m[i] = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             self.v[i] = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let m_hat = (&self.m[i] / c1)?;

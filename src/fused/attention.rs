@@ -98,6 +98,7 @@ impl CausalAttention {
             let (mut dkg, mut dvg) = (vec![T::zero(); seq * hd], vec![T::zero(); seq * hd]);
             for h in g * self.groups()..(g + 1) * self.groups() {
                 let qh = gather(q, qw, h, hd, self.rope.as_ref());
+                // ANCHOR: attention_backward
                 let p = probs(&qh, &kg, seq, hd, scale);
                 let dyh = Mat::strided(&dy[h * hd..], qw);
                 // dV += P^T dY_h
@@ -115,6 +116,7 @@ impl CausalAttention {
                 let mut dqh = vec![T::zero(); seq * hd];
                 matmul(&mut dqh, hd, (seq, hd, seq), Mat::rows(&ds, seq), Mat::rows(&kg, hd), false, false);
                 matmul(&mut dkg, hd, (seq, hd, seq), Mat::rows(&ds, seq).t(), Mat::rows(&qh, hd), true, false);
+                // ANCHOR_END: attention_backward
                 for (i, row) in dqh.chunks_mut(hd).enumerate() {
                     if let Some(r) = &self.rope {
                         r.rotate(row, i, true);

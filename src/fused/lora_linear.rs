@@ -70,6 +70,7 @@ impl LoraLinear {
                 with_slice::<T, _>(b, |b| {
                     with_slice::<T, _>(&dy, |dy| {
                         with_slice::<T, _>(&self.weight, |w| {
+                            // ANCHOR: backward
                             let mut z = vec![T::zero(); m * r];
                             matmul(&mut z, r, (m, r, in_f), Mat::rows(x, in_f), Mat::rows(a, in_f).t(), false, true);
                             z.iter_mut().for_each(|v| *v = *v * scale);
@@ -87,6 +88,7 @@ impl LoraLinear {
                             let mut dx = vec![T::zero(); m * in_f];
                             matmul(&mut dx, in_f, (m, in_f, out_f), Mat::rows(dy, out_f), Mat::rows(w, in_f), false, true);
                             matmul(&mut dx, in_f, (m, in_f, r), Mat::rows(&dz, r), Mat::rows(a, in_f), true, true);
+                            // ANCHOR_END: backward
                             (dx, da, db)
                         })
                     })

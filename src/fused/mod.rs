@@ -15,6 +15,7 @@
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 use gemm::Parallelism;
 
+pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
