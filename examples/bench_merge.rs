@@ -44,6 +44,7 @@ fn speed(model: &dyn CausalLm, prompt: &[u32], n: usize) -> Result<(f64, Vec<u32
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     lora_from_scratch::alloc::keep_freed_memory();
+    lora_from_scratch::threads::pin_thread_count();
     let args = Args::parse();
     let mut loaded = load_model(&args.model, &LoadOptions::default())?;
     let prompt: Vec<u32> = (0..16).map(|i| 100 + 37 * i).collect();

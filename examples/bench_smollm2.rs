@@ -134,6 +134,7 @@ fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, Var)>> {
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     let alloc_tuned = lora_from_scratch::alloc::keep_freed_memory();
+    lora_from_scratch::threads::pin_thread_count();
     let args = Args::parse();
     if args.frozen_linear {
         return bench_frozen_linear(&args);

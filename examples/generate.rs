@@ -58,6 +58,7 @@ struct Args {
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     lora_from_scratch::alloc::keep_freed_memory();
+    lora_from_scratch::threads::pin_thread_count();
     let args = Args::parse();
     let opts = LoadOptions {
         dtype: if args.bf16 { DType::BF16 } else { DType::F32 },

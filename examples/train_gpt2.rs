@@ -108,6 +108,7 @@ const TEST_PROMPTS: [&str; 3] = ["什么是机器学习？", "What is LoRA?", "W
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     lora_from_scratch::alloc::keep_freed_memory();
+    lora_from_scratch::threads::pin_thread_count();
     let mut args = Args::parse();
     if args.test_mode {
         (args.steps, args.eval_every, args.eval_mrs, args.max_len) = (4, 2, 2, 96);

@@ -31,6 +31,7 @@ pub mod peft;
 pub mod progress;
 pub mod report;
 pub mod tasks;
+pub mod threads;
 pub mod tokenizer;
 
 /// The learner's tree: `todo!()` stubs with the same public signatures as [`solutions`].

@@ -121,7 +121,14 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Causal self-attention over a whole sequence (training and evaluation; no KV cache) in the
 /// projections' own layout: `q` [batch, seq, heads * hd], `k`, `v` [batch, seq, kv_heads * hd],
 /// RoPE on q and k when `rope` = (cos, sin) [seq, hd / 2] is given. Returns [batch, seq, heads * hd].
-pub fn self_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize, rope_tables: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+pub fn self_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    rope_tables: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
     let head_dim = q.dim(2)? / heads;
     if fused::usable(&[q, k, v]) {
         let rope = rope_tables.map(|(c, s)| fused::rope::RopeTables::from_tensors(c, s)).transpose()?;
@@ -194,7 +201,14 @@ pub mod composed {
     }
 
     /// [`super::self_attention`] from split heads, `rope` and [`super::causal_attention`].
-    pub fn self_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize, rope_tables: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    pub fn self_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        kv_heads: usize,
+        rope_tables: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let (b, t, _) = q.dims3()?;
         let (mut q, mut k, v) = (split_heads(q, heads)?, split_heads(k, kv_heads)?, split_heads(v, kv_heads)?);
         if let Some((cos, sin)) = rope_tables {

@@ -23,7 +23,11 @@ fn weighted_sum(y: &Tensor) -> Tensor {
 
 /// Fused and composed agree in value and in the gradient of every var, and the fused gradient
 /// matches finite differences.
-fn agree(vars: &[Var], fused: impl Fn(&[Tensor]) -> Tensor, composed: impl Fn(&[Tensor]) -> Tensor) -> Result<(), String> {
+fn agree(
+    vars: &[Var],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    composed: impl Fn(&[Tensor]) -> Tensor,
+) -> Result<(), String> {
     agree_within(1e-9, vars, fused, composed)
 }
 
@@ -63,7 +67,11 @@ fn agree_within(
 }
 
 /// The same inputs in f32: values within f32 rounding of the f64 composed result.
-fn agree_f32(vars: &[Var], fused: impl Fn(&[Tensor]) -> Tensor, composed: impl Fn(&[Tensor]) -> Tensor) -> Result<(), String> {
+fn agree_f32(
+    vars: &[Var],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    composed: impl Fn(&[Tensor]) -> Tensor,
+) -> Result<(), String> {
     let f64s: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let f32s: Vec<Tensor> = f64s.iter().map(|t| t.to_dtype(DType::F32).unwrap()).collect();
     let (yf, yc) = (fused(&f32s), composed(&f64s));

@@ -38,7 +38,13 @@ struct Moment {
     square: bool,
 }
 
-fn moment<T: Float>(op: &Moment, dst: &mut CpuStorage, dl: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+fn moment<T: Float>(
+    op: &Moment,
+    dst: &mut CpuStorage,
+    dl: &Layout,
+    g: &CpuStorage,
+    gl: &Layout,
+) -> candle_core::Result<()> {
     let g = storage_slice::<T>(g, gl)?;
     let (b, one_minus) = (f::<T>(op.beta), f::<T>(1.0 - op.beta));
     let m = dst_slice::<T>(dst, dl)?;
@@ -72,7 +78,9 @@ fn f<T: Float>(v: f64) -> T {
 }
 
 fn dst_slice<'a, T: Float>(dst: &'a mut CpuStorage, layout: &Layout) -> candle_core::Result<&'a mut [T]> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adamw: parameter is not contiguous".into()))?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("adamw: parameter is not contiguous".into()))?;
     let data: &mut [T] = match dst {
         CpuStorage::F32(v) => bytemuck_cast::<f32, T>(v.as_mut_slice())?,
         CpuStorage::F64(v) => bytemuck_cast::<f64, T>(v.as_mut_slice())?,
@@ -94,13 +102,22 @@ fn bytemuck_cast<S: 'static, T: 'static>(s: &mut [S]) -> candle_core::Result<&mu
 /// The parameter update from the new moments.
 struct Update(AdamWStep);
 
-fn update<T: Float>(op: &AdamWStep, w: &mut CpuStorage, wl: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> candle_core::Result<()> {
+fn update<T: Float>(
+    op: &AdamWStep,
+    w: &mut CpuStorage,
+    wl: &Layout,
+    m: &CpuStorage,
+    ml: &Layout,
+    v: &CpuStorage,
+    vl: &Layout,
+) -> candle_core::Result<()> {
     let (m, v) = (storage_slice::<T>(m, ml)?, storage_slice::<T>(v, vl)?);
     let w = dst_slice::<T>(w, wl)?;
     if w.len() != m.len() || w.len() != v.len() {
         candle_core::bail!("adamw: parameter and moments differ in size");
     }
-    let (decay, lr, c1, c2, eps) = (f::<T>(1.0 - op.lr * op.weight_decay), f::<T>(op.lr), f::<T>(op.c1), f::<T>(op.c2), f::<T>(op.eps));
+    let (decay, lr, c1, c2, eps) =
+        (f::<T>(1.0 - op.lr * op.weight_decay), f::<T>(op.lr), f::<T>(op.c1), f::<T>(op.c2), f::<T>(op.eps));
     w.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(w, (m, v))| {
         for i in 0..w.len() {
             w[i] = w[i] * decay - lr * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
@@ -114,7 +131,15 @@ impl InplaceOp3 for Update {
         "fused-adamw-update"
     }
 
-    fn cpu_fwd(&self, w: &mut CpuStorage, wl: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        w: &mut CpuStorage,
+        wl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
         match m.dtype() {
             candle_core::DType::F32 => update::<f32>(&self.0, w, wl, m, ml, v, vl),
             candle_core::DType::F64 => update::<f64>(&self.0, w, wl, m, ml, v, vl),

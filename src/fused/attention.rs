@@ -51,10 +51,10 @@ fn probs<T: Float>(q: &[T], k: &[T], seq: usize, hd: usize, scale: T) -> Vec<T> 
         let mut sum = T::zero();
         for v in &mut row[..=i] {
             *v = (*v * scale - max).exp();
-            sum = sum + *v;
+            sum += *v;
         }
         for v in &mut row[..=i] {
-            *v = *v / sum;
+            *v /= sum;
         }
         row[i + 1..].iter_mut().for_each(|v| *v = T::zero());
     }
@@ -138,10 +138,15 @@ impl CausalAttention {
     fn check(&self, q: &[usize], k: &[usize], v: &[usize]) -> candle_core::Result<(usize, usize)> {
         let (qw, kw) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         match (q, k, v) {
-            ([b, t, a], [b2, t2, c], [b3, t3, e]) if b == b2 && b == b3 && t == t2 && t == t3 && *a == qw && *c == kw && *e == kw => {
+            ([b, t, a], [b2, t2, c], [b3, t3, e])
+                if b == b2 && b == b3 && t == t2 && t == t3 && *a == qw && *c == kw && *e == kw =>
+            {
                 if let Some(r) = &self.rope {
                     if r.half * 2 != self.head_dim || r.cos.len() < t * r.half {
-                        candle_core::bail!("attention: RoPE tables do not cover {t} positions of head_dim {}", self.head_dim);
+                        candle_core::bail!(
+                            "attention: RoPE tables do not cover {t} positions of head_dim {}",
+                            self.head_dim
+                        );
                     }
                 }
                 Ok((*b, *t))
@@ -174,7 +179,13 @@ fn fwd<T: Float>(
     Ok((owned(y), ql.shape().clone()))
 }
 
-fn bwd<T: Float>(a: &CausalAttention, q: &Tensor, k: &Tensor, v: &Tensor, dy: &Tensor) -> candle_core::Result<[Tensor; 3]> {
+fn bwd<T: Float>(
+    a: &CausalAttention,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<[Tensor; 3]> {
     let (_, t) = a.check(q.dims(), k.dims(), v.dims())?;
     let (qw, kw) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
     let dy = dy.to_dtype(q.dtype())?;
@@ -182,10 +193,15 @@ fn bwd<T: Float>(a: &CausalAttention, q: &Tensor, k: &Tensor, v: &Tensor, dy: &T
         with_slice::<T, _>(k, |k| {
             with_slice::<T, _>(v, |v| {
                 with_slice::<T, _>(&dy, |dy| {
-                    let (mut dq, mut dk, mut dv) = (vec![T::zero(); q.len()], vec![T::zero(); k.len()], vec![T::zero(); v.len()]);
+                    let (mut dq, mut dk, mut dv) =
+                        (vec![T::zero(); q.len()], vec![T::zero(); k.len()], vec![T::zero(); v.len()]);
                     dq.par_chunks_mut(t * qw)
                         .zip(dk.par_chunks_mut(t * kw).zip(dv.par_chunks_mut(t * kw)))
-                        .zip(q.par_chunks(t * qw).zip(k.par_chunks(t * kw)).zip(v.par_chunks(t * kw).zip(dy.par_chunks(t * qw))))
+                        .zip(
+                            q.par_chunks(t * qw)
+                                .zip(k.par_chunks(t * kw))
+                                .zip(v.par_chunks(t * kw).zip(dy.par_chunks(t * qw))),
+                        )
                         .for_each(|((dq, (dk, dv)), ((q, k), (v, dy)))| a.backward_seq(q, k, v, dy, dq, dk, dv));
                     (dq, dk, dv)
                 })

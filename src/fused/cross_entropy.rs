@@ -37,7 +37,10 @@ pub struct HeadCrossEntropy {
 fn check(vocab: usize, targets: &[u32], h: &[usize], w: &[usize]) -> candle_core::Result<()> {
     match (h, w) {
         ([rows, d], [_, d2]) if d == d2 && *rows == targets.len() && !targets.is_empty() => {}
-        _ => candle_core::bail!("head cross-entropy: expected h [{}, d] and W [vocab, d], got {h:?} and {w:?}", targets.len()),
+        _ => candle_core::bail!(
+            "head cross-entropy: expected h [{}, d] and W [vocab, d], got {h:?} and {w:?}",
+            targets.len()
+        ),
     }
     if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("head cross-entropy: target {t} is outside the vocabulary of {vocab}");
@@ -61,24 +64,42 @@ impl HeadCrossEntropy {
             let targets = &self.targets[start..start + rows];
             let mut losses = vec![0f64; rows];
             let grad = self.want_dh || self.want_dw;
-            logits.par_chunks_mut(vocab).zip(losses.par_iter_mut()).zip(targets.par_iter()).for_each(|((row, loss), &t)| {
-                let max = row.iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
-                let sum = row.iter().map(|&v| (v - max).exp()).sum::<T>();
-                let lse = max + sum.ln();
-                *loss = <T as candle_core::WithDType>::to_f64(lse - row[t as usize]);
-                if grad {
-                    // The row becomes d(loss) / d(logits) = (softmax - onehot) / n.
-                    row.iter_mut().for_each(|v| *v = (*v - lse).exp() * coef);
-                    row[t as usize] = row[t as usize] - coef;
-                }
-            });
+            logits.par_chunks_mut(vocab).zip(losses.par_iter_mut()).zip(targets.par_iter()).for_each(
+                |((row, loss), &t)| {
+                    let max = row.iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
+                    let sum = row.iter().map(|&v| (v - max).exp()).sum::<T>();
+                    let lse = max + sum.ln();
+                    *loss = <T as candle_core::WithDType>::to_f64(lse - row[t as usize]);
+                    if grad {
+                        // The row becomes d(loss) / d(logits) = (softmax - onehot) / n.
+                        row.iter_mut().for_each(|v| *v = (*v - lse).exp() * coef);
+                        row[t as usize] -= coef;
+                    }
+                },
+            );
             // Summed in row order, so the loss does not depend on how rayon split the work.
             total += losses.iter().sum::<f64>();
             if let Some(dh) = &mut dh {
-                matmul(&mut dh[start * d..], d, (rows, d, vocab), Mat::rows(logits, vocab), Mat::rows(w, d), false, true);
+                matmul(
+                    &mut dh[start * d..],
+                    d,
+                    (rows, d, vocab),
+                    Mat::rows(logits, vocab),
+                    Mat::rows(w, d),
+                    false,
+                    true,
+                );
             }
             if let Some(dw) = &mut dw {
-                matmul(dw, d, (vocab, d, rows), Mat::rows(logits, vocab).t(), Mat::rows(&h[start * d..], d), true, true);
+                matmul(
+                    dw,
+                    d,
+                    (vocab, d, rows),
+                    Mat::rows(logits, vocab).t(),
+                    Mat::rows(&h[start * d..], d),
+                    true,
+                    true,
+                );
             }
         }
         let dh = dh.map(|g| tensor(g, &[n, d])).transpose()?;
@@ -88,7 +109,13 @@ impl HeadCrossEntropy {
     }
 }
 
-fn fwd<T: Float>(op: &HeadCrossEntropy, h: &CpuStorage, hl: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+fn fwd<T: Float>(
+    op: &HeadCrossEntropy,
+    h: &CpuStorage,
+    hl: &Layout,
+    w: &CpuStorage,
+    wl: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
     check(wl.dims()[0], &op.targets, hl.dims(), wl.dims())?;
     let loss = op.forward(storage_slice::<T>(h, hl)?, storage_slice::<T>(w, wl)?, wl.dims()[1])?;
     Ok((owned(vec![loss]), Shape::from(())))
@@ -99,12 +126,24 @@ impl CustomOp2 for HeadCrossEntropy {
         "fused-head-cross-entropy"
     }
 
-    fn cpu_fwd(&self, h: &CpuStorage, hl: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        h: &CpuStorage,
+        hl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         by_dtype!(h, fwd(self, h, hl, w, wl))
     }
 
-    fn bwd(&self, h: &Tensor, w: &Tensor, _loss: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        _loss: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let (dh, dw) = &*self.grads.lock().expect("the gradient lock is never poisoned");
         let scaled = |t: &Option<Tensor>, tracked: bool| match (t, tracked) {

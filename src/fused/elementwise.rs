@@ -27,7 +27,12 @@ fn sigmoid<T: Float>(x: T) -> T {
 /// `silu(g) * u` for `g`, `u` of one shape.
 pub struct SwiGlu;
 
-fn swiglu_fwd<T: Float>(g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+fn swiglu_fwd<T: Float>(
+    g: &CpuStorage,
+    gl: &Layout,
+    u: &CpuStorage,
+    ul: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
     let (g, u) = (storage_slice::<T>(g, gl)?, storage_slice::<T>(u, ul)?);
     if g.len() != u.len() {
         candle_core::bail!("swiglu: gate has {} elements, up {}", g.len(), u.len());
@@ -69,12 +74,24 @@ impl CustomOp2 for SwiGlu {
         "fused-swiglu"
     }
 
-    fn cpu_fwd(&self, g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        gl: &Layout,
+        u: &CpuStorage,
+        ul: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         by_dtype!(g, swiglu_fwd(g, gl, u, ul))
     }
 
-    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (dg, du) = match g.dtype() {
             candle_core::DType::F32 => swiglu_bwd::<f32>(g, u, dy)?,
             _ => swiglu_bwd::<f64>(g, u, dy)?,
@@ -112,7 +129,8 @@ fn gelu_bwd<T: Float>(x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
                 for i in 0..dx.len() {
                     let v = x[i];
                     let th = (c * (v + a * v * v * v)).tanh();
-                    let d = half * (T::one() + th) + half * v * (T::one() - th * th) * c * (T::one() + three * a * v * v);
+                    let d =
+                        half * (T::one() + th) + half * v * (T::one() - th * th) * c * (T::one() + three * a * v * v);
                     dx[i] = dy[i] * d;
                 }
             });

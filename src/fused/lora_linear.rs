@@ -34,14 +34,22 @@ impl LoraLinear {
         let (out_f, in_f) = self.weight.dims2()?;
         let m = x.iter().product::<usize>() / in_f.max(1);
         match (x.last(), a, b) {
-            (Some(&i), &[r, i2], &[o, r2]) if i == in_f && i2 == in_f && o == out_f && r == r2 => Ok((m, in_f, out_f, r)),
+            (Some(&i), &[r, i2], &[o, r2]) if i == in_f && i2 == in_f && o == out_f && r == r2 => {
+                Ok((m, in_f, out_f, r))
+            }
             _ => candle_core::bail!(
                 "lora-linear: expected x [..., {in_f}], A [r, {in_f}], B [{out_f}, r], got {x:?}, {a:?}, {b:?}"
             ),
         }
     }
 
-    fn forward<T: Float>(&self, x: &[T], a: &[T], b: &[T], (m, in_f, out_f, r): (usize, usize, usize, usize)) -> candle_core::Result<Vec<T>> {
+    fn forward<T: Float>(
+        &self,
+        x: &[T],
+        a: &[T],
+        b: &[T],
+        (m, in_f, out_f, r): (usize, usize, usize, usize),
+    ) -> candle_core::Result<Vec<T>> {
         let mut y = vec![T::zero(); m * out_f];
         with_slice::<T, _>(&self.weight, |w| {
             matmul(&mut y, out_f, (m, out_f, in_f), Mat::rows(x, in_f), Mat::rows(w, in_f).t(), false, true)
@@ -49,19 +57,25 @@ impl LoraLinear {
         if let Some(bias) = &self.bias {
             with_slice::<T, _>(bias, |bias| {
                 for row in y.chunks_mut(out_f) {
-                    row.iter_mut().zip(bias).for_each(|(y, &b)| *y = *y + b);
+                    row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
                 }
             })?;
         }
         // y += (s z) B^T with z = x A^T.
         let mut z = vec![T::zero(); m * r];
         matmul(&mut z, r, (m, r, in_f), Mat::rows(x, in_f), Mat::rows(a, in_f).t(), false, true);
-        z.iter_mut().for_each(|v| *v = *v * s(self.scale));
+        z.iter_mut().for_each(|v| *v *= s(self.scale));
         matmul(&mut y, out_f, (m, out_f, r), Mat::rows(&z, r), Mat::rows(b, r).t(), true, true);
         Ok(y)
     }
 
-    fn backward<T: Float>(&self, x: &Tensor, a: &Tensor, b: &Tensor, dy: &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> {
+    fn backward<T: Float>(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<[Option<Tensor>; 3]> {
         let (m, in_f, out_f, r) = self.dims(x.dims(), a.dims(), b.dims())?;
         let dy = dy.to_dtype(x.dtype())?;
         let scale: T = s(self.scale);
@@ -73,20 +87,28 @@ impl LoraLinear {
                             // ANCHOR: backward
                             let mut z = vec![T::zero(); m * r];
                             matmul(&mut z, r, (m, r, in_f), Mat::rows(x, in_f), Mat::rows(a, in_f).t(), false, true);
-                            z.iter_mut().for_each(|v| *v = *v * scale);
+                            z.iter_mut().for_each(|v| *v *= scale);
                             // dB = dY^T (s z)
                             let mut db = vec![T::zero(); out_f * r];
                             matmul(&mut db, r, (out_f, r, m), Mat::rows(dy, out_f).t(), Mat::rows(&z, r), false, true);
                             // dz = s dY B
                             let mut dz = vec![T::zero(); m * r];
                             matmul(&mut dz, r, (m, r, out_f), Mat::rows(dy, out_f), Mat::rows(b, r), false, true);
-                            dz.iter_mut().for_each(|v| *v = *v * scale);
+                            dz.iter_mut().for_each(|v| *v *= scale);
                             // dA = dz^T x
                             let mut da = vec![T::zero(); r * in_f];
                             matmul(&mut da, in_f, (r, in_f, m), Mat::rows(&dz, r).t(), Mat::rows(x, in_f), false, true);
                             // dx = dY W0 + dz A
                             let mut dx = vec![T::zero(); m * in_f];
-                            matmul(&mut dx, in_f, (m, in_f, out_f), Mat::rows(dy, out_f), Mat::rows(w, in_f), false, true);
+                            matmul(
+                                &mut dx,
+                                in_f,
+                                (m, in_f, out_f),
+                                Mat::rows(dy, out_f),
+                                Mat::rows(w, in_f),
+                                false,
+                                true,
+                            );
                             matmul(&mut dx, in_f, (m, in_f, r), Mat::rows(&dz, r), Mat::rows(a, in_f), true, true);
                             // ANCHOR_END: backward
                             (dx, da, db)
@@ -154,7 +176,18 @@ impl CustomOp3 for LoraLinear {
 }
 
 /// `x W0^T + b + scale (x A^T) B^T` as one op; W0 and b get no gradient.
-pub fn lora_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, a: &Tensor, b: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    let op = LoraLinear { weight: weight.detach().contiguous()?, bias: bias.map(|b| b.detach().contiguous()).transpose()?, scale };
+pub fn lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let op = LoraLinear {
+        weight: weight.detach().contiguous()?,
+        bias: bias.map(|b| b.detach().contiguous()).transpose()?,
+        scale,
+    };
     x.contiguous()?.apply_op3_arc(&a.contiguous()?, &b.contiguous()?, std::sync::Arc::new(Box::new(op)))
 }

@@ -32,8 +32,7 @@ impl Float for f64 {}
 pub fn usable(tensors: &[&Tensor]) -> bool {
     let Some(first) = tensors.first() else { return false };
     let dtype = first.dtype();
-    matches!(dtype, DType::F32 | DType::F64)
-        && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == dtype)
+    matches!(dtype, DType::F32 | DType::F64) && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == dtype)
 }
 
 /// The contiguous elements of a CPU storage under `layout`.
@@ -116,11 +115,13 @@ pub(crate) fn matmul<T: Float>(
         return;
     }
     // Bounds: the last element each operand touches must be inside its slice.
-    let last = |x: Mat<T>, r: usize, q: usize| (r.saturating_sub(1) as isize * x.rs + q.saturating_sub(1) as isize * x.cs) as usize;
+    let last = |x: Mat<T>, r: usize, q: usize| {
+        (r.saturating_sub(1) as isize * x.rs + q.saturating_sub(1) as isize * x.cs) as usize
+    };
     assert!(k == 0 || last(a, m, k) < a.data.len(), "matmul: lhs out of bounds");
     assert!(k == 0 || last(b, k, n) < b.data.len(), "matmul: rhs out of bounds");
     assert!((m - 1) * ldc + n <= c.len(), "matmul: dst out of bounds");
-    let threads = candle_core::utils::get_num_threads();
+    let threads = threads();
     let parallelism = if parallel && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let (zero, one) = (T::zero(), T::one());
     // SAFETY: the asserts above keep every access inside the three slices; `c` does not alias
@@ -148,4 +149,11 @@ pub(crate) fn matmul<T: Float>(
             parallelism,
         )
     }
+}
+
+/// candle's thread count, asked once: each call of `get_num_threads` may read /proc/cpuinfo
+/// (see [`crate::threads`]).
+fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }

@@ -59,8 +59,8 @@ impl Norm {
             let (mut mean_g, mut mean_gx) = (T::zero(), T::zero());
             for j in 0..d {
                 let g = dyr[j] * w[j];
-                mean_g = mean_g + g;
-                mean_gx = mean_gx + g * (xr[j] - mu) * r;
+                mean_g += g;
+                mean_gx += g * (xr[j] - mu) * r;
             }
             let (mean_g, mean_gx) = (if self.center { mean_g / n } else { T::zero() }, mean_gx / n);
             for j in 0..d {
@@ -77,8 +77,8 @@ impl Norm {
                     |(mut dw, mut db), (xr, dyr)| {
                         let (mu, r) = stats(xr, self.center, self.eps);
                         for j in 0..d {
-                            dw[j] = dw[j] + dyr[j] * (xr[j] - mu) * r;
-                            db[j] = db[j] + dyr[j];
+                            dw[j] += dyr[j] * (xr[j] - mu) * r;
+                            db[j] += dyr[j];
                         }
                         (dw, db)
                     },
@@ -86,7 +86,10 @@ impl Norm {
                 .reduce(
                     || (vec![T::zero(); d], vec![T::zero(); d]),
                     |(a, b), (c, e)| {
-                        (a.iter().zip(&c).map(|(&x, &y)| x + y).collect(), b.iter().zip(&e).map(|(&x, &y)| x + y).collect())
+                        (
+                            a.iter().zip(&c).map(|(&x, &y)| x + y).collect(),
+                            b.iter().zip(&e).map(|(&x, &y)| x + y).collect(),
+                        )
                     },
                 )
         });
@@ -94,13 +97,17 @@ impl Norm {
         Grads { dx, dw, db }
     }
 
-    fn bwd_tensors<T: Float>(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dy: &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> {
+    fn bwd_tensors<T: Float>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        dy: &Tensor,
+    ) -> candle_core::Result<[Option<Tensor>; 3]> {
         let dy = dy.to_dtype(x.dtype())?;
         let grads = with_slice::<T, _>(x, |xs| {
             with_slice::<T, _>(w, |ws| {
-                with_slice::<T, _>(&dy, |dys| {
-                    self.backward(xs, ws, dys, w.track_op(), b.is_some_and(|b| b.track_op()))
-                })
+                with_slice::<T, _>(&dy, |dys| self.backward(xs, ws, dys, w.track_op(), b.is_some_and(|b| b.track_op())))
             })
         })???;
         let d = w.dims1()?;
@@ -118,7 +125,13 @@ struct Grads<T> {
     db: Option<Vec<T>>,
 }
 
-fn fwd2<T: Float>(n: &Norm, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+fn fwd2<T: Float>(
+    n: &Norm,
+    x: &CpuStorage,
+    xl: &Layout,
+    w: &CpuStorage,
+    wl: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
     let y = n.forward(storage_slice::<T>(x, xl)?, storage_slice::<T>(w, wl)?, None);
     Ok((owned(y), xl.shape().clone()))
 }
@@ -143,12 +156,24 @@ impl CustomOp2 for Norm {
         "fused-rms-norm"
     }
 
-    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         by_dtype!(x, fwd2(self, x, xl, w, wl))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let [dx, dw, _] = match x.dtype() {
             candle_core::DType::F32 => self.bwd_tensors::<f32>(x, w, None, dy)?,
             _ => self.bwd_tensors::<f64>(x, w, None, dy)?,
@@ -199,5 +224,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor>
 
 /// LayerNorm of `x` [..., d] with weight and bias [d], as one op.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3_arc(&w.contiguous()?, &b.contiguous()?, std::sync::Arc::new(Box::new(Norm { eps, center: true })))
+    x.contiguous()?.apply_op3_arc(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        std::sync::Arc::new(Box::new(Norm { eps, center: true })),
+    )
 }

@@ -209,7 +209,6 @@ impl Llama {
         let freqs = pos.unsqueeze(1)?.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
-
 }
 
 impl CausalLm for Llama {
