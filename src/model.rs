@@ -39,6 +39,22 @@ impl LinearSlot {
         }
     }
 
+    /// `residual + self.forward(x)`: the residual connection after a layer. A frozen plain
+    /// layer on the CPU takes one fused op ([`crate::fused::residual_linear`]), which does not
+    /// keep the layer's output alive for the backward.
+    pub fn forward_residual(&self, residual: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let LinearSlot::Linear(l) = self {
+            let (w, b) = (l.weight.tensor(), l.bias.as_ref().map(|b| b.tensor()));
+            let frozen = !w.track_op() && !b.is_some_and(|b| b.track_op());
+            let mut all = vec![residual, x, w];
+            all.extend(b);
+            if frozen && crate::fused::usable(&all) {
+                return Ok(crate::fused::residual_linear::residual_linear(residual, x, w, b)?);
+            }
+        }
+        Ok((residual + self.forward(x, train)?)?)
+    }
+
     /// The adapted layer, if this slot has an adapter.
     pub fn lora(&self) -> Option<&LinearWithLora> {
         match self {

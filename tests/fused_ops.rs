@@ -186,6 +186,24 @@ proptest! {
     }
 
     #[test]
+    fn residual_linear(seed in 0u64..1000, m in 1usize..6, i in 1usize..7, o in 1usize..7, bias in any::<bool>()) {
+        let w = randn(&mut rng(seed + 10), &[o, i], DType::F64);
+        let bvec = bias.then(|| randn(&mut rng(seed + 11), &[o], DType::F64));
+        let vars = [var(seed, &[2, m, o]), var(seed + 1, &[2, m, i])];
+        let f = |x: &[Tensor]| {
+            let (w, b) = (w.to_dtype(x[0].dtype()).unwrap(), bvec.as_ref().map(|b| b.to_dtype(x[0].dtype()).unwrap()));
+            fused::residual_linear::residual_linear(&x[0], &x[1], &w, b.as_ref()).unwrap()
+        };
+        let c = |x: &[Tensor]| {
+            let y = x[1].broadcast_matmul(&w.t().unwrap()).unwrap();
+            let y = match &bvec { Some(b) => y.broadcast_add(b).unwrap(), None => y };
+            (&x[0] + y).unwrap()
+        };
+        agree(&vars, f, c).map_err(TestCaseError::fail)?;
+        agree_f32(&vars, f, c).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
     fn head_cross_entropy(seed in 0u64..1000, n in 1usize..300, vocab in 2usize..40, d in 1usize..6) {
         // n up to 300 crosses the op's 128-row chunks.
         let targets: Vec<u32> = (0..n).map(|i| ((seed as usize * 7 + i * 13) % vocab) as u32).collect();

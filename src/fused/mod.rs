@@ -21,6 +21,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod lora_linear;
 pub mod norm;
+pub mod residual_linear;
 pub mod rope;
 
 /// The element types the fused kernels are written for.

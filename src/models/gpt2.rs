@@ -218,9 +218,9 @@ impl CausalLm for Gpt2 {
                     causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, self.config.n_embd))?
                 }
             };
-            h = (h + block.attn_proj.forward(&y, train)?)?;
+            h = block.attn_proj.forward_residual(&h, &y, train)?;
             let m = self.ln(&h, &block.ln_2)?;
-            h = (h + block.mlp_proj.forward(&gelu_new(&block.c_fc.forward(&m, train)?)?, train)?)?;
+            h = block.mlp_proj.forward_residual(&h, &gelu_new(&block.c_fc.forward(&m, train)?)?, train)?;
         }
         self.ln(&h, &self.ln_f)
     }

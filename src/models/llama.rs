@@ -234,11 +234,11 @@ impl CausalLm for Llama {
                     causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, ()))?
                 }
             };
-            h = (h + o.forward(&y, train)?)?;
+            h = o.forward_residual(&h, &y, train)?;
             let m = rms_norm(&h, layer.post_attention_layernorm.tensor(), eps)?;
             let [gate, up, down] = &layer.mlp;
             let g = swiglu(&gate.forward(&m, train)?, &up.forward(&m, train)?)?;
-            h = (h + down.forward(&g, train)?)?;
+            h = down.forward_residual(&h, &g, train)?;
         }
         // ANCHOR_END: llama_layer
         rms_norm(&h, self.norm.tensor(), eps)
