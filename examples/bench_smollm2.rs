@@ -17,10 +17,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::models::CausalLm;
 use lora_from_scratch::ops::frozen_linear;
 use lora_from_scratch::optim::{AdamW, AdamWParams};
-use lora_from_scratch::{causal_lm_loss, get_lora_parameters, inject_lora, Batch, LinearSlot, LoraConfig};
+use lora_from_scratch::{causal_lm_loss, get_lora_parameters, inject_lora, Batch, LoraConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -111,26 +110,6 @@ fn bench_frozen_linear(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Make every weight a `Var` (full fine-tuning) and return them all.
-fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, Var)>> {
-    let mut vars = Vec::new();
-    for (name, slot) in model.linears_mut() {
-        if let LinearSlot::Linear(l) = slot {
-            l.weight.unfreeze()?;
-            vars.push((format!("{name}.weight"), l.weight.var().expect("unfrozen").clone()));
-            if let Some(b) = &mut l.bias {
-                b.unfreeze()?;
-                vars.push((format!("{name}.bias"), b.var().expect("unfrozen").clone()));
-            }
-        }
-    }
-    for (name, p) in model.params_mut() {
-        p.unfreeze()?;
-        vars.push((name, p.var().expect("unfrozen").clone()));
-    }
-    Ok(vars)
-}
-
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     let alloc_tuned = lora_from_scratch::alloc::keep_freed_memory();
@@ -145,7 +124,7 @@ fn main() -> Result<()> {
     let rss_after_load = peak_rss_mib();
     let targets: Vec<&str> = args.targets.split(',').collect();
     let vars: Vec<(String, Var)> = if args.full_ft {
-        unfreeze_all(loaded.model.as_mut())?
+        lora_from_scratch::experiment::unfreeze_all(loaded.model.as_mut())?
     } else {
         let cfg = LoraConfig::new(args.rank, args.alpha.unwrap_or(2.0 * args.rank as f64), &targets);
         inject_lora(loaded.model.as_mut(), &cfg)?;

@@ -24,8 +24,9 @@ use lora_from_scratch::export::save_pretrained;
 use lora_from_scratch::generate::{generate_text, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::models::CausalLm;
+use lora_from_scratch::experiment::e2e_bleu;
 use lora_from_scratch::{
-    corpus_bleu, evaluate_generation, inject_lora, load_lora_weights, perplexity, print_trainable_parameters,
+    inject_lora, load_lora_weights, perplexity, print_trainable_parameters,
     save_lora_weights, train_lora, verify_merge, Decay, LoraConfig, Schedule, TrainConfig,
 };
 
@@ -132,28 +133,17 @@ fn main() -> Result<()> {
 
     // Data: (prompt, response) samples, split so validation is unseen.
     let e2e = args.dataset == "e2e";
-    let (train_s, val_s, val_refs) = if e2e {
+    let (train, val, val_refs) = if e2e {
         let csv_path = if args.e2e_csv.is_file() {
             args.e2e_csv.clone()
         } else {
             println!("{} is not there; fetching the E2E NLG release", args.e2e_csv.display());
             lora_from_scratch::download::fetch_e2e()?.join("trainset.csv")
         };
-        let records = data::load_e2e(&csv_path)?;
-        let (train, val) = data::split_e2e_by_mr(&records, 0.1, args.seed);
+        let task = data::E2eTask::load(&csv_path, &tok, eos, args.max_len, args.seed)?;
         // The split as CSV, so `../shared/bench/peft_e2e_task.py` can run on exactly the same one.
-        std::fs::create_dir_all(&args.out)?;
-        for (name, rows) in [("e2e_train.csv", &train), ("e2e_val.csv", &val)] {
-            let mut w = csv::Writer::from_path(args.out.join(name))?;
-            w.write_record(["mr", "ref"])?;
-            for r in rows.iter() {
-                w.write_record([&r.mr, &r.reference])?;
-            }
-            w.flush()?;
-        }
-        let refs = data::e2e_references(&val);
-        let samples = |rs: &[data::E2eRecord]| rs.iter().map(data::e2e_sample).collect::<Vec<Sample>>();
-        (samples(&train), samples(&val), refs)
+        task.write_csvs(&args.out)?;
+        (task.train, task.val, task.val_refs)
     } else {
         let records = if args.dataset == "ml" {
             data::embedded_instructions()
@@ -161,23 +151,19 @@ fn main() -> Result<()> {
             data::load_instructions(args.dataset.as_ref())?
         };
         let samples: Vec<Sample> = records.iter().map(|r| template.sample(r)).collect();
-        let (train, val) = data::split(&samples, 0.1, args.seed);
-        (train, val, Vec::new())
+        let (train_s, val_s) = data::split(&samples, 0.1, args.seed);
+        let (train, cut) = data::encode_samples(&tok, &train_s, eos, args.max_len)?;
+        if cut.examples_cut > 0 {
+            println!("truncation cut {} tokens from {} examples", cut.tokens_cut, cut.examples_cut);
+        }
+        (train, data::encode_samples(&tok, &val_s, eos, args.max_len)?.0, Vec::new())
     };
-    let (train_s, val_s) = if args.test_mode {
-        (train_s[..8.min(train_s.len())].to_vec(), val_s[..4.min(val_s.len())].to_vec())
+    let (train, val) = if args.test_mode {
+        (train[..8.min(train.len())].to_vec(), val[..4.min(val.len())].to_vec())
     } else {
-        (train_s, val_s)
+        (train, val)
     };
-    let (train, cut) = data::encode_samples(&tok, &train_s, eos, args.max_len)?;
-    let (val, _) = data::encode_samples(&tok, &val_s, eos, args.max_len)?;
-    println!(
-        "{} training and {} validation examples; truncation cut {} tokens from {} examples",
-        train.len(),
-        val.len(),
-        cut.tokens_cut,
-        cut.examples_cut
-    );
+    println!("{} training and {} validation examples", train.len(), val.len());
 
     let max_new = if args.test_mode { 8 } else { 48 };
     let gen =
@@ -202,21 +188,8 @@ fn main() -> Result<()> {
     print_trainable_parameters(loaded.model.as_ref());
     let ppl_before = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let bleu = |model: &dyn CausalLm, name: &str| -> Result<f64> {
-        let prompts: Vec<(String, Vec<String>)> =
-            val_refs.iter().take(args.eval_mrs).map(|(mr, refs)| (data::e2e_prompt(mr), refs.clone())).collect();
-        let first_line = |t: &str| t.lines().next().unwrap_or("").trim().to_string();
-        std::fs::create_dir_all(&args.out)?;
-        let out = evaluate_generation(
-            model,
-            &tok,
-            &prompts,
-            &gen,
-            &first_line,
-            &args.out.join(format!("generations_{name}.jsonl")),
-        )?;
-        let hyps: Vec<String> = out.iter().map(|g| g.output.clone()).collect();
-        let refs: Vec<Vec<String>> = out.iter().map(|g| g.references.clone()).collect();
-        Ok(corpus_bleu(&hyps, &refs))
+        let out = args.out.join(format!("generations_{name}.jsonl"));
+        Ok(e2e_bleu(model, &tok, &val_refs[..args.eval_mrs.min(val_refs.len())], &gen, &out)?.0)
     };
     let bleu_before = if e2e { Some(bleu(loaded.model.as_ref(), "before")?) } else { None };
 

@@ -205,3 +205,47 @@ pub fn split<T: Clone>(items: &[T], val_fraction: f64, seed: u64) -> (Vec<T>, Ve
     let train = idx[n_val..].iter().map(|&i| items[i].clone()).collect();
     (train, val)
 }
+
+/// The E2E NLG task as every run here uses it: the records split by meaning representation
+/// (no MR in both halves), each half encoded, and the validation MRs with all their references
+/// for BLEU.
+pub struct E2eTask {
+    pub train_records: Vec<E2eRecord>,
+    pub val_records: Vec<E2eRecord>,
+    pub train: Vec<Example>,
+    pub val: Vec<Example>,
+    /// (MR, references) of the validation half.
+    pub val_refs: Vec<(String, Vec<String>)>,
+    pub truncation: Truncation,
+}
+
+impl E2eTask {
+    /// Load `csv`, split 10 % of the MRs off for validation by `seed`, and encode both halves.
+    pub fn load(csv: &Path, tok: &Tokenizer, eos_id: u32, max_len: usize, seed: u64) -> Result<Self> {
+        let records = load_e2e(csv)?;
+        let (train_records, val_records) = split_e2e_by_mr(&records, 0.1, seed);
+        let samples = |rs: &[E2eRecord]| rs.iter().map(e2e_sample).collect::<Vec<Sample>>();
+        let (train, truncation) = encode_samples(tok, &samples(&train_records), eos_id, max_len)?;
+        let (val, _) = encode_samples(tok, &samples(&val_records), eos_id, max_len)?;
+        let val_refs = e2e_references(&val_records);
+        Ok(E2eTask { train_records, val_records, train, val, val_refs, truncation })
+    }
+
+    /// Write the split as `e2e_train.csv` and `e2e_val.csv` (mr,ref) into `dir`, so that
+    /// `../shared/bench/peft_e2e_task.py` can train on exactly the same one.
+    pub fn write_csvs(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;
+        for (name, rows) in [("e2e_train.csv", &self.train_records), ("e2e_val.csv", &self.val_records)] {
+            let path = dir.join(name);
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let err = |e: csv::Error| LoraError::file(&path, format!("cannot write CSV: {e}"));
+            w.write_record(["mr", "ref"]).map_err(err)?;
+            for r in rows.iter() {
+                w.write_record([&r.mr, &r.reference]).map_err(err)?;
+            }
+            let bytes = w.into_inner().map_err(|e| LoraError::file(&path, format!("cannot write CSV: {e}")))?;
+            crate::io::write_atomic(&path, &bytes)?;
+        }
+        Ok(())
+    }
+}

@@ -16,6 +16,7 @@ pub mod data;
 pub mod device;
 pub mod download;
 pub mod error;
+pub mod experiment;
 pub mod export;
 pub mod fused;
 pub mod generate;

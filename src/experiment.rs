@@ -1,0 +1,362 @@
+//! The tutorial's experiments: many training runs on one task, one JSON result per run, and a
+//! report that compares them.
+//!
+//! A sweep is a list of [`RunSpec`]s. [`run_cached`] runs one unless its `result.json` already
+//! exists (so an interrupted sweep resumes where it stopped), and [`write_report`] turns the
+//! results into a markdown table and plots. `examples/experiments.rs` defines the three sweeps.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use tokenizers::Tokenizer;
+
+use crate::generate::GenerateOptions;
+use crate::history::TrainHistory;
+use crate::models::CausalLm;
+use crate::{corpus_bleu, evaluate_generation, Generated};
+use crate::io::write_atomic;
+use crate::{LoraError, Result};
+
+/// What one run trains: LoRA on some modules, or every weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Method {
+    Lora { targets: Vec<String>, rank: usize, alpha: f64 },
+    FullFineTuning,
+}
+
+/// One configuration of a sweep. Everything but `name` and `method` is the same across a sweep,
+/// so the runs differ only in what is being compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Short and file-name safe: `r8`, `q_v`, `full`.
+    pub name: String,
+    pub method: Method,
+    pub steps: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub eval_every: usize,
+    /// Validation MRs scored with BLEU after training.
+    pub eval_mrs: usize,
+    pub seed: u64,
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub spec: RunSpec,
+    pub model: String,
+    pub trainable_params: usize,
+    /// Size of the saved adapter (`adapter_model.safetensors`); `None` for full fine-tuning.
+    pub adapter_bytes: Option<u64>,
+    pub train_s: f64,
+    /// Supervised tokens per second of training.
+    pub tokens_per_s: f64,
+    /// Peak resident memory during the run (MiB).
+    pub peak_rss_mib: f64,
+    /// Mean training loss of the last 10 steps.
+    pub final_train_loss: f64,
+    pub best_val_loss: f64,
+    pub val_perplexity: f64,
+    pub bleu: f64,
+    /// (MR, generated text) for the first validation MRs.
+    pub samples: Vec<(String, String)>,
+    pub history: TrainHistory,
+}
+
+/// Greedy generations for E2E meaning representations `mrs` (with their references), scored with
+/// corpus BLEU-4; the generations are written to `out` (JSONL). Each output is cut at its first
+/// line, as the E2E references are one sentence.
+pub fn e2e_bleu(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    mrs: &[(String, Vec<String>)],
+    gen: &GenerateOptions,
+    out: &Path,
+) -> Result<(f64, Vec<Generated>)> {
+    let prompts: Vec<(String, Vec<String>)> = mrs.iter().map(|(mr, refs)| (crate::data::e2e_prompt(mr), refs.clone())).collect();
+    let first_line = |t: &str| t.lines().next().unwrap_or("").trim().to_string();
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;
+    }
+    let generated = evaluate_generation(model, tok, &prompts, gen, &first_line, out)?;
+    let hyps: Vec<String> = generated.iter().map(|g| g.output.clone()).collect();
+    let refs: Vec<Vec<String>> = generated.iter().map(|g| g.references.clone()).collect();
+    Ok((corpus_bleu(&hyps, &refs), generated))
+}
+
+/// Where a run's files go: `dir/<name>/`.
+pub fn run_dir(dir: &Path, spec: &RunSpec) -> PathBuf {
+    dir.join(&spec.name)
+}
+
+/// The run's result, from `dir/<name>/result.json` if a finished run left one there (with the same
+/// spec), else from `run` (whose result is then written atomically). A result whose spec differs
+/// is an error rather than silently reused or overwritten.
+pub fn run_cached(dir: &Path, spec: &RunSpec, run: impl FnOnce(&RunSpec) -> Result<RunResult>) -> Result<RunResult> {
+    let path = run_dir(dir, spec).join("result.json");
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path).map_err(|e| LoraError::io(&path, e))?;
+        let result: RunResult =
+            serde_json::from_str(&text).map_err(|e| LoraError::file(&path, format!("is not a run result: {e}")))?;
+        if result.spec != *spec {
+            return Err(LoraError::file(
+                &path,
+                "was written for different settings; delete it (or use another --out) to run again",
+            ));
+        }
+        return Ok(result);
+    }
+    let result = run(spec)?;
+    std::fs::create_dir_all(run_dir(dir, spec)).map_err(|e| LoraError::io(&path, e))?;
+    let json = serde_json::to_string_pretty(&result).expect("a result serializes");
+    write_atomic(&path, json.as_bytes())?;
+    Ok(result)
+}
+
+/// Mean of the last `n` training losses.
+pub fn final_loss(history: &TrainHistory, n: usize) -> f64 {
+    let tail: Vec<f64> = history.train.iter().rev().take(n).map(|r| r.loss).collect();
+    tail.iter().sum::<f64>() / tail.len().max(1) as f64
+}
+
+/// Reset the kernel's peak-RSS mark of this process, so the next [`peak_rss_mib`] covers one run
+/// of a sweep (Linux; elsewhere the peak stays the process's).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory of this process since start or the last [`reset_peak_rss`] (MiB).
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn method_label(m: &Method) -> String {
+    match m {
+        Method::Lora { targets, rank, alpha } => format!("LoRA r{rank} a{alpha} on {}", targets.join(", ")),
+        Method::FullFineTuning => "full fine-tuning".into(),
+    }
+}
+
+/// The report's table: one row per run.
+pub fn markdown_table(results: &[RunResult]) -> String {
+    let mut s = String::from(
+        "| run | method | trainable params | adapter | train s | tokens/s | peak MiB | final train loss | best val loss | val ppl | BLEU |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let adapter = r.adapter_bytes.map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.4} | {:.4} | {:.2} | {:.2} |\n",
+            r.spec.name,
+            method_label(&r.spec.method),
+            crate::report::thousands(r.trainable_params),
+            adapter,
+            r.train_s,
+            r.tokens_per_s,
+            r.peak_rss_mib,
+            r.final_train_loss,
+            r.best_val_loss,
+            r.val_perplexity,
+            r.bleu,
+        ));
+    }
+    s
+}
+
+/// Write `report.md` (settings, table, sample generations) and the plots into `dir`:
+/// `val_loss.png` (validation loss against step, one line per run), `quality_vs_params.png`
+/// (BLEU against trainable parameters) and, when `x_of` gives every run a number (the rank),
+/// `quality_vs_x.png`.
+pub fn write_report(
+    dir: &Path,
+    title: &str,
+    notes: &str,
+    results: &[RunResult],
+    x_of: Option<(&str, &dyn Fn(&RunResult) -> Option<f64>)>,
+) -> Result<PathBuf> {
+    let Some(first) = results.first() else {
+        return Err(LoraError::config("report", "has no results to show"));
+    };
+    let mut md = format!("# {title}\n\n{notes}\n\n");
+    md.push_str(&format!(
+        "Model `{}`; every run: {} steps, lr {}, batch {}, seed {}, BLEU on {} validation MRs.\n\n",
+        first.model, first.spec.steps, first.spec.lr, first.spec.batch_size, first.spec.seed, first.spec.eval_mrs
+    ));
+    md.push_str(&markdown_table(results));
+    md.push_str("\n![validation loss](val_loss.png)\n\n![BLEU against trainable parameters](quality_vs_params.png)\n");
+    let plots: Vec<(String, Box<dyn Fn(&Path) -> PlotResult>)> = {
+        let mut p: Vec<(String, Box<dyn Fn(&Path) -> PlotResult>)> = vec![
+            ("val_loss.png".into(), Box::new(|path: &Path| draw_val_loss(results, path))),
+            ("quality_vs_params.png".into(), Box::new(|path: &Path| {
+                let pts: Vec<(f64, f64, String)> =
+                    results.iter().map(|r| ((r.trainable_params.max(1) as f64).log10(), r.bleu, r.spec.name.clone())).collect();
+                draw_points(&pts, "BLEU against trainable parameters", "log10(trainable parameters)", path)
+            })),
+        ];
+        if let Some((label, f)) = x_of {
+            let pts: Vec<(f64, f64, String)> =
+                results.iter().filter_map(|r| f(r).map(|x| (x, r.bleu, r.spec.name.clone()))).collect();
+            if pts.len() == results.len() {
+                md.push_str(&format!("\n![BLEU against {label}](quality_vs_x.png)\n"));
+                let label = label.to_string();
+                p.push(("quality_vs_x.png".into(), Box::new(move |path: &Path| draw_points(&pts, &format!("BLEU against {label}"), &label, path))));
+            }
+        }
+        p
+    };
+    md.push_str("\n## Sample generations\n\n");
+    if let Some((mr, _)) = first.samples.first() {
+        md.push_str(&format!("For `{mr}`:\n\n"));
+        for r in results {
+            if let Some((_, text)) = r.samples.first() {
+                md.push_str(&format!("- **{}**: {}\n", r.spec.name, text));
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;
+    for (name, draw) in plots {
+        let path = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp.png"));
+        draw(&tmp).map_err(|e| LoraError::file(&path, format!("cannot draw: {e}")))?;
+        std::fs::rename(&tmp, &path).map_err(|e| LoraError::io(&path, e))?;
+    }
+    let path = dir.join("report.md");
+    write_atomic(&path, md.as_bytes())?;
+    Ok(path)
+}
+
+type PlotResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+const COLORS: [RGBColor; 8] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK, RGBColor(255, 140, 0), RGBColor(128, 0, 128)];
+
+fn draw_val_loss(results: &[RunResult], path: &Path) -> PlotResult {
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let points = results.iter().flat_map(|r| r.history.val.iter().map(|v| (v.step as f64, v.val_loss)));
+    let (xmax, lo, hi) = points.fold((1.0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, a, b), (s, l)| (x.max(s), a.min(l), b.max(l)));
+    let (lo, hi) = if lo.is_finite() { (lo * 0.97, hi * 1.03 + 1e-9) } else { (0.0, 1.0) };
+    let mut chart = ChartBuilder::on(&root)
+        .caption("validation loss", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xmax, lo..hi)?;
+    chart.configure_mesh().x_desc("step").y_desc("cross-entropy").draw()?;
+    for (i, r) in results.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(r.history.val.iter().map(|v| (v.step as f64, v.val_loss)), c.stroke_width(2)))?
+            .label(r.spec.name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c));
+    }
+    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn draw_points(pts: &[(f64, f64, String)], title: &str, x_desc: &str, path: &Path) -> PlotResult {
+    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (x0, x1, y0, y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), (x, y, _)| {
+        (a.min(*x), b.max(*x), c.min(*y), d.max(*y))
+    });
+    let pad = |lo: f64, hi: f64| {
+        let m = ((hi - lo) * 0.1).max(0.5);
+        (lo - m, hi + m)
+    };
+    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc("BLEU-4").draw()?;
+    chart.draw_series(pts.iter().map(|(x, y, _)| Circle::new((*x, *y), 5, BLUE.filled())))?;
+    chart.draw_series(pts.iter().map(|(x, y, name)| Text::new(name.clone(), (*x, *y), ("sans-serif", 15))))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Make every weight of `model` trainable (full fine-tuning) and return them all as named `Var`s.
+pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core::Var)>> {
+    let mut vars = Vec::new();
+    for (name, slot) in model.linears_mut() {
+        let crate::LinearSlot::Linear(l) = slot else {
+            return Err(LoraError::config("full fine-tuning", format!("`{name}` carries an adapter; start from a plain model")));
+        };
+        l.weight.unfreeze()?;
+        vars.push((format!("{name}.weight"), l.weight.var().expect("just unfrozen").clone()));
+        if let Some(b) = &mut l.bias {
+            b.unfreeze()?;
+            vars.push((format!("{name}.bias"), b.var().expect("just unfrozen").clone()));
+        }
+    }
+    for (name, p) in model.params_mut() {
+        p.unfreeze()?;
+        vars.push((name, p.var().expect("just unfrozen").clone()));
+    }
+    Ok(vars)
+}
+
+/// Full fine-tuning with the same loop as `train_lora` (task 2.2): AdamW over every weight, the
+/// same batch order, schedule, clipping and validation, so a sweep compares like with like. No
+/// checkpoints: a full model is 540 MB a copy, and the sweep reruns an interrupted run instead.
+pub fn train_full(
+    model: &mut dyn CausalLm,
+    train: &[crate::Example],
+    val: &[crate::Example],
+    pad_id: u32,
+    cfg: &crate::TrainConfig,
+) -> Result<TrainHistory> {
+    use crate::history::{EvalRecord, StepRecord};
+    use crate::{causal_lm_loss, clip_grad_norm, collate, evaluate_loss, lr_at};
+    if train.is_empty() || val.is_empty() {
+        return Err(LoraError::config("dataset", "train and validation sets must both be non-empty"));
+    }
+    let vars = unfreeze_all(model)?;
+    let params = crate::optim::AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
+    let mut opt = crate::optim::AdamW::new(vars, params)?;
+    let vars: Vec<candle_core::Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
+    let per_epoch = crate::data::epoch_batches(train.len(), cfg.batch_size, cfg.seed, 0).len();
+    let mut history = TrainHistory::default();
+    let bar = crate::progress::bar(cfg.schedule.total_steps, 0, cfg.progress);
+    for step in 0..cfg.schedule.total_steps {
+        let t0 = std::time::Instant::now();
+        let lr = lr_at(&cfg.schedule, step);
+        opt.set_lr(lr);
+        let idx = &crate::data::epoch_batches(train.len(), cfg.batch_size, cfg.seed, step / per_epoch)[step % per_epoch];
+        let batch: Vec<crate::Example> = idx.iter().map(|&i| train[i].clone()).collect();
+        let (loss, tokens) = causal_lm_loss(model, &collate(&batch, pad_id, model.device())?, true)?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            return Err(LoraError::config("loss", format!("is {value} at step {}; stopped", step + 1)));
+        }
+        let mut grads = loss.backward()?;
+        drop(loss);
+        let grad_norm = clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
+        opt.step(&grads)?;
+        let secs = t0.elapsed().as_secs_f64();
+        history.train.push(StepRecord { step: step + 1, loss: value, lr, grad_norm, tokens, tokens_per_s: tokens as f64 / secs });
+        bar.set_position((step + 1) as u64);
+        if (step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == cfg.schedule.total_steps {
+            let val_loss = evaluate_loss(model, val, cfg.batch_size, pad_id)?;
+            history.val.push(EvalRecord { step: step + 1, val_loss });
+            if history.best.is_none_or(|(_, b)| val_loss < b) {
+                history.best = Some((step + 1, val_loss));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| LoraError::io(&cfg.out_dir, e))?;
+    history.save_json(&cfg.out_dir.join("training_history.json"))?;
+    history.plot(&cfg.out_dir.join("training_history.png"))?;
+    Ok(history)
+}
