@@ -20,14 +20,14 @@ use clap::Parser;
 use lora_from_scratch::checkpoint::best_adapter_dir;
 use lora_from_scratch::data::{self, Sample, Template};
 use lora_from_scratch::device::pick_device;
+use lora_from_scratch::experiment::e2e_bleu;
 use lora_from_scratch::export::save_pretrained;
 use lora_from_scratch::generate::{generate_text, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::models::CausalLm;
-use lora_from_scratch::experiment::e2e_bleu;
 use lora_from_scratch::{
-    inject_lora, load_lora_weights, perplexity, print_trainable_parameters,
-    save_lora_weights, train_lora, verify_merge, Decay, LoraConfig, Schedule, TrainConfig,
+    inject_lora, load_lora_weights, perplexity, print_trainable_parameters, save_lora_weights, train_lora,
+    verify_merge, Decay, LoraConfig, Schedule, TrainConfig,
 };
 
 #[derive(Parser, Debug)]

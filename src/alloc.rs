@@ -19,6 +19,17 @@ pub fn keep_freed_memory() -> bool {
     tune()
 }
 
+/// Hand the heap's free memory back to the OS now (glibc's `malloc_trim`), for a process that
+/// runs several trainings one after the other and measures each one's peak memory. Does nothing
+/// where the allocator is not glibc's.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune() -> bool {
     // SAFETY: mallopt only changes glibc's allocation policy; it is safe to call at any time.

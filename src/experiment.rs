@@ -14,9 +14,9 @@ use tokenizers::Tokenizer;
 
 use crate::generate::GenerateOptions;
 use crate::history::TrainHistory;
+use crate::io::write_atomic;
 use crate::models::CausalLm;
 use crate::{corpus_bleu, evaluate_generation, Generated};
-use crate::io::write_atomic;
 use crate::{LoraError, Result};
 
 /// What one run trains: LoRA on some modules, or every weight.
@@ -76,7 +76,8 @@ pub fn e2e_bleu(
     gen: &GenerateOptions,
     out: &Path,
 ) -> Result<(f64, Vec<Generated>)> {
-    let prompts: Vec<(String, Vec<String>)> = mrs.iter().map(|(mr, refs)| (crate::data::e2e_prompt(mr), refs.clone())).collect();
+    let prompts: Vec<(String, Vec<String>)> =
+        mrs.iter().map(|(mr, refs)| (crate::data::e2e_prompt(mr), refs.clone())).collect();
     let first_line = |t: &str| t.lines().next().unwrap_or("").trim().to_string();
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;
@@ -123,8 +124,11 @@ pub fn final_loss(history: &TrainHistory, n: usize) -> f64 {
 }
 
 /// Reset the kernel's peak-RSS mark of this process, so the next [`peak_rss_mib`] covers one run
-/// of a sweep (Linux; elsewhere the peak stays the process's).
+/// of a sweep (Linux; elsewhere the peak stays the process's). The heap's free memory goes back
+/// to the OS first: [`crate::alloc::keep_freed_memory`] keeps it mapped, and the mark restarts
+/// from what is mapped.
 pub fn reset_peak_rss() {
+    crate::alloc::release_free_memory();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -148,14 +152,15 @@ fn method_label(m: &Method) -> String {
 /// The report's table: one row per run.
 pub fn markdown_table(results: &[RunResult]) -> String {
     let mut s = String::from(
-        "| run | method | trainable params | adapter | train s | tokens/s | peak MiB | final train loss | best val loss | val ppl | BLEU |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | method | lr | trainable params | adapter | train s | tokens/s | peak MiB | final train loss | best val loss | val ppl | BLEU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let adapter = r.adapter_bytes.map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6));
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.4} | {:.4} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.0e} | {} | {} | {:.0} | {:.0} | {:.0} | {:.4} | {:.4} | {:.2} | {:.2} |\n",
             r.spec.name,
             method_label(&r.spec.method),
+            r.spec.lr,
             crate::report::thousands(r.trainable_params),
             adapter,
             r.train_s,
@@ -170,6 +175,13 @@ pub fn markdown_table(results: &[RunResult]) -> String {
     s
 }
 
+/// A numeric setting to plot BLEU against: its label and how to read it from a result (`None`
+/// for a run that lacks it).
+pub type XAxis<'a> = (&'a str, &'a dyn Fn(&RunResult) -> Option<f64>);
+
+/// A plot to draw: its file name and how.
+type Plot<'a> = (String, Box<dyn Fn(&Path) -> PlotResult + 'a>);
+
 /// Write `report.md` (settings, table, sample generations) and the plots into `dir`:
 /// `val_loss.png` (validation loss against step, one line per run), `quality_vs_params.png`
 /// (BLEU against trainable parameters) and, when `x_of` gives every run a number (the rank),
@@ -179,26 +191,31 @@ pub fn write_report(
     title: &str,
     notes: &str,
     results: &[RunResult],
-    x_of: Option<(&str, &dyn Fn(&RunResult) -> Option<f64>)>,
+    x_of: Option<XAxis>,
 ) -> Result<PathBuf> {
     let Some(first) = results.first() else {
         return Err(LoraError::config("report", "has no results to show"));
     };
     let mut md = format!("# {title}\n\n{notes}\n\n");
     md.push_str(&format!(
-        "Model `{}`; every run: {} steps, lr {}, batch {}, seed {}, BLEU on {} validation MRs.\n\n",
-        first.model, first.spec.steps, first.spec.lr, first.spec.batch_size, first.spec.seed, first.spec.eval_mrs
+        "Model `{}`; every run: {} steps (warmup 10, cosine decay), batch {}, seed {}, BLEU-4 of greedy outputs on {} validation MRs; validation loss every {} steps.\n\n",
+        first.model, first.spec.steps, first.spec.batch_size, first.spec.seed, first.spec.eval_mrs, first.spec.eval_every
     ));
     md.push_str(&markdown_table(results));
     md.push_str("\n![validation loss](val_loss.png)\n\n![BLEU against trainable parameters](quality_vs_params.png)\n");
-    let plots: Vec<(String, Box<dyn Fn(&Path) -> PlotResult>)> = {
-        let mut p: Vec<(String, Box<dyn Fn(&Path) -> PlotResult>)> = vec![
+    let plots: Vec<Plot> = {
+        let mut p: Vec<Plot> = vec![
             ("val_loss.png".into(), Box::new(|path: &Path| draw_val_loss(results, path))),
-            ("quality_vs_params.png".into(), Box::new(|path: &Path| {
-                let pts: Vec<(f64, f64, String)> =
-                    results.iter().map(|r| ((r.trainable_params.max(1) as f64).log10(), r.bleu, r.spec.name.clone())).collect();
-                draw_points(&pts, "BLEU against trainable parameters", "log10(trainable parameters)", path)
-            })),
+            (
+                "quality_vs_params.png".into(),
+                Box::new(|path: &Path| {
+                    let pts: Vec<(f64, f64, String)> = results
+                        .iter()
+                        .map(|r| ((r.trainable_params.max(1) as f64).log10(), r.bleu, r.spec.name.clone()))
+                        .collect();
+                    draw_points(&pts, "BLEU against trainable parameters", "log10(trainable parameters)", path)
+                }),
+            ),
         ];
         if let Some((label, f)) = x_of {
             let pts: Vec<(f64, f64, String)> =
@@ -206,7 +223,10 @@ pub fn write_report(
             if pts.len() == results.len() {
                 md.push_str(&format!("\n![BLEU against {label}](quality_vs_x.png)\n"));
                 let label = label.to_string();
-                p.push(("quality_vs_x.png".into(), Box::new(move |path: &Path| draw_points(&pts, &format!("BLEU against {label}"), &label, path))));
+                p.push((
+                    "quality_vs_x.png".into(),
+                    Box::new(move |path: &Path| draw_points(&pts, &format!("BLEU against {label}"), &label, path)),
+                ));
             }
         }
         p
@@ -240,7 +260,8 @@ fn draw_val_loss(results: &[RunResult], path: &Path) -> PlotResult {
     let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let points = results.iter().flat_map(|r| r.history.val.iter().map(|v| (v.step as f64, v.val_loss)));
-    let (xmax, lo, hi) = points.fold((1.0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, a, b), (s, l)| (x.max(s), a.min(l), b.max(l)));
+    let (xmax, lo, hi) =
+        points.fold((1.0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, a, b), (s, l)| (x.max(s), a.min(l), b.max(l)));
     let (lo, hi) = if lo.is_finite() { (lo * 0.97, hi * 1.03 + 1e-9) } else { (0.0, 1.0) };
     let mut chart = ChartBuilder::on(&root)
         .caption("validation loss", ("sans-serif", 22))
@@ -264,9 +285,11 @@ fn draw_val_loss(results: &[RunResult], path: &Path) -> PlotResult {
 fn draw_points(pts: &[(f64, f64, String)], title: &str, x_desc: &str, path: &Path) -> PlotResult {
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (x0, x1, y0, y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), (x, y, _)| {
-        (a.min(*x), b.max(*x), c.min(*y), d.max(*y))
-    });
+    let (x0, x1, y0, y1) = pts
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), (x, y, _)| {
+            (a.min(*x), b.max(*x), c.min(*y), d.max(*y))
+        });
     let pad = |lo: f64, hi: f64| {
         let m = ((hi - lo) * 0.1).max(0.5);
         (lo - m, hi + m)
@@ -290,7 +313,10 @@ pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core
     let mut vars = Vec::new();
     for (name, slot) in model.linears_mut() {
         let crate::LinearSlot::Linear(l) = slot else {
-            return Err(LoraError::config("full fine-tuning", format!("`{name}` carries an adapter; start from a plain model")));
+            return Err(LoraError::config(
+                "full fine-tuning",
+                format!("`{name}` carries an adapter; start from a plain model"),
+            ));
         };
         l.weight.unfreeze()?;
         vars.push((format!("{name}.weight"), l.weight.var().expect("just unfrozen").clone()));
@@ -322,7 +348,8 @@ pub fn train_full(
         return Err(LoraError::config("dataset", "train and validation sets must both be non-empty"));
     }
     let vars = unfreeze_all(model)?;
-    let params = crate::optim::AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
+    let params =
+        crate::optim::AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
     let mut opt = crate::optim::AdamW::new(vars, params)?;
     let vars: Vec<candle_core::Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
     let per_epoch = crate::data::epoch_batches(train.len(), cfg.batch_size, cfg.seed, 0).len();
@@ -332,7 +359,8 @@ pub fn train_full(
         let t0 = std::time::Instant::now();
         let lr = lr_at(&cfg.schedule, step);
         opt.set_lr(lr);
-        let idx = &crate::data::epoch_batches(train.len(), cfg.batch_size, cfg.seed, step / per_epoch)[step % per_epoch];
+        let idx =
+            &crate::data::epoch_batches(train.len(), cfg.batch_size, cfg.seed, step / per_epoch)[step % per_epoch];
         let batch: Vec<crate::Example> = idx.iter().map(|&i| train[i].clone()).collect();
         let (loss, tokens) = causal_lm_loss(model, &collate(&batch, pad_id, model.device())?, true)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
@@ -344,7 +372,14 @@ pub fn train_full(
         let grad_norm = clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
         opt.step(&grads)?;
         let secs = t0.elapsed().as_secs_f64();
-        history.train.push(StepRecord { step: step + 1, loss: value, lr, grad_norm, tokens, tokens_per_s: tokens as f64 / secs });
+        history.train.push(StepRecord {
+            step: step + 1,
+            loss: value,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / secs,
+        });
         bar.set_position((step + 1) as u64);
         if (step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == cfg.schedule.total_steps {
             let val_loss = evaluate_loss(model, val, cfg.batch_size, pad_id)?;
