@@ -21,7 +21,7 @@ use lora_from_scratch::checkpoint::best_adapter_dir;
 use lora_from_scratch::data::E2eTask;
 use lora_from_scratch::experiment::{
     e2e_bleu, final_loss, peak_rss_mib, reset_peak_rss, run_cached, run_dir, train_full, write_report, Method,
-    RunResult, RunSpec,
+    ModuleNames, RunResult, RunSpec,
 };
 use lora_from_scratch::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
@@ -83,12 +83,7 @@ fn sweep(args: &Args, gpt2: bool) -> Result<Sweep> {
         rank,
         alpha: args.alpha,
     };
-    // GPT-2's q, k, v live in one c_attn; the split model adapts each slice on its own.
-    let (q, k, v, o, ffn): (&str, &str, &str, &str, &[&str]) = if gpt2 {
-        ("c_attn.q", "c_attn.k", "c_attn.v", "attn.c_proj", &["c_fc", "mlp.c_proj"])
-    } else {
-        ("q_proj", "k_proj", "v_proj", "o_proj", &["gate_proj", "up_proj", "down_proj"])
-    };
+    let ModuleNames { q, k, v, o, ffn } = ModuleNames::for_gpt2(gpt2);
     Ok(match args.experiment.as_str() {
         "exp1" => Sweep(
             "Experiment 1: full fine-tuning against LoRA".into(),

@@ -27,6 +27,34 @@ pub enum Method {
     FullFineTuning,
 }
 
+/// The target-module names of the attention and MLP weights, for `inject_lora`.
+#[derive(Clone, Copy, Debug)]
+pub struct ModuleNames {
+    pub q: &'static str,
+    pub k: &'static str,
+    pub v: &'static str,
+    pub o: &'static str,
+    pub ffn: &'static [&'static str],
+}
+
+impl ModuleNames {
+    /// Llama's names, or GPT-2's, whose q, k and v are slices of one `c_attn` that a model loaded
+    /// with `split_qkv` adapts one by one.
+    pub fn for_gpt2(gpt2: bool) -> Self {
+        if gpt2 {
+            ModuleNames { q: "c_attn.q", k: "c_attn.k", v: "c_attn.v", o: "attn.c_proj", ffn: &["c_fc", "mlp.c_proj"] }
+        } else {
+            ModuleNames {
+                q: "q_proj",
+                k: "k_proj",
+                v: "v_proj",
+                o: "o_proj",
+                ffn: &["gate_proj", "up_proj", "down_proj"],
+            }
+        }
+    }
+}
+
 /// One configuration of a sweep. Everything but `name` and `method` is the same across a sweep,
 /// so the runs differ only in what is being compared.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,7 +210,8 @@ pub type XAxis<'a> = (&'a str, &'a dyn Fn(&RunResult) -> Option<f64>);
 /// A plot to draw: its file name and how.
 type Plot<'a> = (String, Box<dyn Fn(&Path) -> PlotResult + 'a>);
 
-/// Write `report.md` (settings, table, sample generations) and the plots into `dir`:
+/// Write `report.md` (settings, table, sample generations), `table.md` (the table alone) and the
+/// plots into `dir`:
 /// `val_loss.png` (validation loss against step, one line per run), `quality_vs_params.png`
 /// (BLEU against trainable parameters) and, when `x_of` gives every run a number (the rank),
 /// `quality_vs_x.png`.
@@ -247,6 +276,8 @@ pub fn write_report(
         draw(&tmp).map_err(|e| LoraError::file(&path, format!("cannot draw: {e}")))?;
         std::fs::rename(&tmp, &path).map_err(|e| LoraError::io(&path, e))?;
     }
+    // The table alone as well, for a book chapter to include.
+    write_atomic(&dir.join("table.md"), markdown_table(results).as_bytes())?;
     let path = dir.join("report.md");
     write_atomic(&path, md.as_bytes())?;
     Ok(path)

@@ -102,6 +102,8 @@ fn the_report_has_a_row_per_run_and_its_plots() {
         assert!(row.contains(bleu), "{row}");
     }
     assert!(md.contains("output 50.5"), "sample generations are shown");
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    assert!(md.contains(&table), "table.md is the report's table");
     for png in ["val_loss.png", "quality_vs_params.png", "quality_vs_x.png"] {
         assert!(png_ok(&dir.path().join(png)), "{png} missing or not a PNG");
     }
@@ -146,4 +148,28 @@ fn full_fine_tuning_lowers_the_loss() {
     let counts = lora_from_scratch::count_parameters(loaded.model.as_ref());
     assert_eq!(counts.trainable, counts.total, "every weight is trainable");
     assert!(dir.path().join("training_history.json").is_file());
+}
+
+/// The module names experiment 2 uses select exactly the intended layers on both architectures:
+/// GPT-2 through its split c_attn slices, Llama by its projection names.
+#[test]
+#[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
+fn experiment_module_names_select_the_intended_layers() {
+    use lora_from_scratch::experiment::ModuleNames;
+    use lora_from_scratch::models::load::{load_model, LoadOptions};
+    use lora_from_scratch::{inject_lora, LoraConfig};
+    for (fixture, gpt2) in [("tiny-gpt2", true), ("tiny-llama", false)] {
+        let n = ModuleNames::for_gpt2(gpt2);
+        let mut all = vec![n.q, n.k, n.v, n.o];
+        all.extend_from_slice(n.ffn);
+        let per_layer = [(vec![n.q], 1), (vec![n.q, n.v], 2), (vec![n.q, n.k, n.v, n.o], 4), (all, 4 + n.ffn.len())];
+        for (targets, expected) in per_layer {
+            let opts = LoadOptions { split_qkv: gpt2, ..Default::default() };
+            let mut loaded = load_model(&format!("tests/fixtures/{fixture}"), &opts).unwrap();
+            let layers = loaded.model.linears().iter().filter(|(name, _)| name.ends_with(n.o)).count();
+            let report = inject_lora(loaded.model.as_mut(), &LoraConfig::new(2, 4.0, &targets)).unwrap();
+            let adapted = loaded.model.linears().iter().filter(|(_, s)| s.lora().is_some()).count();
+            assert_eq!(adapted, expected * layers, "{fixture} {targets:?}: {report:?}");
+        }
+    }
 }
