@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
+use lora_from_scratch::experiment::peak_rss_mib;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::ops::frozen_linear;
 use lora_from_scratch::optim::{AdamW, AdamWParams};
@@ -53,16 +54,6 @@ struct Args {
     /// batch x seq tokens), frozen-linear op against candle's matmul of a detached weight.
     #[arg(long)]
     frozen_linear: bool,
-}
-
-/// Peak resident memory of this process, from the kernel's high-water mark.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
