@@ -61,8 +61,7 @@ impl CustomOp1 for FrozenLinear {
 /// throws away).
 pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let weight = weight.detach();
-    let usable = x.device().is_cpu() && x.dtype() == weight.dtype() && matches!(x.dtype(), DType::F32 | DType::F64);
-    if usable {
+    if fused::usable(&[x, &weight]) {
         let weight = weight.contiguous()?;
         return Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenLinear { weight })))?);
     }
