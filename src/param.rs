@@ -9,6 +9,7 @@ use candle_core::{Tensor, Var};
 
 use crate::Result;
 
+// ANCHOR: param
 /// A model weight that is either frozen (a constant) or trainable (a `Var`).
 #[derive(Clone, Debug)]
 pub enum Param {
@@ -17,6 +18,7 @@ pub enum Param {
     /// A trainable weight: gradients flow to it and optimizers update it in place.
     Trainable(Var),
 }
+// ANCHOR_END: param
 
 impl Param {
     /// A frozen weight. The tensor is detached, so even a `Var`'s tensor passed here stops
@@ -57,6 +59,7 @@ impl Param {
         self.tensor().elem_count()
     }
 
+    // ANCHOR: freeze
     /// Stop training this weight. No copy: the frozen tensor shares the `Var`'s storage.
     pub fn freeze(&mut self) {
         if let Param::Trainable(v) = self {
@@ -72,4 +75,5 @@ impl Param {
         }
         Ok(())
     }
+    // ANCHOR_END: freeze
 }

@@ -87,3 +87,126 @@ fn every_grader_points_to_a_real_book_section() {
     assert!(problems.is_empty(), "graders point to missing book sections:\n{}", problems.join("\n"));
     assert!(checked > 0, "no grader points to the book");
 }
+
+fn chapters() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("book/src");
+    let mut out: Vec<(String, String)> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read_to_string(&p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The targets of markdown links and images, `[text](target)` and `![alt](target)`, outside code.
+fn link_targets(markdown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        for part in line.split("](").skip(1) {
+            if let Some(end) = part.find(')') {
+                out.push(part[..end].to_string());
+            }
+        }
+    }
+    out
+}
+
+/// "Code from compiled files only": every Rust listing in the book is a single include of a file
+/// that the build compiles (or a test runs), never code typed into the chapter.
+#[test]
+fn every_rust_listing_is_an_include() {
+    let mut problems = Vec::new();
+    let mut listings = 0;
+    for (name, text) in chapters() {
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let fence = line.trim_start();
+            if !fence.starts_with("```rust") {
+                continue;
+            }
+            listings += 1;
+            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.trim_start().starts_with("```")).collect();
+            let ok = body.len() == 1 && body[0].trim().starts_with("{{#include ") && body[0].trim().ends_with("}}");
+            if !ok {
+                problems.push(format!(
+                    "{name}: a ```rust listing holds typed code, not one {{{{#include}}}}:\n{}",
+                    body.join("\n")
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    assert!(listings > 0, "the book has no Rust listings at all");
+}
+
+/// mdBook does not fail on a link to a chapter or image that is not there; this test does.
+/// Every chapter must also be reachable from SUMMARY.md, or mdBook leaves it out of the book.
+#[test]
+fn every_link_resolves_and_every_chapter_is_in_the_summary() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("book/src");
+    let summary = fs::read_to_string(src.join("SUMMARY.md")).unwrap();
+    let listed = link_targets(&summary);
+    let mut problems = Vec::new();
+    for (name, text) in chapters() {
+        if name != "SUMMARY.md" && !listed.contains(&name) {
+            problems.push(format!("{name} is not in SUMMARY.md"));
+        }
+        for target in link_targets(&text) {
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            let file = target.split('#').next().unwrap();
+            if !file.is_empty() && !src.join(file).is_file() {
+                problems.push(format!("{name}: links to {target}, which is not in book/src"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Each task's chapter exists, is in the book, and ends with the command that grades the task
+/// and what passing looks like: as many passed tests as its grader has.
+#[test]
+fn every_task_chapter_ends_with_its_grading_command() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let summary = fs::read_to_string(root.join("book/src/SUMMARY.md")).unwrap();
+    let mut problems = Vec::new();
+    let mut tasks = 0;
+    for entry in fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let is_task = stem.len() > 4 && stem.starts_with('t') && stem[1..3].chars().all(|c| c.is_ascii_digit());
+        if !is_task || path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        tasks += 1;
+        let graders = fs::read_to_string(&path).unwrap().matches("#[test]").count();
+        let chapter = format!("{stem}.md");
+        let Ok(text) = fs::read_to_string(root.join("book/src").join(&chapter)) else {
+            problems.push(format!("{stem} has a grader but no book/src/{chapter}"));
+            continue;
+        };
+        if !summary.contains(&format!("({chapter})")) {
+            problems.push(format!("{chapter} is not in SUMMARY.md"));
+        }
+        let last = text.rsplit("\n## ").next().unwrap_or("");
+        let command = format!("cargo test --features exercises --test {stem}");
+        let passing = format!("test result: ok. {graders} passed; 0 failed");
+        if !(last.starts_with("Grade it") && last.contains(&command) && last.contains(&passing)) {
+            problems
+                .push(format!("{chapter}: the last section must be \"## Grade it\" with `{command}` and `{passing}`"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(tasks >= 8, "found only {tasks} task graders");
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build the book with the pinned mdBook and fail on any warning or error.
+#
+# mdBook logs a missing include file as an ERROR and still exits 0, and renders a missing anchor
+# as an empty block; tests/book_includes.rs catches the anchors, this script everything mdBook
+# itself reports. mdBook is installed with `cargo install` at the pinned version when the one on
+# PATH is another (or none): about a minute on two cores, without its `serve`/`watch` features.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MDBOOK_VERSION=0.5.4
+if ! mdbook --version 2>/dev/null | grep -qx "mdbook v$MDBOOK_VERSION"; then
+    cargo install mdbook --version "$MDBOOK_VERSION" --locked --no-default-features --features search
+fi
+log=$(mdbook build book 2>&1)
+echo "$log"
+if grep -E 'WARN|ERROR' <<<"$log" >/dev/null; then
+    echo "error: mdbook build reported the warnings or errors above" >&2
+    exit 1
+fi
+echo "book written to book/book/index.html"
