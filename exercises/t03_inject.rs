@@ -41,11 +41,13 @@ pub fn find_target_modules(model: &dyn LoraModel, target_modules: &[String]) -> 
 pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<InjectionSummary> {
     // TODO:
     // 1. Validate the config and find the target modules (before changing anything).
-    // 2. If a selected slot already has an adapter (`slot.lora().is_some()`), return
+    // 2. If a selected slot already has an adapter (`slot.adapter().is_some()`), return
     //    `LoraError::module(name, "already has a LoRA adapter")`.
     // 3. One `StdRng::seed_from_u64(config.seed)` for the whole model; for each selected slot in
     //    `model.linears_mut()` order, build `LoraLayer::new(in, out, config, &mut rng, DType::F32,
-    //    device)` and replace the slot with `LinearSlot::Lora(LinearWithLora::new(...))`.
+    //    slot.device())` and replace the slot with `LinearSlot::Lora(LinearWithLora::new(...))`
+    //    (the base weight: `slot.base_weight()?`). From challenge t09 on, a
+    //    `LinearSlot::Quantized(q)` slot keeps its quantized weight: `q.set_adapter(lora)?` instead.
     // 4. `freeze_base_model(model)` and return the adapted modules with `count_parameters`.
     // Book: "Injection without setattr".
     todo!("t03: inject_lora")
@@ -54,7 +56,8 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
 /// The trainable adapter matrices, named `<module>.lora_A.weight` / `.lora_B.weight`: exactly
 /// what the optimizer of a LoRA run should receive.
 pub fn get_lora_parameters(model: &dyn LoraModel) -> Vec<(String, Var)> {
-    // TODO: for every slot with an adapter, its A and B `Var`s (`Param::var`), in model order.
+    // TODO: for every slot with an adapter (`slot.adapter()`, which also finds the adapters of
+    // quantized layers), its A and B `Var`s (`Param::var`), in model order.
     todo!("t03: get_lora_parameters")
 }
 

@@ -22,7 +22,7 @@ use crate::{
 /// `adapter_config.json`. Each file is written atomically.
 pub fn save_lora_weights(model: &dyn LoraModel, config: &LoraConfig, dir: &Path) -> Result<()> {
     // TODO:
-    // 1. For every adapted slot, put A and B (contiguous) under `peft_key(name, LoraMatrix::A)`
+    // 1. For every adapted slot (`slot.adapter()`), put A and B (contiguous) under `peft_key(name, LoraMatrix::A)`
     //    and `peft_key(name, LoraMatrix::B)`; an adapter whose rank is not config.r, or a model
     //    with no adapter at all, is an error.
     // 2. `safetensors::serialize(&tensors, Some(metadata))` with metadata {"format": "pt"} and,
@@ -52,7 +52,8 @@ pub fn load_lora_weights(model: &mut dyn LoraModel, dir: &Path) -> Result<LoraCo
     // 4. Collect every problem as a `TensorProblem` (Missing, Unexpected, Shape, Corrupt: a
     //    checksum that does not match or a NaN / inf value) and return
     //    `LoraError::AdapterMismatch { path, problems }` if there is any.
-    // 5. Only then build every `LoraLayer::from_tensors` (as f32) and install them all, and
+    // 5. Only then build every `LoraLayer::from_tensors` (as f32) and install them all (a
+    //    `LinearSlot::Quantized` slot, challenge t09, takes its adapter with `set_adapter`), and
     //    freeze the base. Book: "Never half-load".
     todo!("t04: load_lora_weights")
 }

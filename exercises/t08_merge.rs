@@ -31,7 +31,8 @@ pub fn lora_delta(lora: &LoraLayer) -> Result<Tensor> {
 /// weight NaN or infinite, is an error and changes nothing.
 pub fn merge_lora_weights(model: &mut dyn LoraModel) -> Result<MergedAdapters> {
     // TODO:
-    // 1. First pass over model.linears(): for each adapted slot compute W + lora_delta (in f32,
+    // 1. First pass over model.linears(): for each slot with an adapter (`slot.adapter()`; the
+    //    base `slot.base_weight()?`, dequantized if it is quantized) compute W + lora_delta (in f32,
     //    back to W's dtype) and check it is finite (an f64 abs().sum_all()); a NaN or inf is a
     //    `LoraError::module` error. No adapters at all: an error too. Nothing is changed yet.
     // 2. Second pass over model.linears_mut(): replace each adapted slot by

@@ -8,3 +8,4 @@ pub mod t05_data;
 pub mod t06_train;
 pub mod t07_eval;
 pub mod t08_merge;
+pub mod t09_qlora;

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -53,7 +53,7 @@ pub fn find_target_modules(model: &dyn LoraModel, target_modules: &[String]) -> 
 pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<InjectionSummary> {
     config.validate()?;
     let targets: HashSet<String> = find_target_modules(model, &config.target_modules)?.into_iter().collect();
-    if let Some((name, _)) = model.linears().into_iter().find(|(n, s)| targets.contains(n) && s.lora().is_some()) {
+    if let Some((name, _)) = model.linears().into_iter().find(|(n, s)| targets.contains(n) && s.adapter().is_some()) {
         return Err(LoraError::module(name, "already has a LoRA adapter"));
     }
     // One generator for the whole model, seeded from the config: the same config gives the
@@ -65,12 +65,17 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
             continue;
         }
         let (in_features, out_features) = slot.features();
-        let weight = slot.base_weight().clone();
         // Adapters are kept in f32 whatever the base's dtype: they are small, and f32 keeps
         // their small updates from being rounded away.
-        let lora = LoraLayer::new(in_features, out_features, config, &mut rng, DType::F32, weight.device())?;
+        let lora = LoraLayer::new(in_features, out_features, config, &mut rng, DType::F32, slot.device())?;
         let scaling = lora.scaling();
-        *slot = LinearSlot::Lora(LinearWithLora::new(&weight, slot.base_bias(), lora)?);
+        if let LinearSlot::Quantized(q) = slot {
+            // QLoRA (t09): the adapter goes beside the quantized weight, which stays quantized.
+            q.set_adapter(lora)?;
+        } else {
+            let weight = slot.base_weight()?;
+            *slot = LinearSlot::Lora(LinearWithLora::new(&weight, slot.base_bias(), lora)?);
+        }
         adapted.push(AdaptedModule { name, in_features, out_features, r: config.r, scaling });
     }
     freeze_base_model(model);
@@ -97,10 +102,29 @@ fn named_params(model: &dyn LoraModel) -> Vec<(String, Param)> {
                 out.push((format!("{name}.lora_A.weight"), l.lora().a().clone()));
                 out.push((format!("{name}.lora_B.weight"), l.lora().b().clone()));
             }
+            LinearSlot::Quantized(q) => {
+                // The quantized weight counts as many parameters as it has entries; it is
+                // listed without being dequantized (an [0]-sized stand-in would miscount).
+                out.push((format!("{name}.weight"), quantized_param(q.weight().dims(), slot.device())));
+                if let Some(b) = q.bias() {
+                    out.push((format!("{name}.bias"), Param::Frozen(b.clone())));
+                }
+                if let Some(a) = q.adapter() {
+                    out.push((format!("{name}.lora_A.weight"), a.a().clone()));
+                    out.push((format!("{name}.lora_B.weight"), a.b().clone()));
+                }
+            }
         }
     }
     out.extend(model.params().into_iter().map(|(n, p)| (n, p.clone())));
     out
+}
+
+/// A frozen stand-in for a quantized weight, for counting only: its shape, but one stored zero
+/// broadcast (stride 0), so that counting never dequantizes a layer.
+fn quantized_param((out_f, in_f): (usize, usize), device: &candle_core::Device) -> Param {
+    let zero = Tensor::zeros((), DType::F32, device).and_then(|z| z.broadcast_as((out_f, in_f)));
+    Param::Frozen(zero.expect("a broadcast scalar cannot fail"))
 }
 
 // ANCHOR: helpers
@@ -109,8 +133,8 @@ fn named_params(model: &dyn LoraModel) -> Vec<(String, Param)> {
 pub fn get_lora_parameters(model: &dyn LoraModel) -> Vec<(String, Var)> {
     let mut out = Vec::new();
     for (name, slot) in model.linears() {
-        if let Some(l) = slot.lora() {
-            for (m, p) in [("lora_A", l.lora().a()), ("lora_B", l.lora().b())] {
+        if let Some(l) = slot.adapter() {
+            for (m, p) in [("lora_A", l.a()), ("lora_B", l.b())] {
                 if let Some(v) = p.var() {
                     out.push((format!("{name}.{m}.weight"), v.clone()));
                 }
@@ -135,8 +159,8 @@ pub fn freeze_base_model(model: &mut dyn LoraModel) {
 /// Make every adapter's A and B trainable.
 pub fn unfreeze_lora_parameters(model: &mut dyn LoraModel) -> Result<()> {
     for (_, slot) in model.linears_mut() {
-        if let Some(l) = slot.lora_mut() {
-            for p in l.lora_mut().params_mut() {
+        if let Some(l) = slot.adapter_mut() {
+            for p in l.params_mut() {
                 p.unfreeze()?;
             }
         }
@@ -172,13 +196,12 @@ pub fn check_lora_injection(model: &dyn LoraModel) -> InjectionReport {
         params: count_parameters(model),
     };
     for (name, slot) in model.linears() {
-        match slot {
-            LinearSlot::Linear(l) if l.named_params().iter().any(|(_, p)| p.is_trainable()) => {
-                report.trainable_base.push(name)
-            }
-            LinearSlot::Linear(_) => report.frozen.push(name),
-            LinearSlot::Lora(l) => {
-                let lora = l.lora();
+        let trainable_base =
+            matches!(slot, LinearSlot::Linear(l) if l.named_params().iter().any(|(_, p)| p.is_trainable()));
+        match slot.adapter() {
+            _ if trainable_base => report.trainable_base.push(name),
+            None => report.frozen.push(name),
+            Some(lora) => {
                 if !(lora.a().is_trainable() && lora.b().is_trainable()) {
                     report.frozen_adapters.push(name.clone());
                 }

@@ -44,8 +44,7 @@ pub fn save_lora_weights(model: &dyn LoraModel, config: &LoraConfig, dir: &Path)
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut adapted = Vec::new();
     for (name, slot) in model.linears() {
-        let Some(layer) = slot.lora() else { continue };
-        let lora = layer.lora();
+        let Some(lora) = slot.adapter() else { continue };
         if lora.rank() != config.r {
             return Err(LoraError::module(
                 &name,
@@ -110,10 +109,10 @@ pub fn load_lora_weights(model: &mut dyn LoraModel, dir: &Path) -> Result<LoraCo
 
     // Where adapters go, and the shapes their A and B must have.
     let already: Vec<String> =
-        model.linears().into_iter().filter(|(_, s)| s.lora().is_some()).map(|(n, _)| n).collect();
+        model.linears().into_iter().filter(|(_, s)| s.adapter().is_some()).map(|(n, _)| n).collect();
     let modules = if already.is_empty() { find_target_modules(model, &config.target_modules)? } else { already };
     let layout: HashMap<String, ((usize, usize), Device)> =
-        model.linears().into_iter().map(|(n, s)| (n, (s.features(), s.base_weight().device().clone()))).collect();
+        model.linears().into_iter().map(|(n, s)| (n, (s.features(), s.device().clone()))).collect();
 
     let mut problems = Vec::new();
     let mut expected_keys = HashSet::new();
@@ -170,12 +169,22 @@ pub fn load_lora_weights(model: &mut dyn LoraModel, dir: &Path) -> Result<LoraCo
     for (name, slot) in model.linears() {
         if let Some((a, b)) = loaded.get(&name) {
             let lora = LoraLayer::from_tensors(a, b, &config)?;
-            layers.insert(name, LinearWithLora::new(slot.base_weight(), slot.base_bias(), lora)?);
+            let layer = match slot {
+                // QLoRA (t09): a quantized base keeps its quantized weight; the adapter goes beside it.
+                LinearSlot::Quantized(q) => {
+                    let mut q = q.clone();
+                    q.take_adapter();
+                    q.set_adapter(lora)?;
+                    LinearSlot::Quantized(q)
+                }
+                _ => LinearSlot::Lora(LinearWithLora::new(&slot.base_weight()?, slot.base_bias(), lora)?),
+            };
+            layers.insert(name, layer);
         }
     }
     for (name, slot) in model.linears_mut() {
         if let Some(layer) = layers.remove(&name) {
-            *slot = LinearSlot::Lora(layer);
+            *slot = layer;
         }
     }
     freeze_base_model(model);

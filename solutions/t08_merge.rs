@@ -33,9 +33,10 @@ pub fn lora_delta(lora: &LoraLayer) -> Result<Tensor> {
 pub fn merge_lora_weights(model: &mut dyn LoraModel) -> Result<MergedAdapters> {
     let mut merged = Vec::new();
     for (name, slot) in model.linears() {
-        let Some(l) = slot.lora() else { continue };
-        let w = l.weight();
-        let new_w = (w.to_dtype(DType::F32)? + lora_delta(l.lora())?)?.to_dtype(w.dtype())?;
+        let Some(lora) = slot.adapter() else { continue };
+        // A quantized base (QLoRA, t09) is dequantized here: the merged weight is f32.
+        let w = slot.base_weight()?;
+        let new_w = (w.to_dtype(DType::F32)? + lora_delta(lora)?)?.to_dtype(w.dtype())?;
         let sum = new_w.to_dtype(DType::F64)?.abs()?.sum_all()?.to_scalar::<f64>()?;
         if !sum.is_finite() {
             return Err(LoraError::module(name, "merging gives a NaN or infinite weight; the model is unchanged"));
@@ -50,9 +51,9 @@ pub fn merge_lora_weights(model: &mut dyn LoraModel) -> Result<MergedAdapters> {
     for (name, slot) in model.linears_mut() {
         if new_weights.peek().is_some_and(|(n, _)| *n == name) {
             let (_, w) = new_weights.next().expect("peeked");
-            let LinearSlot::Lora(l) = slot else { unreachable!("only adapted slots were merged") };
-            let plain = LinearSlot::Linear(Linear::frozen(&w, l.bias())?);
-            out.push((name, l.lora().clone()));
+            let lora = slot.adapter().expect("only adapted slots were merged").clone();
+            let plain = LinearSlot::Linear(Linear::frozen(&w, slot.base_bias())?);
+            out.push((name, lora));
             *slot = plain;
         }
     }

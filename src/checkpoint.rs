@@ -73,8 +73,8 @@ pub fn read_checkpoint_state(out_dir: &Path) -> Result<Option<(usize, TrainHisto
 pub fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
     let mut saved: Vec<Option<Var>> = Vec::new();
     for (_, slot) in model.linears_mut() {
-        if let Some(l) = slot.lora_mut() {
-            for p in l.lora_mut().params_mut() {
+        if let Some(l) = slot.adapter_mut() {
+            for p in l.params_mut() {
                 saved.push(p.var().cloned());
                 p.freeze();
             }
@@ -83,8 +83,8 @@ pub fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn Cau
     let out = f(model);
     let mut saved = saved.into_iter();
     for (_, slot) in model.linears_mut() {
-        if let Some(l) = slot.lora_mut() {
-            for p in l.lora_mut().params_mut() {
+        if let Some(l) = slot.adapter_mut() {
+            for p in l.params_mut() {
                 if let Some(Some(v)) = saved.next() {
                     *p = Param::Trainable(v);
                 }

@@ -49,8 +49,7 @@ pub fn save_peft_adapter(model: &dyn LoraModel, config: &LoraConfig, dir: &Path)
     // Per fused layer: the adapted slices (index 0..3, A, B) in q, k, v order.
     let mut fused: BTreeMap<String, Vec<(usize, Tensor, Tensor)>> = BTreeMap::new();
     for (name, slot) in model.linears() {
-        let Some(l) = slot.lora() else { continue };
-        let lora = l.lora();
+        let Some(lora) = slot.adapter() else { continue };
         if lora.rank() != config.r {
             return Err(LoraError::module(
                 &name,

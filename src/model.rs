@@ -8,7 +8,8 @@
 
 use candle_core::Tensor;
 
-use crate::{Linear, LinearWithLora, Param, Result};
+use crate::quant::QuantizedLinear;
+use crate::{Linear, LinearWithLora, LoraLayer, Param, Result};
 
 // ANCHOR: slot
 /// Where a model keeps one linear layer: either the plain layer or the layer with an adapter.
@@ -21,6 +22,8 @@ pub enum LinearSlot {
     Linear(Linear),
     /// A frozen linear layer plus a LoRA adapter.
     Lora(LinearWithLora),
+    /// A frozen quantized linear layer (QLoRA, t09), with or without an adapter.
+    Quantized(QuantizedLinear),
 }
 // ANCHOR_END: slot
 
@@ -36,6 +39,7 @@ impl LinearSlot {
                 }
                 l.forward(x, train)
             }
+            LinearSlot::Quantized(q) => q.forward(x, train),
         }
     }
 
@@ -55,28 +59,49 @@ impl LinearSlot {
         Ok((residual + self.forward(x, train)?)?)
     }
 
-    /// The adapted layer, if this slot has an adapter.
+    /// The adapted dense layer, if this slot is one. A quantized layer's adapter is reached
+    /// through [`LinearSlot::adapter`], which covers both.
     pub fn lora(&self) -> Option<&LinearWithLora> {
         match self {
-            LinearSlot::Linear(_) => None,
             LinearSlot::Lora(l) => Some(l),
+            LinearSlot::Linear(_) | LinearSlot::Quantized(_) => None,
         }
     }
 
-    /// The adapted layer, mutably, if this slot has an adapter.
+    /// The adapted dense layer, mutably, if this slot is one.
     pub fn lora_mut(&mut self) -> Option<&mut LinearWithLora> {
         match self {
-            LinearSlot::Linear(_) => None,
             LinearSlot::Lora(l) => Some(l),
+            LinearSlot::Linear(_) | LinearSlot::Quantized(_) => None,
         }
     }
 
-    /// The base layer's weight [out, in], frozen or not.
-    pub fn base_weight(&self) -> &Tensor {
+    /// The LoRA adapter of this layer, dense base or quantized.
+    pub fn adapter(&self) -> Option<&LoraLayer> {
         match self {
-            LinearSlot::Linear(l) => l.weight.tensor(),
-            LinearSlot::Lora(l) => l.weight(),
+            LinearSlot::Lora(l) => Some(l.lora()),
+            LinearSlot::Quantized(q) => q.adapter(),
+            LinearSlot::Linear(_) => None,
         }
+    }
+
+    /// The LoRA adapter of this layer, mutably.
+    pub fn adapter_mut(&mut self) -> Option<&mut LoraLayer> {
+        match self {
+            LinearSlot::Lora(l) => Some(l.lora_mut()),
+            LinearSlot::Quantized(q) => q.adapter_mut(),
+            LinearSlot::Linear(_) => None,
+        }
+    }
+
+    /// The base layer's weight [out, in], frozen or not. A quantized weight is dequantized to a
+    /// full-size f32 tensor: for merging and export, not for the forward pass.
+    pub fn base_weight(&self) -> Result<Tensor> {
+        Ok(match self {
+            LinearSlot::Linear(l) => l.weight.tensor().clone(),
+            LinearSlot::Lora(l) => l.weight().clone(),
+            LinearSlot::Quantized(q) => q.weight().dequantize(q.device())?,
+        })
     }
 
     /// The base layer's bias [out], if any.
@@ -84,13 +109,29 @@ impl LinearSlot {
         match self {
             LinearSlot::Linear(l) => l.bias.as_ref().map(|b| b.tensor()),
             LinearSlot::Lora(l) => l.bias(),
+            LinearSlot::Quantized(q) => q.bias(),
         }
     }
 
     /// (in_features, out_features) of the base layer.
     pub fn features(&self) -> (usize, usize) {
-        let dims = self.base_weight().dims();
-        (dims[1], dims[0])
+        match self {
+            LinearSlot::Linear(l) => (l.in_features(), l.out_features()),
+            LinearSlot::Lora(l) => (l.weight().dims()[1], l.weight().dims()[0]),
+            LinearSlot::Quantized(q) => {
+                let (o, i) = q.weight().dims();
+                (i, o)
+            }
+        }
+    }
+
+    /// The device the layer computes on.
+    pub fn device(&self) -> &candle_core::Device {
+        match self {
+            LinearSlot::Linear(l) => l.weight.tensor().device(),
+            LinearSlot::Lora(l) => l.weight().device(),
+            LinearSlot::Quantized(q) => q.device(),
+        }
     }
 }
 

@@ -23,8 +23,29 @@ use crate::{fused, Result};
 /// `x W^T` for a weight that gets no gradient, as one op whose backward computes only the input
 /// gradient `dy W`. Holds the weight, so the op has one input and keeps nothing else alive.
 struct FrozenLinear {
+    weight: FrozenWeight,
+}
+
+/// The weight of a [`FrozenLinear`]: a dense tensor, or a quantized one (QLoRA, t09) that is
+/// dequantized where it is used, in the forward and again in the backward, so that only the
+/// quantized form stays in memory between them.
+enum FrozenWeight {
     /// [out, in], contiguous.
-    weight: Tensor,
+    Dense(Tensor),
+    Quantized(std::sync::Arc<dyn crate::quant::QuantizedWeight>),
+}
+
+impl FrozenWeight {
+    /// The weight [out, in] as a contiguous CPU tensor of `dtype`.
+    fn dense(&self, dtype: DType) -> candle_core::Result<Tensor> {
+        let w = match self {
+            FrozenWeight::Dense(w) => w.clone(),
+            FrozenWeight::Quantized(q) => {
+                q.dequantize(&candle_core::Device::Cpu).map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            }
+        };
+        w.to_dtype(dtype)
+    }
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -33,12 +54,13 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, x_l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (out_f, in_f) = self.weight.dims2()?;
+        let weight = self.weight.dense(x.dtype())?;
+        let (out_f, in_f) = weight.dims2()?;
         let dims = x_l.dims();
         let m = x_l.shape().elem_count() / in_f;
         // The caller made x contiguous, so it can be read as a [m, in] matrix.
         let x2 = Layout::contiguous_with_offset((m, in_f), x_l.start_offset());
-        let (w_storage, w_l) = self.weight.storage_and_layout();
+        let (w_storage, w_l) = weight.storage_and_layout();
         let Storage::Cpu(w) = &*w_storage else { candle_core::bail!("frozen-linear: the weight is not on the CPU") };
         // W^T is W's layout with the two dims swapped: [in, out] with strides [1, in].
         let wt = w_l.transpose(0, 1)?;
@@ -51,7 +73,7 @@ impl CustomOp1 for FrozenLinear {
     // ANCHOR: frozen_bwd
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // dL/dx = dL/dy W; no dL/dW: the weight is frozen.
-        Ok(Some(grad_y.broadcast_matmul(&self.weight)?))
+        Ok(Some(grad_y.broadcast_matmul(&self.weight.dense(grad_y.dtype())?)?))
     }
     // ANCHOR_END: frozen_bwd
 }
@@ -63,9 +85,31 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let weight = weight.detach();
     if fused::usable(&[x, &weight]) {
         let weight = weight.contiguous()?;
-        return Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenLinear { weight })))?);
+        let op = FrozenLinear { weight: FrozenWeight::Dense(weight) };
+        return Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?);
     }
     Ok(x.broadcast_matmul(&weight.t()?)?)
+}
+
+/// `x W^T` for a quantized frozen weight W [out, in] (QLoRA, t09). On the CPU one op dequantizes
+/// W in its forward, and again in its backward to return the input's gradient `dy W`; between
+/// the two only the quantized weight is kept, never the f32 copy. Elsewhere W is dequantized
+/// onto x's device and used as a detached dense weight (kept until the backward).
+pub fn quantized_linear(x: &Tensor, weight: &std::sync::Arc<dyn crate::quant::QuantizedWeight>) -> Result<Tensor> {
+    let (out_f, in_f) = weight.dims();
+    if x.dims().last() != Some(&in_f) {
+        return Err(crate::LoraError::shape(
+            "quantized linear input",
+            format!("[..., {in_f}] (the weight is [{out_f}, {in_f}])"),
+            x.dims(),
+        ));
+    }
+    if fused::usable(&[x]) {
+        let op = FrozenLinear { weight: FrozenWeight::Quantized(weight.clone()) };
+        return Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?);
+    }
+    let w = weight.dequantize(x.device())?.to_dtype(x.dtype())?;
+    Ok(x.broadcast_matmul(&w.t()?)?)
 }
 
 /// GPT-2's activation, `gelu_new`: the tanh approximation

@@ -61,7 +61,7 @@ proptest! {
         prop_assert_eq!(summary.params.trainable, expected, "trainable count must be r * (in + out) per adapted layer");
         prop_assert_eq!(count_parameters(&model), summary.params, "the summary's counts must be count_parameters'");
         let base_total: usize = tiny(seed).linears().into_iter().map(|(_, s)| {
-            s.base_weight().elem_count() + s.base_bias().map_or(0, |b| b.elem_count())
+            s.base_weight().unwrap().elem_count() + s.base_bias().map_or(0, |b| b.elem_count())
         }).sum::<usize>() + tiny(seed).params().into_iter().map(|(_, p)| p.elem_count()).sum::<usize>();
         prop_assert_eq!(summary.params.total, base_total + expected, "all params = base params + adapter params");
 

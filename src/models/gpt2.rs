@@ -167,13 +167,13 @@ impl Gpt2 {
         let d = self.config.n_embd;
         for (i, block) in self.blocks.iter_mut().enumerate() {
             let CAttn::Fused(slot) = &block.c_attn else { continue };
-            if slot.lora().is_some() {
+            if slot.adapter().is_some() {
                 return Err(LoraError::module(
                     format!("transformer.h.{i}.attn.c_attn"),
                     "has a LoRA adapter; split q, k, v before injecting adapters",
                 ));
             }
-            let (w, b) = (slot.base_weight(), slot.base_bias().expect("c_attn has a bias"));
+            let (w, b) = (slot.base_weight()?, slot.base_bias().expect("c_attn has a bias"));
             let slice = |j: usize| frozen(&w.narrow(0, j * d, d)?.contiguous()?, &b.narrow(0, j * d, d)?);
             block.c_attn = CAttn::Split([slice(0)?, slice(1)?, slice(2)?]);
         }

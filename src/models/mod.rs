@@ -112,6 +112,12 @@ pub(crate) fn plain_weights(name: &str, slot: &crate::LinearSlot) -> Result<(Ten
             name,
             "still has a LoRA adapter; merge it (merge_lora_weights) before exporting",
         )),
+        crate::LinearSlot::Quantized(q) if q.adapter().is_some() => Err(crate::LoraError::module(
+            name,
+            "still has a LoRA adapter; merge it (merge_lora_weights) before exporting",
+        )),
+        // A quantized base is exported dequantized, in f32.
+        crate::LinearSlot::Quantized(q) => Ok((slot.base_weight()?, q.bias().cloned())),
     }
 }
 

@@ -101,6 +101,10 @@ pub fn all_trainable_vars(model: &dyn LoraModel) -> Vec<(String, Var)> {
         let params: Vec<(&str, &Param)> = match slot {
             LinearSlot::Linear(l) => l.named_params(),
             LinearSlot::Lora(l) => vec![("lora_A.weight", l.lora().a()), ("lora_B.weight", l.lora().b())],
+            LinearSlot::Quantized(q) => match q.adapter() {
+                Some(a) => vec![("lora_A.weight", a.a()), ("lora_B.weight", a.b())],
+                None => Vec::new(),
+            },
         };
         for (p, param) in params {
             if let Some(v) = param.var() {
@@ -134,7 +138,7 @@ pub fn unfreeze_everything(model: &mut dyn LoraModel) {
 /// Base weights (not adapters) by name, as f32 bit patterns.
 pub fn base_weight_bits(model: &dyn LoraModel) -> Vec<(String, Vec<u32>)> {
     let mut out: Vec<(String, Vec<u32>)> =
-        model.linears().into_iter().map(|(n, s)| (n, bits(s.base_weight()))).collect();
+        model.linears().into_iter().map(|(n, s)| (n, bits(&s.base_weight().unwrap()))).collect();
     out.extend(model.params().into_iter().map(|(n, p)| (n, bits(p.tensor()))));
     out
 }
