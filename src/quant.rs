@@ -207,6 +207,37 @@ pub fn quantize_base(model: &mut dyn LoraModel, q: BaseQuantization) -> Result<u
     Ok(count)
 }
 
+/// Replace the named plain frozen linear layers of `model` by the given quantized weights
+/// (a GGUF file's own blocks, [`crate::models::gguf::GgufFile::quantized_linears`]). Each
+/// weight must have its layer's shape. Returns how many layers were replaced.
+pub fn use_quantized_weights(
+    model: &mut dyn LoraModel,
+    mut weights: std::collections::HashMap<String, Arc<dyn QuantizedWeight>>,
+) -> Result<usize> {
+    let mut count = 0;
+    for (name, slot) in model.linears_mut() {
+        let Some(w) = weights.remove(&name) else { continue };
+        let LinearSlot::Linear(l) = slot else {
+            return Err(LoraError::module(name, "has an adapter; replace the base before injecting LoRA"));
+        };
+        if w.dims() != (l.out_features(), l.in_features()) {
+            return Err(LoraError::shape(
+                format!("quantized weight for {name}"),
+                format!("[{}, {}]", l.out_features(), l.in_features()),
+                &[w.dims().0, w.dims().1],
+            ));
+        }
+        let bias = l.bias.as_ref().map(|b| b.tensor().clone());
+        let device = l.weight.tensor().device().clone();
+        *slot = LinearSlot::Quantized(QuantizedLinear::new(w, bias.as_ref(), &device)?);
+        count += 1;
+    }
+    if let Some(name) = weights.keys().next() {
+        return Err(LoraError::module(name, "has a quantized weight but no such linear layer in the model"));
+    }
+    Ok(count)
+}
+
 /// Bytes of a model's weights: (quantized linear weights, their f32 size, everything else).
 pub fn base_bytes(model: &dyn LoraModel) -> (usize, usize, usize) {
     let (mut quant, mut quant_f32, mut dense) = (0, 0, 0);

@@ -93,4 +93,10 @@ pub const TASKS: &[Task] = &[
         title: "merge_lora_weights, unmerge_lora_weights and verify_merge",
         hint: "The update is scaling * B A, shaped like W; check every merged weight before replacing any slot.",
     },
+    Task {
+        name: "t09_qlora",
+        number: "ch. 1",
+        title: "QLoRA: the NF4 code book, blockwise quantization with double quantization",
+        hint: "Start with nf4_code_book from normal_quantile, then nearest_level; quantize block by block of 64.",
+    },
 ];

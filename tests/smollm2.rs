@@ -114,3 +114,29 @@ fn a_character_cut_by_the_budget_is_dropped() {
     let text = lora_from_scratch::generate::generate_text(m.model.as_ref(), tok, &prompt, &opts).unwrap();
     assert!(text.starts_with("机器学") && !text.contains('\u{FFFD}'), "{text:?}");
 }
+
+/// The base kept in the file's own Q4_1 blocks (QLoRA on a GGUF base, t09) computes what the
+/// dequantized load computes: transformers' logits, to the same tolerance. This also checks
+/// that q and k rows were reordered block row by block row as the dense load reorders them.
+#[test]
+fn gguf_q4_1_base_kept_quantized_matches_transformers() {
+    let Some(mut m) = smollm2() else { return };
+    let path = smollm2_gguf().unwrap();
+    let mut file = lora_from_scratch::models::gguf::GgufFile::open(&path).unwrap();
+    let config = file.llama_config().unwrap();
+    let weights = file.quantized_linears(&config).unwrap();
+    assert_eq!(weights.len(), 210, "every linear layer of SmolLM2 is Q4_1 in this file");
+    let weights = weights
+        .into_iter()
+        .map(|(n, w)| (n, std::sync::Arc::new(w) as std::sync::Arc<dyn lora_from_scratch::quant::QuantizedWeight>))
+        .collect();
+    assert_eq!(lora_from_scratch::quant::use_quantized_weights(m.model.as_mut(), weights).unwrap(), 210);
+    let (quant, quant_f32, _) = lora_from_scratch::quant::base_bytes(m.model.as_ref());
+    assert_eq!(quant * 32, quant_f32 * 5, "Q4_1 is 5 bits per weight (20 bytes per block of 32)");
+    let r = reference();
+    let input = Tensor::new(ids(&r["input_ids"]), &CPU).unwrap().unsqueeze(0).unwrap();
+    let logits = m.model.forward(&input, None, false).unwrap().squeeze(0).unwrap();
+    let last = logits.get(logits.dim(0).unwrap() - 1).unwrap();
+    let d_last = max_abs_diff(&values(&last), &values(&r["logits_last"]));
+    assert!(d_last < 5e-4, "logits differ from transformers' by {d_last}");
+}

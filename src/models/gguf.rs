@@ -122,6 +122,59 @@ impl GgufFile {
         Weights::from_tensors(tensors, &self.path, dtype)
     }
 }
+impl GgufFile {
+    /// The linear layers' weights kept in the file's block formats (llama.cpp's Q4_1, Q8_0, ...),
+    /// by Hugging Face module name (`model.layers.0.self_attn.q_proj`). q and k get the same
+    /// row order as the dense load ([`unpermute`]), moved block row by block row, exactly.
+    /// Tensors the file stores unquantized (F32, F16) are left out.
+    pub fn quantized_linears(&mut self, config: &LlamaConfig) -> Result<HashMap<String, crate::quant::GgufWeight>> {
+        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        let mut out = HashMap::new();
+        for name in names {
+            let Some(hf) = hf_name(&name) else { continue };
+            let Some(module) = hf.strip_suffix(".weight") else { continue };
+            if !(module.ends_with("_proj") || module == "lm_head") {
+                continue;
+            }
+            let q = self
+                .content
+                .tensor(&mut self.file, &name, &Device::Cpu)
+                .map_err(|e| LoraError::file(&self.path, format!("tensor `{name}` cannot be read: {e}")))?;
+            use candle_core::quantized::GgmlDType;
+            if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                continue;
+            }
+            let w = crate::quant::GgufWeight(q);
+            let heads = if module.ends_with("q_proj") {
+                Some(config.num_attention_heads)
+            } else if module.ends_with("k_proj") {
+                Some(config.kv_heads())
+            } else {
+                None
+            };
+            let w = match heads {
+                Some(h) => w.permute_rows(&unpermute_order(crate::quant::QuantizedWeight::dims(&w).0, h))?,
+                None => w,
+            };
+            out.insert(module.to_string(), w);
+        }
+        Ok(out)
+    }
+}
+
+/// Row `i` of [`unpermute`]'s result is row `order[i]` of its input.
+pub fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    let hd = rows / heads;
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                order.push(h * hd + i * 2 + j);
+            }
+        }
+    }
+    order
+}
 
 /// The Hugging Face name of a llama.cpp tensor name.
 pub fn hf_name(gguf: &str) -> Option<String> {
