@@ -17,18 +17,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lora_from_scratch::checkpoint::best_adapter_dir;
 use lora_from_scratch::data::E2eTask;
-use lora_from_scratch::experiment::{
-    e2e_bleu, final_loss, peak_rss_mib, reset_peak_rss, run_cached, run_dir, train_full, write_report, Method,
-    ModuleNames, RunResult, RunSpec,
-};
+use lora_from_scratch::experiment::{run_cached, write_report, Method, ModuleNames, RunResult, RunSpec};
+use lora_from_scratch::experiment_run::{run_e2e, E2eContext};
 use lora_from_scratch::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::{
-    count_parameters, inject_lora, load_lora_weights, perplexity, train_lora, Decay, LoraConfig, LoraError, Schedule,
-    TrainConfig,
-};
 
 #[derive(Parser, Debug)]
 #[command(about = "LoRA experiments on E2E NLG: exp1 (full FT vs LoRA), exp2 (target modules), exp3 (ranks)")]
@@ -148,6 +141,17 @@ fn main() -> Result<()> {
         mrs.len()
     );
     let gen = GenerateOptions { max_new_tokens: 48, sampling: Sampling::greedy(), stop_ids };
+    let ctx = E2eContext {
+        model: args.model.clone(),
+        load: opts,
+        out: out.clone(),
+        train: &train,
+        val: &val,
+        mrs,
+        gen,
+        tok: &tok,
+        eos,
+    };
 
     let mut results: Vec<RunResult> = Vec::new();
     for (name, method, lr) in runs {
@@ -160,84 +164,9 @@ fn main() -> Result<()> {
             eval_every: args.eval_every,
             eval_mrs: mrs.len(),
             seed: args.seed,
+            base: None,
         };
-        let result = run_cached(&out, &spec, |spec| {
-            println!("\n== {} ==", spec.name);
-            reset_peak_rss();
-            let mut loaded = load_model(&args.model, &opts)?;
-            let dir = run_dir(&out, spec);
-            let cfg = TrainConfig {
-                schedule: Schedule {
-                    peak_lr: spec.lr,
-                    warmup_steps: 10.min(spec.steps),
-                    total_steps: spec.steps,
-                    decay: Decay::Cosine,
-                    min_lr_ratio: 0.1,
-                },
-                batch_size: spec.batch_size,
-                grad_accum: 1,
-                max_grad_norm: Some(1.0),
-                weight_decay: 0.0,
-                eval_every: spec.eval_every,
-                out_dir: dir.clone(),
-                seed: spec.seed,
-                resume: false,
-                stop_after: None,
-                progress: true,
-            };
-            let t0 = std::time::Instant::now();
-            let (history, trainable, adapter_bytes) = match &spec.method {
-                Method::Lora { targets, rank, alpha } => {
-                    let lora = LoraConfig {
-                        target_modules: targets.clone(),
-                        seed: spec.seed,
-                        ..LoraConfig::new(*rank, *alpha, &[])
-                    };
-                    inject_lora(loaded.model.as_mut(), &lora)?;
-                    let trainable = count_parameters(loaded.model.as_ref()).trainable;
-                    let history = train_lora(loaded.model.as_mut(), &lora, &train, &val, eos, &cfg, &mut |_, _| {})?;
-                    let best = best_adapter_dir(&dir);
-                    load_lora_weights(loaded.model.as_mut(), &best)?;
-                    let file = best.join("adapter_model.safetensors");
-                    let bytes = std::fs::metadata(&file).map_err(|e| LoraError::io(&file, e))?.len();
-                    (history, trainable, Some(bytes))
-                }
-                Method::FullFineTuning => {
-                    let history = train_full(loaded.model.as_mut(), &train, &val, eos, &cfg)?;
-                    (history, count_parameters(loaded.model.as_ref()).trainable, None)
-                }
-            };
-            let train_s = t0.elapsed().as_secs_f64();
-            let tokens: usize = history.train.iter().map(|r| r.tokens).sum();
-            let val_perplexity = perplexity(loaded.model.as_mut(), &val, spec.batch_size, eos)?;
-            let (bleu, generated) = e2e_bleu(loaded.model.as_ref(), &tok, mrs, &gen, &dir.join("generations.jsonl"))?;
-            let result = RunResult {
-                spec: spec.clone(),
-                model: args.model.clone(),
-                trainable_params: trainable,
-                adapter_bytes,
-                train_s,
-                tokens_per_s: tokens as f64 / train_s,
-                peak_rss_mib: peak_rss_mib(),
-                final_train_loss: final_loss(&history, 10),
-                best_val_loss: history.best.map_or(f64::NAN, |(_, l)| l),
-                val_perplexity,
-                bleu,
-                samples: task
-                    .val_refs
-                    .iter()
-                    .zip(&generated)
-                    .take(5)
-                    .map(|((mr, _), g)| (mr.clone(), g.output.clone()))
-                    .collect(),
-                history,
-            };
-            println!(
-                "{}: {} trainable, {train_s:.0} s, val loss {:.4}, ppl {val_perplexity:.2}, BLEU {bleu:.2}",
-                spec.name, result.trainable_params, result.best_val_loss
-            );
-            Ok(result)
-        })?;
+        let result = run_cached(&out, &spec, |spec| run_e2e(&ctx, spec))?;
         results.push(result);
     }
     let rank_of = |r: &RunResult| match &r.spec.method {

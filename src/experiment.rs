@@ -69,6 +69,10 @@ pub struct RunSpec {
     /// Validation MRs scored with BLEU after training.
     pub eval_mrs: usize,
     pub seed: u64,
+    /// A quantized frozen base (QLoRA): `nf4`, or `gguf` for the GGUF file's own blocks.
+    /// `None`: the base as loaded (f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// Everything a run measured.
@@ -92,6 +96,12 @@ pub struct RunResult {
     /// (MR, generated text) for the first validation MRs.
     pub samples: Vec<(String, String)>,
     pub history: TrainHistory,
+    /// Bytes of the frozen base's weights as trained (quantized layers in their format), and
+    /// the same weights in f32. 0 in results written before they were recorded.
+    #[serde(default)]
+    pub base_bytes: usize,
+    #[serde(default)]
+    pub base_bytes_f32: usize,
 }
 
 /// Greedy generations for E2E meaning representations `mrs` (with their references), scored with
@@ -341,13 +351,21 @@ fn draw_points(pts: &[(f64, f64, String)], title: &str, x_desc: &str, path: &Pat
 
 /// Make every weight of `model` trainable (full fine-tuning) and return them all as named `Var`s.
 pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core::Var)>> {
+    if let Some((name, _)) = model.quantized_params().first() {
+        return Err(LoraError::config("full fine-tuning", format!("`{name}` is quantized; start from a dense model")));
+    }
     let mut vars = Vec::new();
     for (name, slot) in model.linears_mut() {
-        let crate::LinearSlot::Linear(l) = slot else {
-            return Err(LoraError::config(
-                "full fine-tuning",
-                format!("`{name}` carries an adapter; start from a plain model"),
-            ));
+        let l = match slot {
+            crate::LinearSlot::Linear(l) => l,
+            crate::LinearSlot::Lora(_) => {
+                let why = format!("`{name}` carries an adapter; start from a plain model");
+                return Err(LoraError::config("full fine-tuning", why));
+            }
+            crate::LinearSlot::Quantized(_) => {
+                let why = format!("`{name}` is quantized; start from a dense model");
+                return Err(LoraError::config("full fine-tuning", why));
+            }
         };
         l.weight.unfreeze()?;
         vars.push((format!("{name}.weight"), l.weight.var().expect("just unfrozen").clone()));

@@ -26,8 +26,25 @@ fn serialize(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<Vec<u8>>
 /// `model.safetensors` (Hugging Face names and layouts, tied weights once), and `tokenizer.json`
 /// when given. transformers' `from_pretrained` and this crate's loader both read it.
 pub fn save_pretrained(model: &dyn CausalLm, tokenizer: Option<&Tokenizer>, dir: &Path) -> Result<()> {
+    save_pretrained_as(model, tokenizer, dir, None)
+}
+
+/// [`save_pretrained`] with every floating-point weight converted to `dtype` (bf16 halves the
+/// file; a merged QLoRA model is f32 after dequantization). `None` keeps the model's dtypes.
+pub fn save_pretrained_as(
+    model: &dyn CausalLm,
+    tokenizer: Option<&Tokenizer>,
+    dir: &Path,
+    dtype: Option<candle_core::DType>,
+) -> Result<()> {
+    let convert = |t: Tensor| -> Result<Tensor> {
+        Ok(match dtype {
+            Some(d) if t.dtype().is_float() => t.to_dtype(d)?,
+            _ => t,
+        })
+    };
     let tensors: BTreeMap<String, Tensor> =
-        model.hf_tensors()?.into_iter().map(|(n, t)| Ok((n, t.contiguous()?))).collect::<Result<_>>()?;
+        model.hf_tensors()?.into_iter().map(|(n, t)| Ok((n, convert(t)?.contiguous()?))).collect::<Result<_>>()?;
     std::fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;
     let weights = dir.join("model.safetensors");
     write_atomic(&weights, &serialize(&tensors, &weights)?)?;

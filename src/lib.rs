@@ -17,6 +17,7 @@ pub mod device;
 pub mod download;
 pub mod error;
 pub mod experiment;
+pub mod experiment_run;
 pub mod export;
 pub mod fused;
 pub mod generate;

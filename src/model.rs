@@ -47,6 +47,13 @@ impl LinearSlot {
     /// layer on the CPU takes one fused op ([`crate::fused::residual_linear`]), which does not
     /// keep the layer's output alive for the backward.
     pub fn forward_residual(&self, residual: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let LinearSlot::Quantized(q) = self {
+            let bias_ok = q.bias().is_none_or(|b| crate::fused::usable(&[x, b]));
+            if q.adapter().is_none() && bias_ok && crate::fused::usable(&[residual, x]) {
+                let w = crate::fused::FrozenWeight::Quantized(q.weight().clone());
+                return Ok(crate::fused::residual_linear::residual_linear_with(residual, x, w, q.bias())?);
+            }
+        }
         if let LinearSlot::Linear(l) = self {
             let (w, b) = (l.weight.tensor(), l.bias.as_ref().map(|b| b.tensor()));
             let frozen = !w.track_op() && !b.is_some_and(|b| b.track_op());
@@ -169,6 +176,25 @@ pub trait LoraModel {
 
     /// Every weight that is not inside a linear slot, mutably.
     fn params_mut(&mut self) -> Vec<(String, &mut Param)>;
+
+    /// Weights outside the linear slots that this model keeps quantized (QLoRA's embedding
+    /// table), by parameter name. Their entry in [`LoraModel::params`] is a frozen stand-in with
+    /// the right shape and no values (one zero, broadcast), there so that counting and freezing
+    /// see every parameter; the model itself reads the quantized weight.
+    fn quantized_params(&self) -> Vec<(String, std::sync::Arc<dyn crate::quant::QuantizedWeight>)> {
+        Vec::new()
+    }
+
+    /// Keep the parameter `name` quantized as `weight` from now on. Returns false, changing
+    /// nothing, where the model cannot (the default; Llama can for its embedding table).
+    fn set_quantized_param(
+        &mut self,
+        name: &str,
+        weight: std::sync::Arc<dyn crate::quant::QuantizedWeight>,
+    ) -> Result<bool> {
+        let _ = (name, weight);
+        Ok(false)
+    }
 
     /// The module name of the output head, if the model has a linear one. `"all-linear"` skips
     /// it, as PEFT does: adapting the head of a language model is rarely wanted.

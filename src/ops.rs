@@ -23,29 +23,7 @@ use crate::{fused, Result};
 /// `x W^T` for a weight that gets no gradient, as one op whose backward computes only the input
 /// gradient `dy W`. Holds the weight, so the op has one input and keeps nothing else alive.
 struct FrozenLinear {
-    weight: FrozenWeight,
-}
-
-/// The weight of a [`FrozenLinear`]: a dense tensor, or a quantized one (QLoRA, t09) that is
-/// dequantized where it is used, in the forward and again in the backward, so that only the
-/// quantized form stays in memory between them.
-enum FrozenWeight {
-    /// [out, in], contiguous.
-    Dense(Tensor),
-    Quantized(std::sync::Arc<dyn crate::quant::QuantizedWeight>),
-}
-
-impl FrozenWeight {
-    /// The weight [out, in] as a contiguous CPU tensor of `dtype`.
-    fn dense(&self, dtype: DType) -> candle_core::Result<Tensor> {
-        let w = match self {
-            FrozenWeight::Dense(w) => w.clone(),
-            FrozenWeight::Quantized(q) => {
-                q.dequantize(&candle_core::Device::Cpu).map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            }
-        };
-        w.to_dtype(dtype)
-    }
+    weight: fused::FrozenWeight,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -85,7 +63,7 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let weight = weight.detach();
     if fused::usable(&[x, &weight]) {
         let weight = weight.contiguous()?;
-        let op = FrozenLinear { weight: FrozenWeight::Dense(weight) };
+        let op = FrozenLinear { weight: fused::FrozenWeight::Dense(weight) };
         return Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?);
     }
     Ok(x.broadcast_matmul(&weight.t()?)?)
@@ -105,7 +83,7 @@ pub fn quantized_linear(x: &Tensor, weight: &std::sync::Arc<dyn crate::quant::Qu
         ));
     }
     if fused::usable(&[x]) {
-        let op = FrozenLinear { weight: FrozenWeight::Quantized(weight.clone()) };
+        let op = FrozenLinear { weight: fused::FrozenWeight::Quantized(weight.clone()) };
         return Ok(x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))?);
     }
     let w = weight.dequantize(x.device())?.to_dtype(x.dtype())?;

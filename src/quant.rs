@@ -115,6 +115,18 @@ impl QuantizedLinear {
 
     /// `x W^T + b + adapter(x)`; `train` switches the adapter's dropout on.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // As for a dense adapted layer: one fused op on the CPU when no dropout applies, which
+        // keeps fewer tensors for the backward. With `--features exercises` the learner's
+        // `LoraLayer::forward` runs instead.
+        #[cfg(not(feature = "exercises"))]
+        if let Some(a) = &self.adapter {
+            let (at, bt) = (a.a().tensor(), a.b().tensor());
+            let bias_ok = self.bias.as_ref().is_none_or(|b| crate::fused::usable(&[x, b]));
+            if !(train && a.dropout() > 0.0) && bias_ok && crate::fused::usable(&[x, at, bt]) {
+                let w = crate::fused::FrozenWeight::Quantized(self.weight.clone());
+                return Ok(crate::fused::lora_linear::lora_linear_with(x, w, self.bias.as_ref(), at, bt, a.scaling())?);
+            }
+        }
         let mut y = crate::ops::quantized_linear(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
@@ -178,8 +190,10 @@ pub enum BaseQuantization {
 }
 
 /// Replace every plain frozen linear layer of `model` (not the output head, as bitsandbytes
-/// leaves it) by a quantized one, one layer at a time. Adapted or trainable layers are an
-/// error: quantize the base first, then inject. Returns how many layers were quantized.
+/// leaves it) by a quantized one, one layer at a time, and keep the frozen tables the model can
+/// keep quantized (Llama's embedding, which SmolLM2's head shares) quantized too. Adapted or
+/// trainable layers are an error: quantize the base first, then inject. Returns how many
+/// weights were quantized.
 pub fn quantize_base(model: &mut dyn LoraModel, q: BaseQuantization) -> Result<usize> {
     let head = model.output_head().map(str::to_string);
     let mut count = 0;
@@ -203,6 +217,25 @@ pub fn quantize_base(model: &mut dyn LoraModel, q: BaseQuantization) -> Result<u
         let device = l.weight.tensor().device().clone();
         *slot = LinearSlot::Quantized(QuantizedLinear::new(weight, bias.as_ref(), &device)?);
         count += 1;
+    }
+    // Then the tables the model can keep quantized (Llama's embedding); 1-D norms never are.
+    let tables: Vec<(String, Tensor)> = model
+        .params()
+        .into_iter()
+        .filter(|(_, p)| p.tensor().rank() == 2 && !p.is_trainable())
+        .map(|(n, p)| (n, p.tensor().clone()))
+        .collect();
+    let already: Vec<String> = model.quantized_params().into_iter().map(|(n, _)| n).collect();
+    for (name, t) in tables {
+        if already.contains(&name) {
+            continue;
+        }
+        let weight: Arc<dyn QuantizedWeight> = match q {
+            BaseQuantization::Nf4 => Arc::new(crate::Nf4Tensor::quantize(&t)?),
+        };
+        if model.set_quantized_param(&name, weight)? {
+            count += 1;
+        }
     }
     Ok(count)
 }
@@ -257,8 +290,15 @@ pub fn base_bytes(model: &dyn LoraModel) -> (usize, usize, usize) {
             }
         }
     }
-    for (_, p) in model.params() {
-        dense += p.elem_count() * p.tensor().dtype().size_in_bytes();
+    let quantized = model.quantized_params();
+    for (name, p) in model.params() {
+        match quantized.iter().find(|(n, _)| *n == name) {
+            Some((_, q)) => {
+                quant += q.storage_bytes();
+                quant_f32 += 4 * p.elem_count();
+            }
+            None => dense += p.elem_count() * p.tensor().dtype().size_in_bytes(),
+        }
     }
     (quant, quant_f32, dense)
 }

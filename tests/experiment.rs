@@ -17,6 +17,7 @@ fn spec(name: &str, rank: usize) -> RunSpec {
         eval_every: 2,
         eval_mrs: 3,
         seed: 1,
+        base: None,
     }
 }
 
@@ -49,6 +50,8 @@ fn result(spec: &RunSpec, bleu: f64) -> RunResult {
         bleu,
         samples: vec![("name[A]".into(), format!("output {bleu}"))],
         history,
+        base_bytes: 1000,
+        base_bytes_f32: 1000,
     }
 }
 
@@ -172,4 +175,19 @@ fn experiment_module_names_select_the_intended_layers() {
             assert_eq!(adapted, expected * layers, "{fixture} {targets:?}: {report:?}");
         }
     }
+}
+
+/// Results written before QLoRA's fields existed still read, and their specs (no `base`) still
+/// match the same run asked for again, so a cached sweep is not rerun.
+#[test]
+fn results_without_the_base_fields_still_load() {
+    let s = spec("r8", 8);
+    let mut json = serde_json::to_value(result(&s, 50.0)).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("base_bytes");
+    obj.remove("base_bytes_f32");
+    assert!(json["spec"].get("base").is_none(), "an f32 run's spec is written without `base`");
+    let back: RunResult = serde_json::from_value(json).unwrap();
+    assert_eq!((back.base_bytes, back.spec.base.clone()), (0, None));
+    assert_eq!(back.spec, s);
 }

@@ -67,3 +67,52 @@ fn only_a_frozen_base_without_adapters_is_quantized() {
     let err = quantize_base(m.model.as_mut(), BaseQuantization::Nf4).unwrap_err();
     assert!(err.to_string().contains("q_proj") && err.to_string().contains("before injecting"), "{err}");
 }
+
+/// The quantized layers' fused paths (adapter beside a quantized weight; quantized o/down
+/// projection plus the residual) give the values and adapter gradients of the same model with
+/// the dequantized weights in ordinary dense layers.
+#[test]
+fn a_quantized_model_computes_what_its_dequantized_copy_computes() {
+    use lora_from_scratch::{get_lora_parameters, Linear, LinearSlot, LinearWithLora};
+    let mut q = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
+    quantize_base(q.model.as_mut(), BaseQuantization::Nf4).unwrap();
+    inject_lora(q.model.as_mut(), &LoraConfig::new(3, 6.0, &["q_proj", "up_proj"])).unwrap();
+    for (i, (_, v)) in get_lora_parameters(q.model.as_ref()).into_iter().enumerate() {
+        v.set(&(randn(&mut rng(40 + i as u64), v.dims(), DType::F32) * 0.1).unwrap()).unwrap();
+    }
+    // The dense copy: same dequantized weights, the very same adapter Vars.
+    let mut d = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
+    let slots: Vec<LinearSlot> = q.model.linears().into_iter().map(|(_, s)| s.clone()).collect();
+    for ((_, slot), from) in d.model.linears_mut().into_iter().zip(slots) {
+        let (w, b) = (from.base_weight().unwrap(), from.base_bias().cloned());
+        *slot = match from.adapter() {
+            Some(a) => LinearSlot::Lora(LinearWithLora::new(&w, b.as_ref(), a.clone()).unwrap()),
+            None => LinearSlot::Linear(Linear::frozen(&w, b.as_ref()).unwrap()),
+        };
+    }
+    // The embedding table is quantized too: the copy gets it dequantized.
+    let tables = q.model.quantized_params();
+    assert_eq!(tables.len(), 1, "the embedding table is kept quantized");
+    for (name, p) in d.model.params_mut() {
+        if let Some((_, t)) = tables.iter().find(|(n, _)| *n == name) {
+            *p = lora_from_scratch::Param::frozen(&t.dequantize(&CPU).unwrap());
+        }
+    }
+    let ids = token_ids(&mut rng(9), 2, 5, 101);
+    let g = randn(&mut rng(10), &[2, 5, 101], DType::F32);
+    let run = |m: &lora_from_scratch::models::load::LoadedModel| {
+        let logits = m.model.forward(&ids, None, true).unwrap();
+        let grads = (&logits * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs: Vec<Vec<f64>> = get_lora_parameters(m.model.as_ref())
+            .iter()
+            .map(|(_, v)| values(grads.get(v.as_tensor()).unwrap()))
+            .collect();
+        (values(&logits), gs)
+    };
+    let ((lq, gq), (ld, gd)) = (run(&q), run(&d));
+    assert!(max_abs_diff(&lq, &ld) < 1e-5, "logits differ by {}", max_abs_diff(&lq, &ld));
+    for (a, b) in gq.iter().zip(&gd) {
+        assert!(max_abs_diff(a, b) < 1e-4, "adapter gradients differ by {}", max_abs_diff(a, b));
+    }
+    assert_eq!(gq.len(), 8);
+}

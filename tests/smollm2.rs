@@ -133,6 +133,9 @@ fn gguf_q4_1_base_kept_quantized_matches_transformers() {
     assert_eq!(lora_from_scratch::quant::use_quantized_weights(m.model.as_mut(), weights).unwrap(), 210);
     let (quant, quant_f32, _) = lora_from_scratch::quant::base_bytes(m.model.as_ref());
     assert_eq!(quant * 32, quant_f32 * 5, "Q4_1 is 5 bits per weight (20 bytes per block of 32)");
+    // And the embedding (the tied head too) in its Q8_0 blocks.
+    let embed = file.quantized_tensor("token_embd.weight").unwrap().expect("SmolLM2's embedding is Q8_0");
+    assert!(m.model.set_quantized_param("model.embed_tokens.weight", std::sync::Arc::new(embed)).unwrap());
     let r = reference();
     let input = Tensor::new(ids(&r["input_ids"]), &CPU).unwrap().unsqueeze(0).unwrap();
     let logits = m.model.forward(&input, None, false).unwrap().squeeze(0).unwrap();

@@ -12,13 +12,13 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, Mat};
+use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, FrozenWeight, Mat};
 
 /// The frozen part of the layer and the adapter's scaling.
 #[derive(Clone, Debug)]
 pub struct LoraLinear {
-    /// W0 [out, in], contiguous, on the CPU.
-    pub weight: Tensor,
+    /// W0 [out, in] on the CPU, dense or quantized.
+    pub weight: FrozenWeight,
     /// b [out].
     pub bias: Option<Tensor>,
     /// `alpha / r` (or `alpha / sqrt(r)` with rsLoRA).
@@ -31,7 +31,7 @@ fn s<T: Float>(v: f64) -> T {
 
 impl LoraLinear {
     fn dims(&self, x: &[usize], a: &[usize], b: &[usize]) -> candle_core::Result<(usize, usize, usize, usize)> {
-        let (out_f, in_f) = self.weight.dims2()?;
+        let (out_f, in_f) = self.weight.dims()?;
         let m = x.iter().product::<usize>() / in_f.max(1);
         match (x.last(), a, b) {
             (Some(&i), &[r, i2], &[o, r2]) if i == in_f && i2 == in_f && o == out_f && r == r2 => {
@@ -51,7 +51,7 @@ impl LoraLinear {
         (m, in_f, out_f, r): (usize, usize, usize, usize),
     ) -> candle_core::Result<Vec<T>> {
         let mut y = vec![T::zero(); m * out_f];
-        with_slice::<T, _>(&self.weight, |w| {
+        with_slice::<T, _>(&self.weight.dense(T::DTYPE)?, |w| {
             matmul(&mut y, out_f, (m, out_f, in_f), Mat::rows(x, in_f), Mat::rows(w, in_f).t(), false, true)
         })?;
         if let Some(bias) = &self.bias {
@@ -83,7 +83,7 @@ impl LoraLinear {
             with_slice::<T, _>(a, |a| {
                 with_slice::<T, _>(b, |b| {
                     with_slice::<T, _>(&dy, |dy| {
-                        with_slice::<T, _>(&self.weight, |w| {
+                        with_slice::<T, _>(&self.weight.dense(T::DTYPE)?, |w| {
                             // ANCHOR: backward
                             let mut z = vec![T::zero(); m * r];
                             matmul(&mut z, r, (m, r, in_f), Mat::rows(x, in_f), Mat::rows(a, in_f).t(), false, true);
@@ -184,10 +184,18 @@ pub fn lora_linear(
     b: &Tensor,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let op = LoraLinear {
-        weight: weight.detach().contiguous()?,
-        bias: bias.map(|b| b.detach().contiguous()).transpose()?,
-        scale,
-    };
+    lora_linear_with(x, FrozenWeight::dense_from(weight)?, bias, a, b, scale)
+}
+
+/// [`lora_linear`] over a frozen weight that may be quantized (QLoRA).
+pub fn lora_linear_with(
+    x: &Tensor,
+    weight: FrozenWeight,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let op = LoraLinear { weight, bias: bias.map(|b| b.detach().contiguous()).transpose()?, scale };
     x.contiguous()?.apply_op3_arc(&a.contiguous()?, &b.contiguous()?, std::sync::Arc::new(Box::new(op)))
 }

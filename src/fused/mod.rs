@@ -158,3 +158,38 @@ fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }
+
+/// A frozen weight [out, in] held inside a fused op: a dense contiguous tensor, or a quantized
+/// one (QLoRA, t09) that the op dequantizes where it uses it, in the forward and again in the
+/// backward, so that only the quantized form stays alive between the two.
+#[derive(Clone, Debug)]
+pub enum FrozenWeight {
+    Dense(Tensor),
+    Quantized(std::sync::Arc<dyn crate::quant::QuantizedWeight>),
+}
+
+impl FrozenWeight {
+    /// A dense weight, detached and made contiguous.
+    pub fn dense_from(w: &Tensor) -> candle_core::Result<Self> {
+        Ok(FrozenWeight::Dense(w.detach().contiguous()?))
+    }
+
+    /// (out, in).
+    pub fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            FrozenWeight::Dense(w) => w.dims2(),
+            FrozenWeight::Quantized(q) => Ok(q.dims()),
+        }
+    }
+
+    /// The weight as a contiguous CPU tensor of `dtype` (dequantized if quantized).
+    pub fn dense(&self, dtype: DType) -> candle_core::Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => w.to_dtype(dtype),
+            FrozenWeight::Quantized(q) => q
+                .dequantize(&candle_core::Device::Cpu)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                .to_dtype(dtype),
+        }
+    }
+}

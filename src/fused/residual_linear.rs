@@ -8,18 +8,18 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, Mat};
+use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, FrozenWeight, Mat};
 
 /// The frozen weight [out, in] and bias [out].
 #[derive(Clone, Debug)]
 pub struct ResidualLinear {
-    pub weight: Tensor,
+    pub weight: FrozenWeight,
     pub bias: Option<Tensor>,
 }
 
 impl ResidualLinear {
     fn dims(&self, x: &[usize], h: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
-        let (out_f, in_f) = self.weight.dims2()?;
+        let (out_f, in_f) = self.weight.dims()?;
         let m = x.iter().product::<usize>() / in_f.max(1);
         let same_rows = x.len() == h.len() && x[..x.len() - 1] == h[..h.len() - 1];
         if x.last() != Some(&in_f) || h.last() != Some(&out_f) || !same_rows {
@@ -40,7 +40,7 @@ fn fwd<T: Float>(
     let x = storage_slice::<T>(x, xl)?;
     // y starts as h and the matmul accumulates into it.
     let mut y = storage_slice::<T>(h, hl)?.to_vec();
-    with_slice::<T, _>(&op.weight, |w| {
+    with_slice::<T, _>(&op.weight.dense(T::DTYPE)?, |w| {
         matmul(&mut y, out_f, (m, out_f, in_f), Mat::rows(x, in_f), Mat::rows(w, in_f).t(), true, true)
     })?;
     if let Some(b) = &op.bias {
@@ -55,7 +55,7 @@ fn bwd<T: Float>(op: &ResidualLinear, x: &Tensor, h: &Tensor, dy: &Tensor) -> ca
     let (m, in_f, out_f) = op.dims(x.dims(), h.dims())?;
     let dy = dy.to_dtype(x.dtype())?.contiguous()?;
     let dx = with_slice::<T, _>(&dy, |dy| {
-        with_slice::<T, _>(&op.weight, |w| {
+        with_slice::<T, _>(&op.weight.dense(T::DTYPE)?, |w| {
             let mut dx = vec![T::zero(); m * in_f];
             matmul(&mut dx, in_f, (m, in_f, out_f), Mat::rows(dy, out_f), Mat::rows(w, in_f), false, true);
             dx
@@ -97,9 +97,16 @@ impl CustomOp2 for ResidualLinear {
 
 /// `h + x W^T + b` for a frozen W [out, in] and b [out], as one op.
 pub fn residual_linear(h: &Tensor, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    let op = ResidualLinear {
-        weight: weight.detach().contiguous()?,
-        bias: bias.map(|b| b.detach().contiguous()).transpose()?,
-    };
+    residual_linear_with(h, x, FrozenWeight::dense_from(weight)?, bias)
+}
+
+/// [`residual_linear`] over a frozen weight that may be quantized (QLoRA).
+pub fn residual_linear_with(
+    h: &Tensor,
+    x: &Tensor,
+    weight: FrozenWeight,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let op = ResidualLinear { weight, bias: bias.map(|b| b.detach().contiguous()).transpose()? };
     x.contiguous()?.apply_op2_arc(&h.contiguous()?, std::sync::Arc::new(Box::new(op)))
 }

@@ -162,6 +162,20 @@ impl GgufFile {
     }
 }
 
+impl GgufFile {
+    /// One tensor in the file's own block format (the embedding's Q8_0 in SmolLM2's file);
+    /// `None` if the file stores it unquantized.
+    pub fn quantized_tensor(&mut self, gguf_name: &str) -> Result<Option<crate::quant::GgufWeight>> {
+        use candle_core::quantized::GgmlDType;
+        let q = self
+            .content
+            .tensor(&mut self.file, gguf_name, &Device::Cpu)
+            .map_err(|e| LoraError::file(&self.path, format!("tensor `{gguf_name}` cannot be read: {e}")))?;
+        Ok((!matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16))
+            .then_some(crate::quant::GgufWeight(q)))
+    }
+}
+
 /// Row `i` of [`unpermute`]'s result is row `order[i]` of its input.
 pub fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
     let hd = rows / heads;

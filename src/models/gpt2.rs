@@ -230,8 +230,8 @@ impl CausalLm for Gpt2 {
         linear_forward(hidden, self.wte.tensor(), None)
     }
 
-    fn head_weight(&self) -> Option<&Tensor> {
-        Some(self.wte.tensor())
+    fn head_weight(&self) -> Result<Option<Tensor>> {
+        Ok(Some(self.wte.tensor().clone()))
     }
 
     fn new_cache(&self) -> KvCache {

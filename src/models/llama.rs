@@ -14,6 +14,9 @@ use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::linear::linear_forward;
 use crate::ops::composed::split_heads;
 use crate::ops::{causal_attention, embedding, rms_norm, rope, self_attention, swiglu};
+use std::sync::Arc;
+
+use crate::quant::QuantizedWeight;
 use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
 
 /// transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older configs a top-level
@@ -137,6 +140,9 @@ struct Layer {
 pub struct Llama {
     config: LlamaConfig,
     embed_tokens: Param,
+    /// The embedding table kept quantized (QLoRA); `embed_tokens` is then a stand-in with its
+    /// shape only (see [`LoraModel::quantized_params`]).
+    embed_quantized: Option<Arc<dyn QuantizedWeight>>,
     layers: Vec<Layer>,
     norm: Param,
     /// `None` when the head is tied to `embed_tokens`.
@@ -153,7 +159,19 @@ fn linear(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result
     Ok(LinearSlot::Linear(Linear::frozen(&weight, b.as_ref())?))
 }
 
+/// The embedding table's parameter name.
+const EMBED: &str = "model.embed_tokens.weight";
+
 impl Llama {
+    /// The embedding table [vocab, d], dequantized if it is kept quantized (a transient copy,
+    /// dropped after the op that reads it).
+    fn embedding_table(&self) -> Result<Tensor> {
+        match &self.embed_quantized {
+            Some(q) => Ok(q.dequantize(&self.device)?.to_dtype(self.embed_tokens.tensor().dtype())?),
+            None => Ok(self.embed_tokens.tensor().clone()),
+        }
+    }
+
     /// Build the model from its config and weights; every weight starts frozen.
     pub fn new(config: LlamaConfig, w: &Weights, name_or_path: &str) -> Result<Self> {
         config.validate()?;
@@ -189,6 +207,7 @@ impl Llama {
         Ok(Llama {
             inv_freq: Tensor::new(inv_freq, &device)?,
             embed_tokens: Param::frozen(&embed),
+            embed_quantized: None,
             norm: Param::frozen(&w.get("model.norm.weight", &[d])?),
             layers,
             lm_head,
@@ -216,7 +235,7 @@ impl CausalLm for Llama {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (b, t) = check_ids(ids, self.config.vocab_size, offset, None)?;
         let (nh, nkv, eps) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.rms_norm_eps);
-        let mut h = embedding(ids, self.embed_tokens.tensor())?;
+        let mut h = embedding(ids, &self.embedding_table()?)?;
         let (cos, sin) = self.rope_tables(offset, t, h.dtype())?;
         // ANCHOR: llama_layer
         for (i, layer) in self.layers.iter().enumerate() {
@@ -247,16 +266,16 @@ impl CausalLm for Llama {
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(hidden, false),
-            None => linear_forward(hidden, self.embed_tokens.tensor(), None),
+            None => linear_forward(hidden, &self.embedding_table()?, None),
         }
     }
 
-    fn head_weight(&self) -> Option<&Tensor> {
-        match &self.lm_head {
-            None => Some(self.embed_tokens.tensor()),
-            Some(LinearSlot::Linear(l)) if l.bias.is_none() => Some(l.weight.tensor()),
+    fn head_weight(&self) -> Result<Option<Tensor>> {
+        Ok(match &self.lm_head {
+            None => Some(self.embedding_table()?),
+            Some(LinearSlot::Linear(l)) if l.bias.is_none() => Some(l.weight.tensor().clone()),
             Some(_) => None,
-        }
+        })
     }
 
     fn new_cache(&self) -> KvCache {
@@ -289,6 +308,11 @@ impl CausalLm for Llama {
 
     fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out: Vec<(String, Tensor)> = self.params().into_iter().map(|(n, p)| (n, p.tensor().clone())).collect();
+        // A quantized embedding is exported dequantized, not as its stand-in.
+        if self.embed_quantized.is_some() {
+            out.retain(|(n, _)| n != EMBED);
+            out.push((EMBED.to_string(), self.embedding_table()?));
+        }
         for (name, slot) in self.linears() {
             let (w, b) = plain_weights(&name, slot)?;
             out.push((format!("{name}.weight"), w));
@@ -347,6 +371,29 @@ impl LoraModel for Llama {
 
     fn output_head(&self) -> Option<&str> {
         self.lm_head.as_ref().map(|_| "lm_head")
+    }
+
+    fn quantized_params(&self) -> Vec<(String, Arc<dyn QuantizedWeight>)> {
+        self.embed_quantized.iter().map(|q| (EMBED.to_string(), q.clone())).collect()
+    }
+
+    fn set_quantized_param(&mut self, name: &str, weight: Arc<dyn QuantizedWeight>) -> Result<bool> {
+        if name != EMBED {
+            return Ok(false);
+        }
+        let dims = self.embed_tokens.tensor().dims2()?;
+        if weight.dims() != dims {
+            return Err(LoraError::shape(
+                "quantized embedding table",
+                format!("[{}, {}]", dims.0, dims.1),
+                &[weight.dims().0, weight.dims().1],
+            ));
+        }
+        let dtype = self.embed_tokens.tensor().dtype();
+        let stand_in = Tensor::zeros((), dtype, &self.device)?.broadcast_as(dims)?;
+        self.embed_tokens = Param::frozen(&stand_in);
+        self.embed_quantized = Some(weight);
+        Ok(true)
     }
 
     fn name_or_path(&self) -> String {

