@@ -64,9 +64,10 @@ struct Args {
     max_len: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Also write the merged model as a Hugging Face folder in this dtype: f32 or bf16.
-    #[arg(long)]
-    save_merged: Option<String>,
+    /// The dtype the merged model is written in (to `--out/merged`, a Hugging Face folder): bf16
+    /// or f32.
+    #[arg(long, default_value = "bf16")]
+    merged_dtype: String,
 }
 
 fn main() -> Result<()> {
@@ -153,52 +154,56 @@ fn base_table(results: &[RunResult]) -> String {
     s
 }
 
-/// Merge the NF4 run's adapter into the dequantized base, check it, export it if asked, and
-/// measure what quantizing the merged weights to NF4 again costs.
+/// Merge the NF4 run's adapter into the dequantized base, check it, export it, and measure
+/// each way of keeping the result against the adapted model: logits on one validation example
+/// and the validation loss (`merge.json`, `merge.md`).
 fn merge_nf4(args: &Args, ctx: &E2eContext) -> Result<()> {
     println!("\n== merging the NF4 run's adapter ==");
     let mut m = load_with_base(ctx, Some("nf4"))?;
-    let dir = args.out.join("qlora_nf4");
-    load_lora_weights(m.model.as_mut(), &best_adapter_dir(&dir))?;
-    let probe: Vec<u32> = ctx.val[0].input_ids.clone();
-    let ids = candle_core::Tensor::new(probe.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?;
-    let adapted_logits = m.model.forward(&ids, None, false)?;
-    let adapted_loss = evaluate_loss(m.model.as_mut(), ctx.val, args.batch_size, ctx.eos)?;
+    let ids = candle_core::Tensor::new(ctx.val[0].input_ids.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let mut rows: Vec<(String, candle_core::Tensor, f64)> = Vec::new();
+    let mut measure = |name: &str, model: &mut dyn lora_from_scratch::models::CausalLm| -> Result<()> {
+        let logits = model.forward(&ids, None, false)?;
+        rows.push((name.to_string(), logits, evaluate_loss(model, ctx.val, args.batch_size, ctx.eos)?));
+        Ok(())
+    };
+    let mut dense = load_with_base(ctx, None)?;
+    measure("f32 base alone, no adapter", dense.model.as_mut())?;
+    drop(dense);
+    measure("NF4 base alone, no adapter", m.model.as_mut())?;
+    load_lora_weights(m.model.as_mut(), &best_adapter_dir(&args.out.join("qlora_nf4")))?;
+    measure("adapted: NF4 base + f32 adapter", m.model.as_mut())?;
     let (report, _) = verify_merge(m.model.as_mut(), &ids, 1e-3)?;
-    anyhow::ensure!(
-        report.passed,
-        "the merge into the dequantized base moved the logits by {:.2e}",
-        report.max_abs_diff
-    );
-    let merged_loss = evaluate_loss(m.model.as_mut(), ctx.val, args.batch_size, ctx.eos)?;
-    if let Some(dtype) = &args.save_merged {
-        let d = match dtype.as_str() {
-            "f32" => candle_core::DType::F32,
-            "bf16" => candle_core::DType::BF16,
-            other => anyhow::bail!("--save-merged {other}: expected f32 or bf16"),
-        };
-        save_pretrained_as(m.model.as_ref(), Some(ctx.tok), &args.out.join("merged"), Some(d))?;
-        println!("merged model ({dtype}): {}", args.out.join("merged").display());
-    }
-    // Requantizing: the merged weight W0' + s B A is not on NF4's grid, so it is rounded again.
+    anyhow::ensure!(report.passed, "the merge moved the logits by {:.2e}", report.max_abs_diff);
+    measure("merged into the dequantized base (f32)", m.model.as_mut())?;
+    let dtype = match args.merged_dtype.as_str() {
+        "f32" => candle_core::DType::F32,
+        "bf16" => candle_core::DType::BF16,
+        other => anyhow::bail!("--merged-dtype {other}: expected f32 or bf16"),
+    };
+    let merged_dir = args.out.join("merged");
+    save_pretrained_as(m.model.as_ref(), Some(ctx.tok), &merged_dir, Some(dtype))?;
+    println!("merged model ({}): {}", args.merged_dtype, merged_dir.display());
+    let mut exported = load_model(merged_dir.to_str().context("a UTF-8 path")?, &LoadOptions::default())?;
+    measure(&format!("merged, exported in {} and read back", args.merged_dtype), exported.model.as_mut())?;
+    drop(exported);
+    // The merged weight W0' + s B A is not on NF4's grid: requantizing rounds it again.
     quantize_base(m.model.as_mut(), BaseQuantization::Nf4)?;
-    let requant_logits = m.model.forward(&ids, None, false)?;
-    let diff = (&requant_logits - &adapted_logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    let scale = adapted_logits.abs()?.max_all()?.to_scalar::<f32>()?;
-    let requant_loss = evaluate_loss(m.model.as_mut(), ctx.val, args.batch_size, ctx.eos)?;
-    let json = serde_json::json!({
-        "adapted_val_loss": adapted_loss,
-        "merged_f32": { "max_abs_logit_diff": report.max_abs_diff, "max_rel_logit_diff": report.max_rel_diff, "val_loss": merged_loss },
-        "requantized_nf4": { "max_abs_logit_diff": diff, "max_rel_logit_diff": diff / scale, "val_loss": requant_loss },
-    });
-    write_atomic(&args.out.join("merge.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-    println!(
-        "adapted (NF4 base + adapter): val loss {adapted_loss:.4}\n\
-         merged into the dequantized base (f32): max logit difference {:.2e} (relative {:.2e}), val loss {merged_loss:.4}\n\
-         merged and requantized to NF4: max logit difference {diff:.2e} (relative {:.2e}), val loss {requant_loss:.4}",
-        report.max_abs_diff,
-        report.max_rel_diff,
-        diff / scale
+    measure("merged, then requantized to NF4", m.model.as_mut())?;
+
+    let adapted = rows[2].1.clone();
+    let scale = adapted.abs()?.max_all()?.to_scalar::<f32>()?;
+    let mut table = String::from(
+        "| model | max logit difference to the adapted model | relative | validation loss |\n|---|---|---|---|\n",
     );
+    let mut json = Vec::new();
+    for (name, logits, loss) in &rows {
+        let diff = (logits - &adapted)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        table.push_str(&format!("| {name} | {diff:.2e} | {:.2e} | {loss:.4} |\n", diff / scale));
+        json.push(serde_json::json!({ "model": name, "max_abs_logit_diff": diff, "max_rel_logit_diff": diff / scale, "val_loss": loss }));
+    }
+    write_atomic(&args.out.join("merge.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    write_atomic(&args.out.join("merge.md"), table.as_bytes())?;
+    println!("\n{table}");
     Ok(())
 }

@@ -197,7 +197,10 @@ pub fn markdown_table(results: &[RunResult]) -> String {
         s.push_str(&format!(
             "| {} | {} | {:.0e} | {} | {} | {:.0} | {:.0} | {:.0} | {:.4} | {:.4} | {:.2} | {:.2} |\n",
             r.spec.name,
-            method_label(&r.spec.method),
+            match &r.spec.base {
+                Some(base) => format!("{}, {base} base", method_label(&r.spec.method)),
+                None => method_label(&r.spec.method),
+            },
             r.spec.lr,
             crate::report::thousands(r.trainable_params),
             adapter,

@@ -189,6 +189,7 @@ pub enum BaseQuantization {
     Nf4,
 }
 
+// ANCHOR: quantize_base
 /// Replace every plain frozen linear layer of `model` (not the output head, as bitsandbytes
 /// leaves it) by a quantized one, one layer at a time, and keep the frozen tables the model can
 /// keep quantized (Llama's embedding, which SmolLM2's head shares) quantized too. Adapted or
@@ -239,6 +240,7 @@ pub fn quantize_base(model: &mut dyn LoraModel, q: BaseQuantization) -> Result<u
     }
     Ok(count)
 }
+// ANCHOR_END: quantize_base
 
 /// Replace the named plain frozen linear layers of `model` by the given quantized weights
 /// (a GGUF file's own blocks, [`crate::models::gguf::GgufFile::quantized_linears`]). Each

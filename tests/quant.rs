@@ -116,3 +116,23 @@ fn a_quantized_model_computes_what_its_dequantized_copy_computes() {
     }
     assert_eq!(gq.len(), 8);
 }
+
+/// GPT-2's linear layers (Conv1D, stored transposed) quantize too; its embedding stays dense
+/// (only Llama keeps its table quantized), and merging gives back the adapted model's logits.
+#[test]
+fn gpt2_quantizes_its_linears_and_merges() {
+    use lora_from_scratch::{get_lora_parameters, merge_lora_weights};
+    let mut m = load_model("tests/fixtures/tiny-gpt2", &LoadOptions::default()).unwrap();
+    let n = quantize_base(m.model.as_mut(), BaseQuantization::Nf4).unwrap();
+    assert_eq!(n, m.model.linears().len(), "every linear of GPT-2 is quantized, nothing else");
+    assert!(m.model.quantized_params().is_empty());
+    inject_lora(m.model.as_mut(), &LoraConfig::new(2, 4.0, &["c_attn", "mlp.c_proj"])).unwrap();
+    for (i, (_, v)) in get_lora_parameters(m.model.as_ref()).into_iter().enumerate() {
+        v.set(&(randn(&mut rng(60 + i as u64), v.dims(), DType::F32) * 0.1).unwrap()).unwrap();
+    }
+    let ids = token_ids(&mut rng(61), 2, 5, 50);
+    let adapted = values(&m.model.forward(&ids, None, false).unwrap());
+    merge_lora_weights(m.model.as_mut()).unwrap();
+    let merged = values(&m.model.forward(&ids, None, false).unwrap());
+    assert!(max_abs_diff(&adapted, &merged) < 1e-4, "{}", max_abs_diff(&adapted, &merged));
+}
