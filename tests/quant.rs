@@ -136,3 +136,20 @@ fn gpt2_quantizes_its_linears_and_merges() {
     let merged = values(&m.model.forward(&ids, None, false).unwrap());
     assert!(max_abs_diff(&adapted, &merged) < 1e-4, "{}", max_abs_diff(&adapted, &merged));
 }
+
+/// A bf16 model quantizes from its bf16 weights and runs (the composed path, off the fused ops'
+/// f32/f64), close to the same model quantized from f32.
+#[test]
+fn a_bf16_model_quantizes_and_runs() {
+    let load = |dtype| {
+        let mut m = load_model("tests/fixtures/tiny-llama", &LoadOptions { dtype, ..Default::default() }).unwrap();
+        quantize_base(m.model.as_mut(), BaseQuantization::Nf4).unwrap();
+        inject_lora(m.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj"])).unwrap();
+        m
+    };
+    let ids = token_ids(&mut rng(70), 1, 6, 101);
+    let f = values(&load(DType::F32).model.forward(&ids, None, false).unwrap());
+    let b = values(&load(DType::BF16).model.forward(&ids, None, false).unwrap());
+    let scale = f.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&f, &b) < 0.05 * scale, "bf16 logits {} away (scale {scale})", max_abs_diff(&f, &b));
+}
