@@ -9,3 +9,4 @@ pub mod t06_train;
 pub mod t07_eval;
 pub mod t08_merge;
 pub mod t09_qlora;
+pub mod t10_multi_lora;

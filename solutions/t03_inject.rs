@@ -88,6 +88,12 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
 fn named_params(model: &dyn LoraModel) -> Vec<(String, Param)> {
     let mut out = Vec::new();
     for (name, slot) in model.linears() {
+        // A layer serving several adapters per row (t10) counts as its base, which is never
+        // itself per-row.
+        let slot = match slot {
+            LinearSlot::PerRow(p) => p.base(),
+            other => other,
+        };
         match slot {
             LinearSlot::Linear(l) => {
                 for (p_name, p) in l.named_params() {
@@ -102,6 +108,7 @@ fn named_params(model: &dyn LoraModel) -> Vec<(String, Param)> {
                 out.push((format!("{name}.lora_A.weight"), l.lora().a().clone()));
                 out.push((format!("{name}.lora_B.weight"), l.lora().b().clone()));
             }
+            LinearSlot::PerRow(_) => unreachable!("replaced by its base above"),
             LinearSlot::Quantized(q) => {
                 // The quantized weight counts as many parameters as it has entries; it is
                 // listed without being dequantized (an [0]-sized stand-in would miscount).

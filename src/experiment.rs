@@ -369,6 +369,10 @@ pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core
                 let why = format!("`{name}` is quantized; start from a dense model");
                 return Err(LoraError::config("full fine-tuning", why));
             }
+            crate::LinearSlot::PerRow(_) => {
+                let why = format!("`{name}` serves several adapters; start from a plain model");
+                return Err(LoraError::config("full fine-tuning", why));
+            }
         };
         l.weight.unfreeze()?;
         vars.push((format!("{name}.weight"), l.weight.var().expect("just unfrozen").clone()));

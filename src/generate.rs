@@ -137,3 +137,47 @@ pub fn pick(logits: &Tensor, s: &Sampling, rng: &mut StdRng) -> Result<u32> {
     }
     Ok(*order.last().expect("at least one token is kept") as u32)
 }
+
+/// Greedy continuations of several prompts at once, one forward pass of the whole batch per
+/// new token (no KV cache: each step recomputes every position, so this is for a handful of
+/// short requests, as when a batch mixes adapters per row). Rows are padded on the right; with
+/// causal attention a real token never sees the padding after it, so each row's logits at its
+/// last real token are the ones it would get alone. A row stops at a stop id or after
+/// `max_new_tokens`; the stop id is not returned.
+pub fn greedy_batch(
+    model: &dyn CausalLm,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+        return Err(LoraError::config("prompts", "need at least one, each with at least one token"));
+    }
+    let mut rows: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut done = vec![false; prompts.len()];
+    for _ in 0..max_new_tokens {
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let width = rows.iter().map(Vec::len).max().unwrap_or(1);
+        let pad = stop_ids.first().copied().unwrap_or(0);
+        let flat: Vec<u32> =
+            rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(pad, width - r.len()))).collect();
+        let ids = Tensor::from_vec(flat, (rows.len(), width), model.device())?;
+        let logits = model.forward(&ids, None, false)?;
+        for (i, row) in rows.iter_mut().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let next = logits.get(i)?.get(row.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
+            if stop_ids.contains(&next) {
+                done[i] = true;
+            } else {
+                row.push(next);
+                out[i].push(next);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -8,6 +8,7 @@
 
 use candle_core::Tensor;
 
+use crate::multi::PerRowLinear;
 use crate::quant::QuantizedLinear;
 use crate::{Linear, LinearWithLora, LoraLayer, Param, Result};
 
@@ -24,6 +25,8 @@ pub enum LinearSlot {
     Lora(LinearWithLora),
     /// A frozen quantized linear layer (QLoRA, t09), with or without an adapter.
     Quantized(QuantizedLinear),
+    /// A base layer with several adapters, one per row of the batch (serving, t10).
+    PerRow(PerRowLinear),
 }
 // ANCHOR_END: slot
 
@@ -40,6 +43,7 @@ impl LinearSlot {
                 l.forward(x, train)
             }
             LinearSlot::Quantized(q) => q.forward(x, train),
+            LinearSlot::PerRow(p) => p.forward(x),
         }
     }
 
@@ -71,7 +75,7 @@ impl LinearSlot {
     pub fn lora(&self) -> Option<&LinearWithLora> {
         match self {
             LinearSlot::Lora(l) => Some(l),
-            LinearSlot::Linear(_) | LinearSlot::Quantized(_) => None,
+            LinearSlot::Linear(_) | LinearSlot::Quantized(_) | LinearSlot::PerRow(_) => None,
         }
     }
 
@@ -79,7 +83,7 @@ impl LinearSlot {
     pub fn lora_mut(&mut self) -> Option<&mut LinearWithLora> {
         match self {
             LinearSlot::Lora(l) => Some(l),
-            LinearSlot::Linear(_) | LinearSlot::Quantized(_) => None,
+            LinearSlot::Linear(_) | LinearSlot::Quantized(_) | LinearSlot::PerRow(_) => None,
         }
     }
 
@@ -88,7 +92,7 @@ impl LinearSlot {
         match self {
             LinearSlot::Lora(l) => Some(l.lora()),
             LinearSlot::Quantized(q) => q.adapter(),
-            LinearSlot::Linear(_) => None,
+            LinearSlot::Linear(_) | LinearSlot::PerRow(_) => None,
         }
     }
 
@@ -97,7 +101,7 @@ impl LinearSlot {
         match self {
             LinearSlot::Lora(l) => Some(l.lora_mut()),
             LinearSlot::Quantized(q) => q.adapter_mut(),
-            LinearSlot::Linear(_) => None,
+            LinearSlot::Linear(_) | LinearSlot::PerRow(_) => None,
         }
     }
 
@@ -108,6 +112,7 @@ impl LinearSlot {
             LinearSlot::Linear(l) => l.weight.tensor().clone(),
             LinearSlot::Lora(l) => l.weight().clone(),
             LinearSlot::Quantized(q) => q.weight().dequantize(q.device())?,
+            LinearSlot::PerRow(p) => p.base().base_weight()?,
         })
     }
 
@@ -117,6 +122,7 @@ impl LinearSlot {
             LinearSlot::Linear(l) => l.bias.as_ref().map(|b| b.tensor()),
             LinearSlot::Lora(l) => l.bias(),
             LinearSlot::Quantized(q) => q.bias(),
+            LinearSlot::PerRow(p) => p.base().base_bias(),
         }
     }
 
@@ -129,6 +135,7 @@ impl LinearSlot {
                 let (o, i) = q.weight().dims();
                 (i, o)
             }
+            LinearSlot::PerRow(p) => p.base().features(),
         }
     }
 
@@ -138,7 +145,35 @@ impl LinearSlot {
             LinearSlot::Linear(l) => l.weight.tensor().device(),
             LinearSlot::Lora(l) => l.weight().device(),
             LinearSlot::Quantized(q) => q.device(),
+            LinearSlot::PerRow(p) => p.base().device(),
         }
+    }
+
+    /// The same layer without its adapter (or adapters): the plain base, dense or quantized.
+    /// Cheap: the base tensors are shared, not copied.
+    pub fn without_adapter(&self) -> Result<LinearSlot> {
+        Ok(match self {
+            LinearSlot::Linear(_) => self.clone(),
+            LinearSlot::Lora(l) => LinearSlot::Linear(Linear::frozen(l.weight(), l.bias())?),
+            LinearSlot::Quantized(q) => {
+                let mut q = q.clone();
+                q.take_adapter();
+                LinearSlot::Quantized(q)
+            }
+            LinearSlot::PerRow(p) => p.base().clone(),
+        })
+    }
+
+    /// The base of this layer with `lora` beside it: a `LinearWithLora` over a dense base, the
+    /// adapter set into a quantized one. Cheap: tensors are shared, not copied.
+    pub fn with_adapter(&self, lora: LoraLayer) -> Result<LinearSlot> {
+        Ok(match self.without_adapter()? {
+            LinearSlot::Quantized(mut q) => {
+                q.set_adapter(lora)?;
+                LinearSlot::Quantized(q)
+            }
+            base => LinearSlot::Lora(LinearWithLora::new(&base.base_weight()?, base.base_bias(), lora)?),
+        })
     }
 }
 

@@ -99,4 +99,11 @@ pub const TASKS: &[Task] = &[
         title: "QLoRA: the NF4 code book, blockwise quantization with double quantization",
         hint: "Start with nf4_code_book from normal_quantile, then nearest_level; quantize block by block of 64.",
     },
+    Task {
+        name: "t10_multi_lora",
+        number: "ch. 2",
+        title: "Several adapters on one base: switching, combining, a batch of many adapters",
+        hint:
+            "per_row_lora is two batched matmuls after index_select; set_active builds every slot before changing any.",
+    },
 ];

@@ -86,7 +86,9 @@ proptest! {
 proptest! {
     #![proptest_config(proptest_config(24))]
 
-    /// Random layer shapes and ranks on the graders' small model: merged equals adapted to 1e-5.
+    /// Random layer shapes and ranks on the graders' small model: merged equals adapted to 1e-4
+    /// of the largest logit. (The two orders of f32 sums differ by up to about 1.3e-5 of it on
+    /// unlucky shapes; a wrong merge is off by far more.)
     #[test]
     fn merged_equals_adapted_for_any_shape(hidden in 1usize..24, inter in 1usize..24, vocab in 2usize..40,
                                            r in 1usize..9, seed in 0u64..1000) {
@@ -102,7 +104,7 @@ proptest! {
         let before = values(&m.forward(&ids, false).unwrap());
         merge_lora_weights(&mut m).unwrap();
         let after = values(&m.forward(&ids, false).unwrap());
-        prop_assert!(max_abs_diff(&before, &after) < 1e-5 * before.iter().fold(1.0f64, |a, x| a.max(x.abs())),
+        prop_assert!(max_abs_diff(&before, &after) < 1e-4 * before.iter().fold(1.0f64, |a, x| a.max(x.abs())),
             "merged output differs by {}", max_abs_diff(&before, &after));
     }
 }

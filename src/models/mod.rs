@@ -116,6 +116,10 @@ pub(crate) fn plain_weights(name: &str, slot: &crate::LinearSlot) -> Result<(Ten
             name,
             "still has a LoRA adapter; merge it (merge_lora_weights) before exporting",
         )),
+        crate::LinearSlot::PerRow(_) => Err(crate::LoraError::module(
+            name,
+            "serves several adapters per row; clear them (AdapterSet::clear) before exporting",
+        )),
         // A quantized base is exported dequantized, in f32.
         crate::LinearSlot::Quantized(q) => Ok((slot.base_weight()?, q.bias().cloned())),
     }

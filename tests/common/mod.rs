@@ -101,6 +101,7 @@ pub fn all_trainable_vars(model: &dyn LoraModel) -> Vec<(String, Var)> {
         let params: Vec<(&str, &Param)> = match slot {
             LinearSlot::Linear(l) => l.named_params(),
             LinearSlot::Lora(l) => vec![("lora_A.weight", l.lora().a()), ("lora_B.weight", l.lora().b())],
+            LinearSlot::PerRow(_) => Vec::new(),
             LinearSlot::Quantized(q) => match q.adapter() {
                 Some(a) => vec![("lora_A.weight", a.a()), ("lora_B.weight", a.b())],
                 None => Vec::new(),
