@@ -31,9 +31,21 @@ impl Default for AdamWParams {
     }
 }
 
+/// `Var`s that share a learning rate: `lr_scale` times the optimizer's (PyTorch's parameter
+/// groups). LoRA+ (Hayou et al. 2024) gives B a larger rate than A; weights trained in full
+/// beside adapters usually want a smaller one.
+#[derive(Clone, Debug)]
+pub struct ParamGroup {
+    pub name: String,
+    pub vars: Vec<(String, Var)>,
+    pub lr_scale: f64,
+}
+
 /// AdamW over the `Var`s it was given, and nothing else.
 pub struct AdamW {
     vars: Vec<(String, Var)>,
+    /// Each var's learning rate as a multiple of `params.lr` (1 unless built from groups).
+    lr_scale: Vec<f64>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     steps: usize,
@@ -47,7 +59,26 @@ impl AdamW {
         }
         let m = vars.iter().map(|(_, v)| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         let v = vars.iter().map(|(_, v)| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(AdamW { vars, m, v, steps: 0, params })
+        let lr_scale = vec![1.0; vars.len()];
+        Ok(AdamW { vars, lr_scale, m, v, steps: 0, params })
+    }
+
+    /// AdamW over parameter groups, each at its own multiple of the learning rate. A group with
+    /// a scale that is not positive and finite is an error naming it.
+    pub fn with_groups(groups: Vec<ParamGroup>, params: AdamWParams) -> Result<Self> {
+        let mut scales = Vec::new();
+        let mut vars = Vec::new();
+        for g in groups {
+            if !(g.lr_scale.is_finite() && g.lr_scale > 0.0) {
+                let why = format!("group `{}` has learning-rate scale {}", g.name, g.lr_scale);
+                return Err(LoraError::config("optimizer", why));
+            }
+            scales.extend(std::iter::repeat_n(g.lr_scale, g.vars.len()));
+            vars.extend(g.vars);
+        }
+        let mut opt = AdamW::new(vars, params)?;
+        opt.lr_scale = scales;
+        Ok(opt)
     }
 
     /// How many updates have been applied.
@@ -67,11 +98,12 @@ impl AdamW {
     /// One update from `grads`. A `Var` without a gradient is left alone (its moments too).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.steps += 1;
-        let AdamWParams { lr, beta1, beta2, eps, weight_decay } = self.params;
+        let AdamWParams { lr: base_lr, beta1, beta2, eps, weight_decay } = self.params;
         let t = self.steps as i32;
         let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let lr = base_lr * self.lr_scale[i];
             let g = g.to_dtype(var.dtype())?;
             // On the CPU the same update runs in place, without parameter-sized temporaries
             // (src/fused/adamw.rs); the tensor ops below are the reference it is tested against.

@@ -62,3 +62,34 @@ fn a_var_without_gradient_is_untouched() {
     opt.step(&grads_for(&a, &Tensor::ones(4, DType::F32, &candle_core::Device::Cpu).unwrap())).unwrap();
     assert_eq!(values(b.as_tensor()), before);
 }
+
+/// A parameter group at scale k moves exactly as the same parameter would under an optimizer
+/// whose learning rate is k times larger (PyTorch's per-group `lr`), and a bad scale is refused.
+#[test]
+fn parameter_groups_scale_the_learning_rate() {
+    use lora_from_scratch::optim::ParamGroup;
+    let mut r = common::rng(3);
+    let x0 = common::randn(&mut r, &[12], DType::F64);
+    let (a, b) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&x0).unwrap());
+    let c = Var::from_tensor(&x0).unwrap();
+    let params = AdamWParams { lr: 1e-2, weight_decay: 0.05, ..Default::default() };
+    let groups = vec![
+        ParamGroup { name: "a".into(), vars: vec![("a".into(), a.clone())], lr_scale: 1.0 },
+        ParamGroup { name: "b".into(), vars: vec![("b".into(), b.clone())], lr_scale: 16.0 },
+    ];
+    let mut grouped = AdamW::with_groups(groups, params).unwrap();
+    let mut plain = AdamW::new(vec![("c".into(), c.clone())], AdamWParams { lr: 16e-2, ..params }).unwrap();
+    for step in 0..5 {
+        let g = common::randn(&mut common::rng(10 + step), &[12], DType::F64);
+        let (ga, gb, gc) = (grads_for(&a, &g), grads_for(&b, &g), grads_for(&c, &g));
+        let mut both = ga;
+        both.insert(b.as_tensor(), gb.get(b.as_tensor()).unwrap().clone());
+        grouped.step(&both).unwrap();
+        plain.step(&gc).unwrap();
+    }
+    assert_eq!(common::values(b.as_tensor()), common::values(c.as_tensor()), "scale 16 = lr x 16");
+    assert_ne!(common::values(a.as_tensor()), common::values(b.as_tensor()));
+    let bad = vec![ParamGroup { name: "zero".into(), vars: vec![("a".into(), a)], lr_scale: 0.0 }];
+    let err = AdamW::with_groups(bad, params).err().expect("a zero scale is refused").to_string();
+    assert!(err.contains("zero"), "{err}");
+}
