@@ -109,7 +109,32 @@ fn sweep(args: &Args, gpt2: bool) -> Result<Sweep> {
             format!("LoRA on q and v at ranks 1 to 64, alpha fixed at {} as in the paper.", args.alpha),
             [1, 2, 4, 8, 16, 32, 64].iter().map(|&r| (format!("r{r}"), lora(&[q, v], r), args.lr)).collect(),
         ),
-        other => bail!("unknown experiment `{other}`: expected exp1, exp2 or exp3"),
+        "exp4" => {
+            let mixed = |ratio: f64, modules: &[&str]| Method::Mixed {
+                targets: vec![q.to_string(), v.to_string()],
+                rank: 8,
+                alpha: args.alpha,
+                modules_to_save: modules.iter().map(|m| m.to_string()).collect(),
+                loraplus_ratio: ratio,
+                full_scale: args.full_lr / args.lr,
+            };
+            let norm = if gpt2 { "ln_1" } else { "norm" };
+            Sweep(
+                "Experiment 4: LoRA mixed with full fine-tuning, and LoRA+".into(),
+                format!(
+                    "LoRA r8 on q and v; with B at 16x the learning rate (LoRA+); with every norm trained in full at \
+                     {} (full fine-tuning's rate); and both.",
+                    args.full_lr
+                ),
+                vec![
+                    ("lora".into(), lora(&[q, v], 8), args.lr),
+                    ("loraplus16".into(), mixed(16.0, &[]), args.lr),
+                    ("lora_norms".into(), mixed(1.0, &[norm]), args.lr),
+                    ("loraplus16_norms".into(), mixed(16.0, &[norm]), args.lr),
+                ],
+            )
+        }
+        other => bail!("unknown experiment `{other}`: expected exp1, exp2, exp3 or exp4"),
     })
 }
 
@@ -171,7 +196,7 @@ fn main() -> Result<()> {
     }
     let rank_of = |r: &RunResult| match &r.spec.method {
         Method::Lora { rank, .. } => Some(*rank as f64),
-        Method::FullFineTuning => None,
+        Method::FullFineTuning | Method::Mixed { .. } => None,
     };
     let x = (args.experiment == "exp3").then_some(("rank r", &rank_of as &dyn Fn(&RunResult) -> Option<f64>));
     let report = write_report(&out, &title, &notes, &results, x)?;

@@ -10,3 +10,4 @@ pub mod t07_eval;
 pub mod t08_merge;
 pub mod t09_qlora;
 pub mod t10_multi_lora;
+pub mod t11_mixed;

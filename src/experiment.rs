@@ -23,8 +23,22 @@ use crate::{LoraError, Result};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Method {
-    Lora { targets: Vec<String>, rank: usize, alpha: f64 },
+    Lora {
+        targets: Vec<String>,
+        rank: usize,
+        alpha: f64,
+    },
     FullFineTuning,
+    /// LoRA with B at `loraplus_ratio` times the learning rate (LoRA+), and `modules_to_save`
+    /// trained in full at `full_scale` times it (t11).
+    Mixed {
+        targets: Vec<String>,
+        rank: usize,
+        alpha: f64,
+        modules_to_save: Vec<String>,
+        loraplus_ratio: f64,
+        full_scale: f64,
+    },
 }
 
 /// The target-module names of the attention and MLP weights, for `inject_lora`.
@@ -184,6 +198,16 @@ fn method_label(m: &Method) -> String {
     match m {
         Method::Lora { targets, rank, alpha } => format!("LoRA r{rank} a{alpha} on {}", targets.join(", ")),
         Method::FullFineTuning => "full fine-tuning".into(),
+        Method::Mixed { targets, rank, alpha, modules_to_save, loraplus_ratio, full_scale } => {
+            let mut s = format!("LoRA r{rank} a{alpha} on {}", targets.join(", "));
+            if *loraplus_ratio != 1.0 {
+                s.push_str(&format!(", B at {loraplus_ratio}x lr (LoRA+)"));
+            }
+            if !modules_to_save.is_empty() {
+                s.push_str(&format!(", {} in full at {full_scale}x lr", modules_to_save.join(", ")));
+            }
+            s
+        }
     }
 }
 
@@ -398,56 +422,7 @@ pub fn train_full(
     pad_id: u32,
     cfg: &crate::TrainConfig,
 ) -> Result<TrainHistory> {
-    use crate::history::{EvalRecord, StepRecord};
-    use crate::{causal_lm_loss, clip_grad_norm, collate, evaluate_loss, lr_at};
-    if train.is_empty() || val.is_empty() {
-        return Err(LoraError::config("dataset", "train and validation sets must both be non-empty"));
-    }
     let vars = unfreeze_all(model)?;
-    let params =
-        crate::optim::AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
-    let mut opt = crate::optim::AdamW::new(vars, params)?;
-    let vars: Vec<candle_core::Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
-    let per_epoch = crate::data::epoch_batches(train.len(), cfg.batch_size, cfg.seed, 0).len();
-    let mut history = TrainHistory::default();
-    let bar = crate::progress::bar(cfg.schedule.total_steps, 0, cfg.progress);
-    for step in 0..cfg.schedule.total_steps {
-        let t0 = std::time::Instant::now();
-        let lr = lr_at(&cfg.schedule, step);
-        opt.set_lr(lr);
-        let idx =
-            &crate::data::epoch_batches(train.len(), cfg.batch_size, cfg.seed, step / per_epoch)[step % per_epoch];
-        let batch: Vec<crate::Example> = idx.iter().map(|&i| train[i].clone()).collect();
-        let (loss, tokens) = causal_lm_loss(model, &collate(&batch, pad_id, model.device())?, true)?;
-        let value = f64::from(loss.to_scalar::<f32>()?);
-        if !value.is_finite() {
-            return Err(LoraError::config("loss", format!("is {value} at step {}; stopped", step + 1)));
-        }
-        let mut grads = loss.backward()?;
-        drop(loss);
-        let grad_norm = clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
-        opt.step(&grads)?;
-        let secs = t0.elapsed().as_secs_f64();
-        history.train.push(StepRecord {
-            step: step + 1,
-            loss: value,
-            lr,
-            grad_norm,
-            tokens,
-            tokens_per_s: tokens as f64 / secs,
-        });
-        bar.set_position((step + 1) as u64);
-        if (step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == cfg.schedule.total_steps {
-            let val_loss = evaluate_loss(model, val, cfg.batch_size, pad_id)?;
-            history.val.push(EvalRecord { step: step + 1, val_loss });
-            if history.best.is_none_or(|(_, b)| val_loss < b) {
-                history.best = Some((step + 1, val_loss));
-            }
-        }
-    }
-    bar.finish_and_clear();
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| LoraError::io(&cfg.out_dir, e))?;
-    history.save_json(&cfg.out_dir.join("training_history.json"))?;
-    history.plot(&cfg.out_dir.join("training_history.png"))?;
-    Ok(history)
+    let group = crate::optim::ParamGroup { name: "all".into(), vars, lr_scale: 1.0 };
+    crate::train_groups::train_groups(model, vec![group], train, val, pad_id, cfg, &mut |_| Ok(()))
 }

@@ -115,6 +115,19 @@ pub fn run_e2e(ctx: &E2eContext, spec: &RunSpec) -> Result<RunResult> {
             let history = train_full(loaded.model.as_mut(), ctx.train, ctx.val, ctx.eos, &cfg)?;
             (history, count_parameters(loaded.model.as_ref()).trainable, None)
         }
+        Method::Mixed { targets, rank, alpha, modules_to_save, loraplus_ratio, full_scale } => {
+            let lora =
+                LoraConfig { target_modules: targets.clone(), seed: spec.seed, ..LoraConfig::new(*rank, *alpha, &[]) };
+            inject_lora(loaded.model.as_mut(), &lora)?;
+            let (m, r, s) = (modules_to_save, *loraplus_ratio, *full_scale);
+            let history = crate::train_mixed(loaded.model.as_mut(), &lora, m, r, s, ctx.train, ctx.val, ctx.eos, &cfg)?;
+            let trainable = count_parameters(loaded.model.as_ref()).trainable;
+            let best = best_adapter_dir(&dir);
+            crate::load_mixed(loaded.model.as_mut(), &best)?;
+            let file = best.join("adapter_model.safetensors");
+            let bytes = std::fs::metadata(&file).map_err(|e| LoraError::io(&file, e))?.len();
+            (history, trainable, Some(bytes))
+        }
     };
     let train_s = t0.elapsed().as_secs_f64();
     let tokens: usize = history.train.iter().map(|r| r.tokens).sum();

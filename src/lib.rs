@@ -37,6 +37,7 @@ pub mod report;
 pub mod tasks;
 pub mod threads;
 pub mod tokenizer;
+pub mod train_groups;
 
 /// The learner's tree: `todo!()` stubs with the same public signatures as [`solutions`].
 #[path = "../exercises/mod.rs"]
@@ -69,3 +70,4 @@ pub use active::t07_eval::*;
 pub use active::t08_merge::*;
 pub use active::t09_qlora::*;
 pub use active::t10_multi_lora::*;
+pub use active::t11_mixed::*;

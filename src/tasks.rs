@@ -106,4 +106,10 @@ pub const TASKS: &[Task] = &[
         hint:
             "per_row_lora is two batched matmuls after index_select; set_active builds every slot before changing any.",
     },
+    Task {
+        name: "t11_mixed",
+        number: "ch. 3",
+        title: "LoRA mixed with full fine-tuning: modules_to_save, learning-rate groups, PEFT's format",
+        hint: "Match module names by suffix as PEFT does; the adapter half of a file still goes through t04.",
+    },
 ];

@@ -1,0 +1,134 @@
+//! Challenge 3 (t11): LoRA beside modules trained in full, each group at its own learning rate.
+//!
+//! Some weights are worth training whole next to the adapters: the norms, or a head for a new
+//! task. PEFT calls them `modules_to_save`: they are selected by module name (a suffix match,
+//! so `"norm"` selects every RMSNorm), trained in full, and saved in the adapter file under
+//! their own names (`base_model.model.model.norm.weight`). Each kind of weight gets its own
+//! learning rate through AdamW's parameter groups; LoRA+ (Hayou et al. 2024, arXiv 2402.12354)
+//! is one such choice: B learns `ratio` times faster than A.
+//! Read book/src/t11_mixed.md beside this file. Grade it with `cargo test --features exercises --test t11_mixed`.
+#![allow(unused_variables, unused_imports, unused_mut, dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::safetensors::Load;
+use candle_core::{Device, Tensor, Var};
+use safetensors::{SafeTensors, View};
+
+use crate::io::{crc32_hex, read_file, write_atomic};
+
+/// t04's checksum keys in the safetensors metadata (PEFT ignores them).
+const CRC_PREFIX: &str = "lora_from_scratch.crc32.";
+use crate::optim::ParamGroup;
+use crate::peft::{AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_KEY_PREFIX};
+use crate::{load_lora_weights, save_lora_weights, LinearSlot, LoraConfig, LoraError, LoraModel, Param, Result};
+
+/// The parameter a `modules_to_save` key carries, e.g. `model.norm.weight`.
+fn module_of(param: &str) -> &str {
+    param.rsplit_once('.').map_or(param, |(m, _)| m)
+}
+
+/// The parameters `modules` selects, by name (`model.norm.weight`, `lm_head.weight`): every
+/// weight outside the linear slots, and every plain linear layer's weight and bias, whose
+/// module name ends with an entry (PEFT's rule). An entry that selects nothing, or selects a
+/// layer that carries an adapter, is an error.
+pub fn find_modules_to_save(model: &dyn LoraModel, modules: &[String]) -> Result<Vec<String>> {
+    // TODO: for each entry, the parameters of model.params() whose module (the name without its
+    // last `.weight`) ends with it, and the `.weight` / `.bias` of every plain linear slot whose
+    // name ends with it. A matching slot with an adapter is a `LoraError::module` error; an
+    // entry matching nothing a `LoraError::config` naming it. Sorted, no repeats.
+    // Book: "Choosing the modules".
+    todo!("t11: find_modules_to_save")
+}
+
+/// Make the parameters `modules` selects trainable; returns their `Var`s for the optimizer.
+pub fn unfreeze_modules_to_save(model: &mut dyn LoraModel, modules: &[String]) -> Result<Vec<(String, Var)>> {
+    // TODO: `find_modules_to_save`, then `Param::unfreeze` each selected parameter (in
+    // params_mut, then the plain linears' weight and bias in linears_mut) and return the Vars.
+    // Book: "Choosing the modules".
+    todo!("t11: unfreeze_modules_to_save")
+}
+
+/// The current value of every parameter `names` lists (model weights and plain linears').
+fn values_of(model: &dyn LoraModel, names: &[String]) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> =
+        model.params().into_iter().filter(|(n, _)| names.contains(n)).map(|(n, p)| (n, p.tensor().clone())).collect();
+    for (name, slot) in model.linears() {
+        if let LinearSlot::Linear(l) = slot {
+            for (p_name, p) in l.named_params() {
+                let full = format!("{name}.{p_name}");
+                if names.contains(&full) {
+                    out.push((full, p.tensor().clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The optimizer's groups for a mixed run: every adapter's A at the learning rate (scale 1),
+/// every B at `loraplus_ratio` times it (LoRA+; 1 is plain LoRA), and the modules trained in
+/// full (`full`) at `full_scale` times it. Empty groups are left out.
+pub fn mixed_groups(
+    model: &dyn LoraModel,
+    full: Vec<(String, Var)>,
+    loraplus_ratio: f64,
+    full_scale: f64,
+) -> Vec<ParamGroup> {
+    // TODO: a `ParamGroup` "lora_A" (every adapter's A Var, scale 1), "lora_B" (every B, scale
+    // loraplus_ratio) and "modules_to_save" (`full`, scale full_scale), empty ones left out.
+    // Book: "Learning rates per group".
+    todo!("t11: mixed_groups")
+}
+
+/// Save the adapters and the `modules` trained in full in PEFT's format: the adapter as t04
+/// writes it, plus each selected parameter under `base_model.model.<name>` (with its checksum)
+/// and the list in `adapter_config.json`'s `modules_to_save`. Files are written atomically.
+pub fn save_mixed(model: &dyn LoraModel, config: &LoraConfig, modules: &[String], dir: &Path) -> Result<()> {
+    // TODO: t04's save_lora_weights, then rewrite its safetensors file with every selected
+    // parameter added under `base_model.model.<name>` (and its CRC in the metadata, as t04 does)
+    // and set "modules_to_save" in adapter_config.json. Book: "Saving in PEFT's format".
+    todo!("t11: save_mixed")
+}
+
+/// Load what [`save_mixed`] (or PEFT) saved: the adapters through t04's `load_lora_weights`,
+/// and each parameter of `modules_to_save` from its `base_model.model.<name>` key into the
+/// model (frozen, as loading leaves everything). Every module tensor is checked (present, right
+/// shape, checksum) before anything changes. Returns the LoRA config and the module list.
+pub fn load_mixed(model: &mut dyn LoraModel, dir: &Path) -> Result<(LoraConfig, Vec<String>)> {
+    // TODO: read the config's modules_to_save and check every module tensor (present, shape,
+    // checksum) before changing anything; load the adapter half through t04's
+    // load_lora_weights (from a folder holding only the adapter keys and a config without
+    // modules_to_save); then set the modules' values (frozen). Book: "Saving in PEFT's format".
+    todo!("t11: load_mixed")
+}
+
+/// Train LoRA (already injected, `lora`) and the `modules` in full together with `train_lora`'s
+/// loop: B at `loraplus_ratio` times the learning rate, the modules at `full_scale` times it.
+/// The best state by validation loss is saved with [`save_mixed`] in `cfg.out_dir/best`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_mixed(
+    model: &mut dyn crate::models::CausalLm,
+    lora: &LoraConfig,
+    modules: &[String],
+    loraplus_ratio: f64,
+    full_scale: f64,
+    train: &[crate::Example],
+    val: &[crate::Example],
+    pad_id: u32,
+    cfg: &crate::TrainConfig,
+) -> Result<crate::history::TrainHistory> {
+    let full = unfreeze_modules_to_save(model, modules)?;
+    let groups = mixed_groups(model, full, loraplus_ratio, full_scale);
+    let best = crate::checkpoint::best_adapter_dir(&cfg.out_dir);
+    crate::train_groups::train_groups(model, groups, train, val, pad_id, cfg, &mut |m| {
+        save_mixed(m, lora, modules, &best)
+    })
+}
+
+/// A number no other call in this process has had: for unique temporary folder names.
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

@@ -1,0 +1,182 @@
+//! Grader for challenge 3, LoRA mixed with full fine-tuning (book/src/t11_mixed.md).
+//!
+//! Run: `cargo test --features exercises --test t11_mixed`.
+//! The PEFT fixture comes from `scripts/make_mixed_fixture.py`.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::DType;
+use common::*;
+use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
+use lora_from_scratch::optim::{AdamW, AdamWParams};
+use lora_from_scratch::{
+    find_modules_to_save, get_lora_parameters, inject_lora, load_mixed, mixed_groups, save_mixed,
+    unfreeze_modules_to_save, LoraConfig,
+};
+
+const VOCAB: usize = 101;
+const NORMS: [&str; 5] = [
+    "model.layers.0.input_layernorm.weight",
+    "model.layers.0.post_attention_layernorm.weight",
+    "model.layers.1.input_layernorm.weight",
+    "model.layers.1.post_attention_layernorm.weight",
+    "model.norm.weight",
+];
+
+fn base() -> LoadedModel {
+    load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Every parameter's bits, adapters included, by name.
+fn all_bits(m: &LoadedModel) -> HashMap<String, Vec<u32>> {
+    let mut out: HashMap<String, Vec<u32>> = m
+        .model
+        .linears()
+        .into_iter()
+        .map(|(n, s)| (format!("{n}.weight"), bits(&s.base_weight().unwrap())))
+        .chain(m.model.params().into_iter().map(|(n, p)| (n, bits(p.tensor()))))
+        .collect();
+    for (n, v) in get_lora_parameters(m.model.as_ref()) {
+        out.insert(n, bits(v.as_tensor()));
+    }
+    out
+}
+
+#[test]
+fn modules_are_selected_by_peft_suffix_rule() {
+    book("t11_mixed", "Choosing the modules");
+    let mut m = base();
+    let mut want: Vec<String> = strings(&NORMS);
+    want.sort();
+    assert_eq!(
+        find_modules_to_save(m.model.as_ref(), &strings(&["norm"])).unwrap(),
+        want,
+        "`norm` selects every RMSNorm"
+    );
+    assert_eq!(find_modules_to_save(m.model.as_ref(), &strings(&["lm_head"])).unwrap(), vec!["lm_head.weight"]);
+    let err = find_modules_to_save(m.model.as_ref(), &strings(&["nowhere"])).unwrap_err().to_string();
+    assert!(err.contains("nowhere"), "{err}");
+    inject_lora(m.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj"])).unwrap();
+    let err = find_modules_to_save(m.model.as_ref(), &strings(&["q_proj"])).unwrap_err().to_string();
+    assert!(
+        err.contains("q_proj") && err.contains("adapter"),
+        "a module is trained in full or with LoRA, not both: {err}"
+    );
+}
+
+/// One mixed step: exactly the adapters and the chosen modules move, each group by its own
+/// learning rate (Adam's first step moves every weight with a gradient by about lr).
+#[test]
+fn a_mixed_step_moves_only_the_chosen_weights_each_at_its_rate() {
+    book("t11_mixed", "Learning rates per group");
+    let mut m = base();
+    inject_lora(m.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj", "v_proj"])).unwrap();
+    for (i, (_, v)) in get_lora_parameters(m.model.as_ref()).into_iter().enumerate() {
+        v.set(&(randn(&mut rng(20 + i as u64), v.dims(), DType::F32) * 0.1).unwrap()).unwrap();
+    }
+    let full = unfreeze_modules_to_save(m.model.as_mut(), &strings(&["norm", "lm_head"])).unwrap();
+    assert_eq!(full.len(), 6, "five norms and the head");
+    let (lr, ratio, full_scale) = (1e-3, 16.0, 0.25);
+    let groups = mixed_groups(m.model.as_ref(), full, ratio, full_scale);
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, vec!["lora_A", "lora_B", "modules_to_save"]);
+    let before = all_bits(&m);
+    let values_before: HashMap<String, Vec<f64>> =
+        groups.iter().flat_map(|g| g.vars.iter().map(|(n, v)| (n.clone(), values(v.as_tensor())))).collect();
+    let scale_of: HashMap<String, f64> =
+        groups.iter().flat_map(|g| g.vars.iter().map(|(n, _)| (n.clone(), g.lr_scale))).collect();
+    let vars: Vec<(String, candle_core::Var)> = groups.iter().flat_map(|g| g.vars.clone()).collect();
+    let mut opt = AdamW::with_groups(groups, AdamWParams { lr, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let ids = token_ids(&mut rng(5), 2, 6, VOCAB);
+    let g = randn(&mut rng(6), &[2, 6, VOCAB], DType::F32);
+    let grads = (m.model.forward(&ids, None, true).unwrap() * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    opt.step(&grads).unwrap();
+
+    let after = all_bits(&m);
+    for (name, b) in &before {
+        let trained = scale_of.contains_key(name);
+        assert_eq!(after[name] != *b, trained, "{name}: {}", if trained { "did not move" } else { "moved" });
+    }
+    // Adam's first step is lr * g / (|g| + eps): about lr times the group's scale per element.
+    for (name, v) in &vars {
+        let moved: Vec<f64> =
+            values(v.as_tensor()).iter().zip(&values_before[name]).map(|(a, b)| (a - b).abs()).collect();
+        let largest = moved.iter().cloned().fold(0.0, f64::max);
+        let want = lr * scale_of[name];
+        assert!((largest - want).abs() < 0.02 * want, "{name}: moved {largest}, its group's rate is {want}");
+    }
+}
+
+#[test]
+fn saved_and_loaded_in_pefts_format() {
+    book("t11_mixed", "Saving in PEFT's format");
+    let mut m = base();
+    let config = LoraConfig::new(2, 4.0, &["q_proj", "v_proj"]);
+    inject_lora(m.model.as_mut(), &config).unwrap();
+    let full = unfreeze_modules_to_save(m.model.as_mut(), &strings(&["norm", "lm_head"])).unwrap();
+    for (i, (_, v)) in get_lora_parameters(m.model.as_ref()).into_iter().chain(full).enumerate() {
+        v.set(&(v.as_tensor() + (randn(&mut rng(40 + i as u64), v.dims(), DType::F32) * 0.1).unwrap()).unwrap())
+            .unwrap();
+    }
+    let ids = token_ids(&mut rng(7), 2, 6, VOCAB);
+    let trained = values(&m.model.forward(&ids, None, false).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    save_mixed(m.model.as_ref(), &config, &strings(&["norm", "lm_head"]), dir.path()).unwrap();
+    // The keys PEFT writes for the same setup (the committed fixture).
+    let ours = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &CPU).unwrap();
+    let peft =
+        candle_core::safetensors::load("tests/fixtures/peft_mixed/adapter/adapter_model.safetensors", &CPU).unwrap();
+    let (mut a, mut b): (Vec<&String>, Vec<&String>) = (ours.keys().collect(), peft.keys().collect());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "our keys are PEFT's");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["norm", "lm_head"]));
+
+    let mut fresh = base();
+    let (loaded, modules) = load_mixed(fresh.model.as_mut(), dir.path()).unwrap();
+    assert_eq!((loaded.r, modules), (2, strings(&["norm", "lm_head"])));
+    assert_eq!(values(&fresh.model.forward(&ids, None, false).unwrap()), trained, "the same model back, bit for bit");
+}
+
+/// An adapter PEFT trained with modules_to_save gives PEFT's logits here.
+#[test]
+fn a_peft_adapter_with_modules_to_save_gives_pefts_logits() {
+    book("t11_mixed", "Saving in PEFT's format");
+    let mut m = base();
+    load_mixed(m.model.as_mut(), "tests/fixtures/peft_mixed/adapter".as_ref()).unwrap();
+    let r = candle_core::safetensors::load("tests/fixtures/peft_mixed/logits.safetensors", &CPU).unwrap();
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let ours = values(&m.model.forward(&ids, None, false).unwrap());
+    let d = max_abs_diff(&ours, &values(&r["logits"]));
+    assert!(d < 1e-4, "logits differ from PEFT's by {d}");
+    // Without the modules (adapter alone) they would not: the saved norms and head matter.
+    let mut lora_only = base();
+    lora_from_scratch::inject_lora(lora_only.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj", "v_proj"])).unwrap();
+    assert!(max_abs_diff(&values(&lora_only.model.forward(&ids, None, false).unwrap()), &values(&r["logits"])) > 1e-2);
+}
+
+#[test]
+fn a_missing_module_tensor_is_an_error_that_changes_nothing() {
+    book("t11_mixed", "Saving in PEFT's format");
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new("tests/fixtures/peft_mixed/adapter");
+    let mut tensors = candle_core::safetensors::load(src.join("adapter_model.safetensors"), &CPU).unwrap();
+    tensors.remove("base_model.model.model.norm.weight");
+    candle_core::safetensors::save(&tensors, dir.path().join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(src.join("adapter_config.json"), dir.path().join("adapter_config.json")).unwrap();
+    let mut m = base();
+    let ids = token_ids(&mut rng(8), 1, 5, VOCAB);
+    let before = values(&m.model.forward(&ids, None, false).unwrap());
+    let err = load_mixed(m.model.as_mut(), dir.path()).unwrap_err().to_string();
+    assert!(err.contains("model.norm.weight"), "the error names the missing tensor: {err}");
+    assert_eq!(values(&m.model.forward(&ids, None, false).unwrap()), before);
+    assert!(m.model.linears().iter().all(|(_, s)| s.adapter().is_none()), "no adapter was installed");
+}
