@@ -30,6 +30,9 @@ struct Args {
     /// Hub id, folder or .gguf.
     #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
     model: String,
+    /// Run on the CPU even when built with `cuda` and a GPU is present.
+    #[arg(long)]
+    cpu: bool,
     #[arg(long, default_value_t = 8)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -110,7 +113,8 @@ fn main() -> Result<()> {
         return bench_frozen_linear(&args);
     }
     let t0 = Instant::now();
-    let mut loaded = load_model(&args.model, &LoadOptions::default())?;
+    let device = lora_from_scratch::device::pick_device(args.cpu)?;
+    let mut loaded = load_model(&args.model, &LoadOptions { device, ..Default::default() })?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mib();
     let targets: Vec<&str> = args.targets.split(',').collect();
@@ -163,7 +167,7 @@ fn main() -> Result<()> {
     let phase = |i: usize| median(timed.iter().map(|p| p[i]).collect());
     let tokens = (args.batch * args.seq) as f64;
     let line = json!({
-        "impl": "lora-from-scratch", "model": args.model, "batch": args.batch, "seq": args.seq,
+        "impl": "lora-from-scratch", "device": if loaded.model.device().is_cuda() { "cuda" } else { "cpu" }, "model": args.model, "batch": args.batch, "seq": args.seq,
         "mode": if args.full_ft { "full_ft" } else { "lora" }, "rank": args.rank, "targets": targets,
         "dtype": "float32", "trainable_params": trainable,
         "load_s": load_s, "rss_after_load_mib": rss_after_load,
