@@ -119,30 +119,10 @@ fn the_report_has_a_row_per_run_and_its_plots() {
 #[cfg_attr(feature = "exercises", ignore = "runs the task 2 code (causal_lm_loss, collate); graded by tests/t0*.rs")]
 fn full_fine_tuning_lowers_the_loss() {
     use lora_from_scratch::models::load::{load_model, LoadOptions};
-    use lora_from_scratch::{Decay, Example, Schedule, TrainConfig};
     let mut loaded = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
-    let ex = |ids: Vec<u32>| Example { labels: ids.iter().map(|&i| i as i64).collect(), input_ids: ids, truncated: 0 };
-    let train: Vec<Example> = (0..4).map(|k| ex((0..8).map(|i| (i * 3 + k) % 50 + 1).collect())).collect();
+    let train = tiny_examples(3);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        schedule: Schedule {
-            peak_lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: 12,
-            decay: Decay::Constant,
-            min_lr_ratio: 1.0,
-        },
-        batch_size: 4,
-        grad_accum: 1,
-        max_grad_norm: Some(1.0),
-        weight_decay: 0.0,
-        eval_every: 4,
-        out_dir: dir.path().to_path_buf(),
-        seed: 0,
-        resume: false,
-        stop_after: None,
-        progress: false,
-    };
+    let cfg = tiny_config(dir.path(), 12, 4);
     let h = lora_from_scratch::experiment::train_full(loaded.model.as_mut(), &train, &train, 0, &cfg).unwrap();
     assert_eq!(h.train.len(), 12);
     assert_eq!(h.val.iter().map(|v| v.step).collect::<Vec<_>>(), vec![4, 8, 12]);
@@ -202,30 +182,11 @@ fn results_without_the_base_fields_still_load() {
 )]
 fn mixed_training_saves_a_best_state_that_loads_back() {
     use lora_from_scratch::models::load::{load_model, LoadOptions};
-    use lora_from_scratch::{inject_lora, load_mixed, train_mixed, Decay, Example, LoraConfig, Schedule, TrainConfig};
+    use lora_from_scratch::{inject_lora, load_mixed, train_mixed, LoraConfig};
     let mut loaded = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
-    let ex = |ids: Vec<u32>| Example { labels: ids.iter().map(|&i| i as i64).collect(), input_ids: ids, truncated: 0 };
-    let train: Vec<Example> = (0..4).map(|k| ex((0..8).map(|i| (i * 5 + k) % 50 + 1).collect())).collect();
+    let train = tiny_examples(5);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        schedule: Schedule {
-            peak_lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: 8,
-            decay: Decay::Constant,
-            min_lr_ratio: 1.0,
-        },
-        batch_size: 4,
-        grad_accum: 1,
-        max_grad_norm: Some(1.0),
-        weight_decay: 0.0,
-        eval_every: 8,
-        out_dir: dir.path().to_path_buf(),
-        seed: 0,
-        resume: false,
-        stop_after: None,
-        progress: false,
-    };
+    let cfg = tiny_config(dir.path(), 8, 8);
     let lora = LoraConfig::new(4, 8.0, &["q_proj", "v_proj"]);
     inject_lora(loaded.model.as_mut(), &lora).unwrap();
     let modules = vec!["norm".to_string()];
@@ -237,4 +198,39 @@ fn mixed_training_saves_a_best_state_that_loads_back() {
     load_mixed(fresh.model.as_mut(), &dir.path().join("best")).unwrap();
     let back = fresh.model.forward(&ids, None, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(back, trained, "the best state (the last, here) loads back exactly");
+}
+
+/// Four short sequences that are their own labels, `(i * stride + k) % 50 + 1`: a set the tiny
+/// model can learn in a few steps.
+fn tiny_examples(stride: u32) -> Vec<lora_from_scratch::Example> {
+    (0..4)
+        .map(|k| {
+            let ids: Vec<u32> = (0..8).map(|i| (i * stride + k) % 50 + 1).collect();
+            lora_from_scratch::Example { labels: ids.iter().map(|&i| i as i64).collect(), input_ids: ids, truncated: 0 }
+        })
+        .collect()
+}
+
+/// A constant learning rate of 1e-2, batches of 4, clipping at 1, no checkpoints or progress bar.
+fn tiny_config(out: &std::path::Path, steps: usize, eval_every: usize) -> lora_from_scratch::TrainConfig {
+    use lora_from_scratch::{Decay, Schedule};
+    lora_from_scratch::TrainConfig {
+        schedule: Schedule {
+            peak_lr: 1e-2,
+            warmup_steps: 0,
+            total_steps: steps,
+            decay: Decay::Constant,
+            min_lr_ratio: 1.0,
+        },
+        batch_size: 4,
+        grad_accum: 1,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.0,
+        eval_every,
+        out_dir: out.to_path_buf(),
+        seed: 0,
+        resume: false,
+        stop_after: None,
+        progress: false,
+    }
 }
