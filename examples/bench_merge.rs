@@ -12,10 +12,12 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::Tensor;
 use clap::Parser;
-use lora_from_scratch::generate::{generate, GenerateOptions, Sampling};
+use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::models::CausalLm;
-use lora_from_scratch::{get_lora_parameters, inject_lora, verify_merge, LoraConfig};
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t08_merge::verify_merge;
+use lora_from_scratch::LoraConfig;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -43,8 +45,8 @@ fn speed(model: &dyn CausalLm, prompt: &[u32], n: usize) -> Result<(f64, Vec<u32
 
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
-    lora_from_scratch::alloc::keep_freed_memory();
-    lora_from_scratch::threads::pin_thread_count();
+    lora_from_scratch::compute::alloc::keep_freed_memory();
+    lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();
     let mut loaded = load_model(&args.model, &LoadOptions::default())?;
     let prompt: Vec<u32> = (0..16).map(|i| 100 + 37 * i).collect();
@@ -63,9 +65,9 @@ fn main() -> Result<()> {
     let (report, merged) = verify_merge(loaded.model.as_mut(), &ids, 1e-3)?;
     let verify_s = t.elapsed().as_secs_f64();
     // The merge alone, timed again on a fresh unmerge: verify_merge also runs two forwards.
-    lora_from_scratch::unmerge_lora_weights(loaded.model.as_mut(), merged)?;
+    lora_from_scratch::tasks::t08_merge::unmerge_lora_weights(loaded.model.as_mut(), merged)?;
     let t = Instant::now();
-    let merged = lora_from_scratch::merge_lora_weights(loaded.model.as_mut())?;
+    let merged = lora_from_scratch::tasks::t08_merge::merge_lora_weights(loaded.model.as_mut())?;
     let merge_s = t.elapsed().as_secs_f64();
     let (merged_tps, merged_ids) = speed(loaded.model.as_ref(), &prompt, args.tokens)?;
 

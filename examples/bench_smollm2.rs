@@ -16,11 +16,14 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
-use lora_from_scratch::experiment::peak_rss_mib;
+use lora_from_scratch::compute::ops::frozen_linear;
+use lora_from_scratch::experiments::metrics::peak_rss_mib;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::ops::frozen_linear;
-use lora_from_scratch::optim::{AdamW, AdamWParams};
-use lora_from_scratch::{causal_lm_loss, get_lora_parameters, inject_lora, Batch, LoraConfig};
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t05_data::Batch;
+use lora_from_scratch::tasks::t06_train::causal_lm_loss;
+use lora_from_scratch::train::optim::{AdamW, AdamWParams};
+use lora_from_scratch::LoraConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -106,20 +109,20 @@ fn bench_frozen_linear(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
-    let alloc_tuned = lora_from_scratch::alloc::keep_freed_memory();
-    lora_from_scratch::threads::pin_thread_count();
+    let alloc_tuned = lora_from_scratch::compute::alloc::keep_freed_memory();
+    lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();
     if args.frozen_linear {
         return bench_frozen_linear(&args);
     }
     let t0 = Instant::now();
-    let device = lora_from_scratch::device::pick_device(args.cpu)?;
+    let device = lora_from_scratch::compute::device::pick_device(args.cpu)?;
     let mut loaded = load_model(&args.model, &LoadOptions { device, ..Default::default() })?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mib();
     let targets: Vec<&str> = args.targets.split(',').collect();
     let vars: Vec<(String, Var)> = if args.full_ft {
-        lora_from_scratch::experiment::unfreeze_all(loaded.model.as_mut())?
+        lora_from_scratch::experiments::full::unfreeze_all(loaded.model.as_mut())?
     } else {
         let cfg = LoraConfig::new(args.rank, args.alpha.unwrap_or(2.0 * args.rank as f64), &targets);
         inject_lora(loaded.model.as_mut(), &cfg)?;

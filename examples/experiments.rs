@@ -17,11 +17,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lora_from_scratch::data::E2eTask;
-use lora_from_scratch::experiment::{run_cached, write_report, Method, ModuleNames, RunResult, RunSpec};
-use lora_from_scratch::experiment_run::{run_e2e, E2eContext};
-use lora_from_scratch::generate::{GenerateOptions, Sampling};
+use lora_from_scratch::experiments::report::write_report;
+use lora_from_scratch::experiments::run::{run_e2e, E2eContext};
+use lora_from_scratch::experiments::spec::{run_cached, Method, ModuleNames, RunResult, RunSpec};
+use lora_from_scratch::inference::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
+use lora_from_scratch::train::data::E2eTask;
 
 #[derive(Parser, Debug)]
 #[command(about = "LoRA experiments on E2E NLG: exp1 (full FT vs LoRA), exp2 (target modules), exp3 (ranks)")]
@@ -31,7 +32,7 @@ struct Args {
     /// Hub id, folder or .gguf. GPT-2 (`openai-community/gpt2`) needs the Hub.
     #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
     model: String,
-    #[arg(long, default_value = "../shared/data/e2e/devset.csv")]
+    #[arg(long, default_value = "data/e2e/devset.csv")]
     e2e_csv: PathBuf,
     #[arg(long, default_value = "runs/experiments")]
     out: PathBuf,
@@ -139,8 +140,8 @@ fn sweep(args: &Args, gpt2: bool) -> Result<Sweep> {
 }
 
 fn main() -> Result<()> {
-    lora_from_scratch::alloc::keep_freed_memory();
-    lora_from_scratch::threads::pin_thread_count();
+    lora_from_scratch::compute::alloc::keep_freed_memory();
+    lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();
     let out = args.out.join(&args.experiment);
     let gpt2 = args.model.contains("gpt2");
@@ -154,8 +155,13 @@ fn main() -> Result<()> {
     drop(first);
     let task = E2eTask::load(&args.e2e_csv, &tok, eos, args.max_len, args.seed)?;
     task.write_csvs(&out)?;
-    let take =
-        |v: &[lora_from_scratch::Example], n: usize| if n == 0 { v.to_vec() } else { v[..n.min(v.len())].to_vec() };
+    let take = |v: &[lora_from_scratch::tasks::t05_data::Example], n: usize| {
+        if n == 0 {
+            v.to_vec()
+        } else {
+            v[..n.min(v.len())].to_vec()
+        }
+    };
     let (train, val) = (take(&task.train, args.train_examples), take(&task.val, args.val_examples));
     let mrs = &task.val_refs[..args.eval_mrs.min(task.val_refs.len())];
     println!(

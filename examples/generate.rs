@@ -12,10 +12,10 @@
 use anyhow::Result;
 use candle_core::DType;
 use clap::Parser;
-use lora_from_scratch::device::pick_device;
-use lora_from_scratch::generate::{generate, GenerateOptions, Sampling};
+use lora_from_scratch::compute::device::pick_device;
+use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::tokenizer::{decode, encode, smollm2_chat_prompt, ChatMessage};
+use lora_from_scratch::models::tokenizer::{decode, encode, smollm2_chat_prompt, ChatMessage};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with GPT-2 or a Llama-family model")]
@@ -57,8 +57,8 @@ struct Args {
 
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
-    lora_from_scratch::alloc::keep_freed_memory();
-    lora_from_scratch::threads::pin_thread_count();
+    lora_from_scratch::compute::alloc::keep_freed_memory();
+    lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();
     let opts = LoadOptions {
         dtype: if args.bf16 { DType::BF16 } else { DType::F32 },

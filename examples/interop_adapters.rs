@@ -15,9 +15,12 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use lora_from_scratch::export::{save_peft_adapter, save_pretrained};
+use lora_from_scratch::inference::export::{save_peft_adapter, save_pretrained};
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::{get_lora_parameters, inject_lora, merge_lora_weights, save_lora_weights, LoraConfig};
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t04_save_load::save_lora_weights;
+use lora_from_scratch::tasks::t08_merge::merge_lora_weights;
+use lora_from_scratch::LoraConfig;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};

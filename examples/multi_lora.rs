@@ -16,19 +16,24 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use lora_from_scratch::checkpoint::best_adapter_dir;
-use lora_from_scratch::data::{self, E2eTask, Template};
-use lora_from_scratch::generate::{generate, greedy_batch, GenerateOptions, Sampling};
+use lora_from_scratch::inference::generate::{generate, greedy_batch, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::tokenizer::{decode, encode};
-use lora_from_scratch::{inject_lora, train_lora, AdapterSet, Decay, Example, LoraConfig, Schedule, TrainConfig};
+use lora_from_scratch::models::tokenizer::{decode, encode};
+use lora_from_scratch::serving::per_row::PerRowServing;
+use lora_from_scratch::tasks::t03_inject::inject_lora;
+use lora_from_scratch::tasks::t05_data::Example;
+use lora_from_scratch::tasks::t06_train::{train_lora, Decay, Schedule, TrainConfig};
+use lora_from_scratch::tasks::t10_multi_lora::AdapterSet;
+use lora_from_scratch::train::checkpoint::best_adapter_dir;
+use lora_from_scratch::train::data::{self, E2eTask, Template};
+use lora_from_scratch::LoraConfig;
 
 #[derive(Parser, Debug)]
 #[command(about = "Two adapters on one base: switching, a mixed batch, and its speed")]
 struct Args {
     #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
     model: String,
-    #[arg(long, default_value = "../shared/data/e2e/devset.csv")]
+    #[arg(long, default_value = "data/e2e/devset.csv")]
     e2e_csv: PathBuf,
     /// Where the two adapters are trained (once) and kept.
     #[arg(long, default_value = "runs/multi_lora")]
@@ -94,8 +99,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
-    lora_from_scratch::alloc::keep_freed_memory();
-    lora_from_scratch::threads::pin_thread_count();
+    lora_from_scratch::compute::alloc::keep_freed_memory();
+    lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();
     let mut m = load_model(&args.model, &LoadOptions::default()).with_context(|| format!("loading {}", args.model))?;
     let tok = m.tokenizer()?.clone();

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use lora_from_scratch::tasks::{Task, TASKS};
+use lora_from_scratch::tasks::manifest::{Task, TASKS};
 
 /// Build every task's grader with `--features exercises` and return the test binaries, in
 /// manifest order. `None` if the build fails (cargo has printed why).

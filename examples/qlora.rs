@@ -16,16 +16,20 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use lora_from_scratch::checkpoint::best_adapter_dir;
-use lora_from_scratch::data::E2eTask;
-use lora_from_scratch::experiment::{run_cached, write_report, Method, RunResult, RunSpec};
-use lora_from_scratch::experiment_run::{load_with_base, run_e2e, E2eContext};
-use lora_from_scratch::export::save_pretrained_as;
-use lora_from_scratch::generate::{GenerateOptions, Sampling};
+use lora_from_scratch::experiments::report::write_report;
+use lora_from_scratch::experiments::run::{load_with_base, run_e2e, E2eContext};
+use lora_from_scratch::experiments::spec::{run_cached, Method, RunResult, RunSpec};
+use lora_from_scratch::inference::export::save_pretrained_as;
+use lora_from_scratch::inference::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::io::write_atomic;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::quant::{quantize_base, BaseQuantization};
-use lora_from_scratch::{evaluate_loss, load_lora_weights, verify_merge, Example};
+use lora_from_scratch::qlora::base::{quantize_base, BaseQuantization};
+use lora_from_scratch::tasks::t04_save_load::load_lora_weights;
+use lora_from_scratch::tasks::t05_data::Example;
+use lora_from_scratch::tasks::t06_train::evaluate_loss;
+use lora_from_scratch::tasks::t08_merge::verify_merge;
+use lora_from_scratch::train::checkpoint::best_adapter_dir;
+use lora_from_scratch::train::data::E2eTask;
 
 #[derive(Parser, Debug)]
 #[command(about = "QLoRA on E2E NLG: f32 LoRA against NF4 and Q4_1 bases, then merging into the quantized base")]
@@ -33,7 +37,7 @@ struct Args {
     /// Hub id, folder or .gguf (the `gguf` base needs a model read from a .gguf file).
     #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
     model: String,
-    #[arg(long, default_value = "../shared/data/e2e/devset.csv")]
+    #[arg(long, default_value = "data/e2e/devset.csv")]
     e2e_csv: PathBuf,
     #[arg(long, default_value = "runs/qlora")]
     out: PathBuf,
@@ -71,8 +75,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    lora_from_scratch::alloc::keep_freed_memory();
-    lora_from_scratch::threads::pin_thread_count();
+    lora_from_scratch::compute::alloc::keep_freed_memory();
+    lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();
     let first = load_model(&args.model, &LoadOptions::default()).with_context(|| format!("loading {}", args.model))?;
     let tok = first.tokenizer()?.clone();

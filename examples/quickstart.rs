@@ -11,10 +11,10 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use lora_from_scratch::models::tiny::{TinyConfig, TinyLm};
-use lora_from_scratch::{
-    check_gradients, check_lora_injection, get_lora_parameters, inject_lora, load_lora_weights,
-    print_trainable_parameters, save_lora_weights, LoraConfig,
-};
+use lora_from_scratch::tasks::t03_inject::{check_gradients, check_lora_injection, print_trainable_parameters};
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
+use lora_from_scratch::LoraConfig;
 
 fn main() -> Result<()> {
     let out = std::env::args()

@@ -17,18 +17,21 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
-use lora_from_scratch::checkpoint::best_adapter_dir;
-use lora_from_scratch::data::{self, Sample, Template};
-use lora_from_scratch::device::pick_device;
-use lora_from_scratch::experiment::e2e_bleu;
-use lora_from_scratch::export::save_pretrained;
-use lora_from_scratch::generate::{generate_text, GenerateOptions, Sampling};
+use lora_from_scratch::compute::device::pick_device;
+use lora_from_scratch::experiments::metrics::e2e_bleu;
+use lora_from_scratch::inference::export::save_pretrained;
+use lora_from_scratch::inference::generate::{generate_text, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::models::CausalLm;
-use lora_from_scratch::{
-    inject_lora, load_lora_weights, perplexity, print_trainable_parameters, save_lora_weights, train_lora,
-    verify_merge, Decay, LoraConfig, Schedule, TrainConfig,
-};
+use lora_from_scratch::tasks::t03_inject::inject_lora;
+use lora_from_scratch::tasks::t03_inject::print_trainable_parameters;
+use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
+use lora_from_scratch::tasks::t06_train::{train_lora, Decay, Schedule, TrainConfig};
+use lora_from_scratch::tasks::t07_eval::perplexity;
+use lora_from_scratch::tasks::t08_merge::verify_merge;
+use lora_from_scratch::train::checkpoint::best_adapter_dir;
+use lora_from_scratch::train::data::{self, Sample, Template};
+use lora_from_scratch::LoraConfig;
 
 #[derive(Parser, Debug)]
 #[command(about = "Fine-tune GPT-2 or SmolLM2 with LoRA")]
@@ -45,7 +48,7 @@ struct Args {
     dataset: String,
     /// The E2E NLG CSV (mr,ref). If the file is not there, the official release is downloaded
     /// (once, into the cache) and its trainset.csv used.
-    #[arg(long, default_value = "../shared/data/e2e/devset.csv")]
+    #[arg(long, default_value = "data/e2e/devset.csv")]
     e2e_csv: PathBuf,
     /// LoRA target modules, comma-separated; default c_attn for GPT-2, q_proj,v_proj otherwise.
     #[arg(long)]
@@ -115,8 +118,8 @@ const TEST_PROMPTS: [&str; 3] = ["什么是机器学习？", "What is LoRA?", "W
 
 fn main() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
-    lora_from_scratch::alloc::keep_freed_memory();
-    lora_from_scratch::threads::pin_thread_count();
+    lora_from_scratch::compute::alloc::keep_freed_memory();
+    lora_from_scratch::compute::threads::pin_thread_count();
     let mut args = Args::parse();
     if args.test_mode {
         (args.steps, args.eval_every, args.eval_mrs, args.max_len) = (4, 2, 2, 96);
@@ -145,7 +148,7 @@ fn main() -> Result<()> {
             args.e2e_csv.clone()
         } else {
             println!("{} is not there; fetching the E2E NLG release", args.e2e_csv.display());
-            lora_from_scratch::download::fetch_e2e()?.join("trainset.csv")
+            lora_from_scratch::train::download::fetch_e2e()?.join("trainset.csv")
         };
         let task = data::E2eTask::load(&csv_path, &tok, eos, args.max_len, args.seed)?;
         // The split as CSV, so `../shared/bench/peft_e2e_task.py` can run on exactly the same one.

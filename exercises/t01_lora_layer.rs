@@ -10,7 +10,11 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal, Uniform};
 
-use crate::{LoraConfig, LoraError, LoraInit, Param, Result};
+use crate::error::{LoraError, Result};
+
+use crate::lora::config::{LoraConfig, LoraInit};
+
+use crate::lora::param::Param;
 
 /// The factor in front of `B A`: alpha / r, or alpha / sqrt(r) with rsLoRA.
 pub fn lora_scaling(alpha: f64, r: usize, use_rslora: bool) -> f64 {

@@ -6,8 +6,9 @@
 
 use candle_core::Tensor;
 
-use crate::linear::linear_forward;
-use crate::{LoraError, LoraLayer, Result};
+use crate::compute::ops::linear_forward;
+use crate::error::{LoraError, Result};
+use crate::tasks::t01_lora_layer::LoraLayer;
 
 /// A frozen base linear layer plus a LoRA adapter.
 #[derive(Clone, Debug)]

@@ -13,9 +13,16 @@ use candle_core::{DType, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::config::ALL_LINEAR;
-use crate::report::{AdaptedModule, GradientEntry, GradientReport, InjectionReport, InjectionSummary, ParameterCount};
-use crate::{LinearSlot, LinearWithLora, LoraConfig, LoraError, LoraLayer, LoraModel, Param, Result};
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::lora::config::ALL_LINEAR;
+use crate::lora::model::LoraModel;
+use crate::lora::param::Param;
+use crate::lora::report::{
+    AdaptedModule, GradientEntry, GradientReport, InjectionReport, InjectionSummary, ParameterCount,
+};
+use crate::lora::slot::LinearSlot;
+use crate::tasks::t01_lora_layer::LoraLayer;
 
 /// Whether module `name` is selected by `target`: the full name, or a suffix that starts after a
 /// dot (`"q_proj"` and `"self_attn.q_proj"` select `model.layers.0.self_attn.q_proj`, but
@@ -45,9 +52,7 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
     //    `LoraError::module(name, "already has a LoRA adapter")`.
     // 3. One `StdRng::seed_from_u64(config.seed)` for the whole model; for each selected slot in
     //    `model.linears_mut()` order, build `LoraLayer::new(in, out, config, &mut rng, DType::F32,
-    //    slot.device())` and replace the slot with `LinearSlot::Lora(LinearWithLora::new(...))`
-    //    (the base weight: `slot.base_weight()?`). From challenge t09 on, a
-    //    `LinearSlot::Quantized(q)` slot keeps its quantized weight: `q.set_adapter(lora)?` instead.
+    //    slot.device())` and put it beside the base with `slot.set_adapter(lora)?`.
     // 4. `freeze_base_model(model)` and return the adapted modules with `count_parameters`.
     // Book: "Injection without setattr".
     todo!("t03: inject_lora")
@@ -56,8 +61,8 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
 /// The trainable adapter matrices, named `<module>.lora_A.weight` / `.lora_B.weight`: exactly
 /// what the optimizer of a LoRA run should receive.
 pub fn get_lora_parameters(model: &dyn LoraModel) -> Vec<(String, Var)> {
-    // TODO: for every slot with an adapter (`slot.adapter()`, which also finds the adapters of
-    // quantized layers), its A and B `Var`s (`Param::var`), in model order.
+    // TODO: for every slot with an adapter (`slot.adapter()`), its A and B `Var`s
+    // (`Param::var`), in model order.
     todo!("t03: get_lora_parameters")
 }
 
@@ -75,8 +80,9 @@ pub fn unfreeze_lora_parameters(model: &mut dyn LoraModel) -> Result<()> {
 
 /// Trainable and total parameter counts, adapters included.
 pub fn count_parameters(model: &dyn LoraModel) -> ParameterCount {
-    // TODO: every scalar of every weight counts in `total`: base linears (weight and bias),
-    // adapters (A and B) and `model.params()`; the trainable ones also in `trainable`.
+    // TODO: every scalar of every weight counts in `total`: each slot's `named_params()` (base
+    // weight and bias, adapter A and B) and `model.params()`; the trainable ones also in
+    // `trainable`.
     todo!("t03: count_parameters")
 }
 

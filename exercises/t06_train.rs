@@ -9,25 +9,26 @@
 //! beside this file. Grade it with `cargo test --features exercises --test t06_train`.
 #![allow(unused_variables, unused_imports, unused_mut, dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use crate::checkpoint::{
+use crate::compute::ops::cross_entropy;
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::models::CausalLm;
+use crate::tasks::t03_inject::get_lora_parameters;
+use crate::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
+use crate::tasks::t05_data::{collate, Batch, Example, IGNORE_INDEX};
+use crate::train::checkpoint::{
     best_adapter_dir, checkpoint_dir, optimizer_state_path, read_checkpoint_state, save_checkpoint,
     with_frozen_adapters,
 };
-use crate::data::epoch_batches;
-use crate::history::{EvalRecord, StepRecord, TrainHistory};
-use crate::models::CausalLm;
-use crate::ops::cross_entropy;
-use crate::optim::{AdamW, AdamWParams};
-use crate::{
-    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Result,
-    IGNORE_INDEX,
-};
+use crate::train::data::epoch_batches;
+use crate::train::history::{EvalRecord, StepRecord, TrainHistory};
+use crate::train::optim::{AdamW, AdamWParams, ParamGroup};
 
 /// How the learning rate decays after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,13 +118,62 @@ pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size:
     todo!("t06: evaluate_loss")
 }
 
-/// Train the adapters of `model` on `train`, validating on `val`. `on_eval` runs after each
-/// validation (for sample generations). Returns the history; the best adapter is in
-/// `out_dir/best`.
+/// What a run trains and how its weights are kept. LoRA's adapters ([`LoraAdapters`]) are this
+/// task's; full fine-tuning and LoRA mixed with fully trained modules (a challenge) bring their
+/// own, and the same loop trains them all.
+pub trait Trainee {
+    /// Make what is trained trainable and return it as the optimizer's parameter groups (each
+    /// at its multiple of the learning rate). Called after a resume, which replaces the `Var`s.
+    fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>>;
+    /// Save what is trained into folder `dir` (the best weights; a checkpoint's).
+    fn save(&self, model: &dyn CausalLm, dir: &Path) -> Result<()>;
+    /// Load it back from `dir`, for a resume.
+    fn load(&self, model: &mut dyn CausalLm, dir: &Path) -> Result<()>;
+    /// Whether the run keeps `best/` and checkpoints on disk. Full fine-tuning does not: a whole
+    /// model is 540 MB a copy.
+    fn keeps_files(&self) -> bool {
+        true
+    }
+}
+
+/// LoRA's adapters: one group of every adapter's A and B, saved in PEFT's format.
+pub struct LoraAdapters<'a>(pub &'a LoraConfig);
+
+impl Trainee for LoraAdapters<'_> {
+    fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>> {
+        Ok(vec![ParamGroup { name: "lora".into(), vars: get_lora_parameters(model), lr_scale: 1.0 }])
+    }
+
+    fn save(&self, model: &dyn CausalLm, dir: &Path) -> Result<()> {
+        save_lora_weights(model, self.0, dir)
+    }
+
+    fn load(&self, model: &mut dyn CausalLm, dir: &Path) -> Result<()> {
+        load_lora_weights(model, dir).map(|_| ())
+    }
+}
+
+/// Train the adapters of `model` on `train`, validating on `val`: [`train`] with
+/// [`LoraAdapters`]. The best adapter is in `out_dir/best`.
 pub fn train_lora(
     model: &mut dyn CausalLm,
     lora: &LoraConfig,
-    train: &[Example],
+    train_set: &[Example],
+    val: &[Example],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
+) -> Result<TrainHistory> {
+    train(model, &LoraAdapters(lora), train_set, val, pad_id, cfg, on_eval)
+}
+
+/// Train what `trainee` names on `train_set`, validating on `val`. `on_eval` runs after each
+/// validation (for sample generations). Returns the history; the best weights are in
+/// `out_dir/best` when the trainee keeps files.
+pub fn train(
+    model: &mut dyn CausalLm,
+    trainee: &dyn Trainee,
+    train_set: &[Example],
     val: &[Example],
     pad_id: u32,
     cfg: &TrainConfig,
@@ -131,17 +181,18 @@ pub fn train_lora(
 ) -> Result<TrainHistory> {
     // TODO: the loop of the book's "The training loop", step by step:
     // 1. Empty train or validation set: an error.
-    // 2. If cfg.resume and read_checkpoint_state(out_dir) finds a checkpoint: load_lora_weights
-    //    from checkpoint_dir(out_dir) FIRST (it replaces the Vars), and start at its step and history.
-    // 3. AdamW over get_lora_parameters(model) (after loading!); when resuming, restore its state
-    //    from optimizer_state_path(out_dir).
+    // 2. If cfg.resume and read_checkpoint_state(out_dir) finds a checkpoint: trainee.load from
+    //    checkpoint_dir(out_dir) FIRST (it replaces the Vars), and start at its step and history.
+    // 3. AdamW::with_groups over trainee.groups(model) (after loading!); when resuming, restore
+    //    its state from optimizer_state_path(out_dir).
     // 4. For each step from the start to total_steps (or cfg.stop_after): set the learning rate
     //    lr_at(step); for each of grad_accum micro-batches take the batch of epoch_batches(...)
     //    that this micro-step falls on, collate, causal_lm_loss, stop with an error on a
     //    non-finite loss, backward (loss / grad_accum) and sum the gradients; clip; opt.step;
     //    record a StepRecord.
-    // 5. Every eval_every steps and after the last: evaluate_loss on val, keep the best adapter
-    //    in best_adapter_dir(out_dir) (save_lora_weights), save_checkpoint, call on_eval.
+    // 5. Every eval_every steps and after the last: evaluate_loss on val; if the trainee keeps
+    //    files, save the best weights in best_adapter_dir(out_dir) (trainee.save) and
+    //    save_checkpoint; call on_eval.
     // 6. Save training_history.json and .png in out_dir and return the history.
-    todo!("t06: train_lora")
+    todo!("t06: train")
 }

@@ -9,8 +9,13 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::error::{LoraError, Result};
+use crate::lora::linear::Linear;
+use crate::lora::model::LoraModel;
+use crate::lora::slot::LinearSlot;
 use crate::models::CausalLm;
-use crate::{Linear, LinearSlot, LinearWithLora, LoraError, LoraLayer, LoraModel, Result};
+use crate::tasks::t01_lora_layer::LoraLayer;
+use crate::tasks::t02_linear_with_lora::LinearWithLora;
 
 /// The adapters a merge removed, by module name, so that `unmerge_lora_weights` can take their
 /// updates back out of the weights.
@@ -32,7 +37,7 @@ pub fn lora_delta(lora: &LoraLayer) -> Result<Tensor> {
 pub fn merge_lora_weights(model: &mut dyn LoraModel) -> Result<MergedAdapters> {
     // TODO:
     // 1. First pass over model.linears(): for each slot with an adapter (`slot.adapter()`; the
-    //    base `slot.base_weight()?`, dequantized if it is quantized) compute W + lora_delta (in f32,
+    //    base `slot.base_weight()?`) compute W + lora_delta (in f32,
     //    back to W's dtype) and check it is finite (an f64 abs().sum_all()); a NaN or inf is a
     //    `LoraError::module` error. No adapters at all: an error too. Nothing is changed yet.
     // 2. Second pass over model.linears_mut(): replace each adapted slot by

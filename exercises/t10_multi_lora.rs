@@ -6,7 +6,7 @@
 //! switching moves shared tensors, it reads and copies nothing. [`combine`] is PEFT's
 //! `add_weighted_adapter` with its "linear" and "cat" rules, and [`per_row_lora`] the low-rank
 //! part of a batch whose rows each use their own adapter (Punica's gather per row; the layer is
-//! `crate::multi::PerRowLinear`).
+//! `crate::serving::per_row::PerRowLinear`).
 //! Read book/src/t10_multi_lora.md beside this file. Grade it with `cargo test --features exercises --test t10_multi_lora`.
 #![allow(unused_variables, unused_imports, unused_mut, dead_code)]
 
@@ -15,8 +15,11 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use crate::multi::PerRowLinear;
-use crate::{load_lora_weights, LinearSlot, LoraConfig, LoraError, LoraLayer, LoraModel, Result};
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::lora::model::LoraModel;
+use crate::tasks::t01_lora_layer::LoraLayer;
+use crate::tasks::t04_save_load::load_lora_weights;
 
 /// How [`combine`] joins adapters (PEFT's `combination_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,42 +147,5 @@ impl AdapterSet {
         // `combine` the parts that adapt it and keep a `LoraLayer::from_tensors(a, b, config)`
         // whose config has r = alpha = the combined rank (scaling 1). Book: "Combining adapters".
         todo!("t10: AdapterSet::add_weighted")
-    }
-
-    /// Serve a batch whose row i uses adapter `rows[i]` (`None`: the base alone): every module
-    /// that any of them adapts becomes a per-row layer. `set_active` or `clear` ends it.
-    pub fn set_per_row(&mut self, model: &mut dyn LoraModel, rows: &[Option<&str>]) -> Result<()> {
-        let mut names: Vec<&str> = rows.iter().flatten().copied().collect();
-        names.sort();
-        names.dedup();
-        let adapters: Vec<&NamedAdapter> = names
-            .iter()
-            .map(|n| self.adapters.get(*n).ok_or_else(|| LoraError::config("adapter", format!("`{n}` is not loaded"))))
-            .collect::<Result<_>>()?;
-        let mut new_slots = Vec::new();
-        for (module, slot) in model.linears() {
-            let base = slot.without_adapter()?;
-            // The adapters that adapt this module, and each row's index among them.
-            let here: Vec<(usize, &LoraLayer)> =
-                adapters.iter().enumerate().filter_map(|(k, a)| a.layers.get(&module).map(|l| (k, l))).collect();
-            if here.is_empty() {
-                new_slots.push(base);
-                continue;
-            }
-            let layers: Vec<&LoraLayer> = here.iter().map(|(_, l)| *l).collect();
-            let row_idx: Vec<Option<usize>> = rows
-                .iter()
-                .map(|r| {
-                    r.and_then(|n| names.iter().position(|m| *m == n))
-                        .and_then(|k| here.iter().position(|(j, _)| *j == k))
-                })
-                .collect();
-            new_slots.push(LinearSlot::PerRow(PerRowLinear::new(base, &layers, &row_idx)?));
-        }
-        for ((_, slot), new) in model.linears_mut().into_iter().zip(new_slots) {
-            *slot = new;
-        }
-        self.active = None;
-        Ok(())
     }
 }

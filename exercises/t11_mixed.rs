@@ -12,17 +12,22 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::safetensors::Load;
-use candle_core::{Device, Tensor, Var};
-use safetensors::{SafeTensors, View};
+use candle_core::{Tensor, Var};
 
-use crate::io::{crc32_hex, read_file, write_atomic};
-
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::lora::model::LoraModel;
+use crate::lora::param::Param;
+use crate::lora::slot::LinearSlot;
+use crate::models::CausalLm;
+use crate::peft::file::{write_adapter, AdapterFile};
+use crate::peft::format::PEFT_KEY_PREFIX;
+use crate::tasks::t04_save_load::{adapter_config, load_lora_tensors, lora_tensors};
+use crate::tasks::t05_data::Example;
+use crate::tasks::t06_train::{train, TrainConfig, Trainee};
+use crate::train::history::TrainHistory;
 /// t04's checksum keys in the safetensors metadata (PEFT ignores them).
-const CRC_PREFIX: &str = "lora_from_scratch.crc32.";
-use crate::optim::ParamGroup;
-use crate::peft::{AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_KEY_PREFIX};
-use crate::{load_lora_weights, save_lora_weights, LinearSlot, LoraConfig, LoraError, LoraModel, Param, Result};
+use crate::train::optim::ParamGroup;
 
 /// The parameter a `modules_to_save` key carries, e.g. `model.norm.weight`.
 fn module_of(param: &str) -> &str {
@@ -82,53 +87,68 @@ pub fn mixed_groups(
     todo!("t11: mixed_groups")
 }
 
-/// Save the adapters and the `modules` trained in full in PEFT's format: the adapter as t04
-/// writes it, plus each selected parameter under `base_model.model.<name>` (with its checksum)
-/// and the list in `adapter_config.json`'s `modules_to_save`. Files are written atomically.
+/// Save the adapters and the `modules` trained in full in PEFT's format: the adapter's tensors
+/// as t04 keys them, plus each selected parameter under `base_model.model.<name>`, and the list
+/// in `adapter_config.json`'s `modules_to_save`. One write, each file atomic.
 pub fn save_mixed(model: &dyn LoraModel, config: &LoraConfig, modules: &[String], dir: &Path) -> Result<()> {
-    // TODO: t04's save_lora_weights, then rewrite its safetensors file with every selected
-    // parameter added under `base_model.model.<name>` (and its CRC in the metadata, as t04 does)
-    // and set "modules_to_save" in adapter_config.json. Book: "Saving in PEFT's format".
+    // TODO: t04's `lora_tensors`, plus every selected parameter under
+    // `base_model.model.<name>`; t04's `adapter_config` with `modules_to_save` set; one
+    // `write_adapter`. Book: "Saving in PEFT's format".
     todo!("t11: save_mixed")
 }
 
-/// Load what [`save_mixed`] (or PEFT) saved: the adapters through t04's `load_lora_weights`,
+/// Load what [`save_mixed`] (or PEFT) saved: the adapters through t04's `load_lora_tensors`,
 /// and each parameter of `modules_to_save` from its `base_model.model.<name>` key into the
-/// model (frozen, as loading leaves everything). Every module tensor is checked (present, right
-/// shape, checksum) before anything changes. Returns the LoRA config and the module list.
+/// model (frozen, as loading leaves everything). Every tensor is checked (present, right shape,
+/// checksum, finite) before anything changes. Returns the LoRA config and the module list.
 pub fn load_mixed(model: &mut dyn LoraModel, dir: &Path) -> Result<(LoraConfig, Vec<String>)> {
-    // TODO: read the config's modules_to_save and check every module tensor (present, shape,
-    // checksum) before changing anything; load the adapter half through t04's
-    // load_lora_weights (from a folder holding only the adapter keys and a config without
-    // modules_to_save); then set the modules' values (frozen). Book: "Saving in PEFT's format".
+    // TODO: `AdapterFile::read`, its `lora_config()` and `config.modules_to_save`; check and
+    // read every module tensor with `file.tensor` (a problem is an `AdapterMismatch`) before
+    // changing anything; then t04's `load_lora_tensors` with the modules' keys as other keys;
+    // then set the modules' values (frozen). Book: "Saving in PEFT's format".
     todo!("t11: load_mixed")
 }
 
-/// Train LoRA (already injected, `lora`) and the `modules` in full together with `train_lora`'s
-/// loop: B at `loraplus_ratio` times the learning rate, the modules at `full_scale` times it.
-/// The best state by validation loss is saved with [`save_mixed`] in `cfg.out_dir/best`.
+/// LoRA (already injected) with `modules` trained in full, as a [`Trainee`] of task 2.2's loop:
+/// B at `loraplus_ratio` times the learning rate, the modules at `full_scale` times it, saved
+/// with [`save_mixed`].
+pub struct MixedTrainee<'a> {
+    pub lora: &'a LoraConfig,
+    pub modules: &'a [String],
+    pub loraplus_ratio: f64,
+    pub full_scale: f64,
+}
+
+impl Trainee for MixedTrainee<'_> {
+    fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>> {
+        let full = unfreeze_modules_to_save(model, self.modules)?;
+        Ok(mixed_groups(model, full, self.loraplus_ratio, self.full_scale))
+    }
+
+    fn save(&self, model: &dyn CausalLm, dir: &Path) -> Result<()> {
+        save_mixed(model, self.lora, self.modules, dir)
+    }
+
+    fn load(&self, model: &mut dyn CausalLm, dir: &Path) -> Result<()> {
+        load_mixed(model, dir).map(|_| ())
+    }
+}
+
+/// Train LoRA (already injected, `lora`) and the `modules` in full together with task 2.2's
+/// loop ([`MixedTrainee`]). The best state by validation loss is saved with [`save_mixed`] in
+/// `cfg.out_dir/best`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_mixed(
-    model: &mut dyn crate::models::CausalLm,
+    model: &mut dyn CausalLm,
     lora: &LoraConfig,
     modules: &[String],
     loraplus_ratio: f64,
     full_scale: f64,
-    train: &[crate::Example],
-    val: &[crate::Example],
+    train_set: &[Example],
+    val: &[Example],
     pad_id: u32,
-    cfg: &crate::TrainConfig,
-) -> Result<crate::history::TrainHistory> {
-    let full = unfreeze_modules_to_save(model, modules)?;
-    let groups = mixed_groups(model, full, loraplus_ratio, full_scale);
-    let best = crate::checkpoint::best_adapter_dir(&cfg.out_dir);
-    crate::train_groups::train_groups(model, groups, train, val, pad_id, cfg, &mut |m| {
-        save_mixed(m, lora, modules, &best)
-    })
-}
-
-/// A number no other call in this process has had: for unique temporary folder names.
-fn unique() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    cfg: &TrainConfig,
+) -> Result<TrainHistory> {
+    let trainee = MixedTrainee { lora, modules, loraplus_ratio, full_scale };
+    train(model, &trainee, train_set, val, pad_id, cfg, &mut |_, _| {})
 }

@@ -126,7 +126,7 @@ def bleu_cases():
     import sys
     sys.path.insert(0, "../shared/bench")
     from peft_e2e_task import bleu
-    rows = list(csv.DictReader(open("../shared/data/e2e/devset.csv", encoding="utf-8")))
+    rows = list(csv.DictReader(open("data/e2e/devset.csv", encoding="utf-8")))
     refs = {}
     for r in rows:
         refs.setdefault(r["mr"], []).append(r["ref"])

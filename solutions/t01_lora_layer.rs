@@ -9,7 +9,11 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal, Uniform};
 
-use crate::{LoraConfig, LoraError, LoraInit, Param, Result};
+use crate::error::{LoraError, Result};
+
+use crate::lora::config::{LoraConfig, LoraInit};
+
+use crate::lora::param::Param;
 
 // ANCHOR: scaling
 /// The factor in front of `B A`: alpha / r, or alpha / sqrt(r) with rsLoRA.
@@ -135,7 +139,7 @@ impl LoraLayer {
         if x.dims().last() != Some(&in_features) {
             return Err(LoraError::shape("LoRA input", format!("[..., {in_features}]"), x.dims()));
         }
-        // Adapters may be kept in f32 under a bf16 or quantized base (as PEFT does): compute in
+        // Adapters may be kept in f32 under a bf16 base (as PEFT does): compute in
         // the adapter's dtype and hand back the caller's.
         let x_dtype = x.dtype();
         let mut h = x.to_dtype(self.a.tensor().dtype())?;

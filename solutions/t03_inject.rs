@@ -8,13 +8,20 @@
 use std::collections::HashSet;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::config::ALL_LINEAR;
-use crate::report::{AdaptedModule, GradientEntry, GradientReport, InjectionReport, InjectionSummary, ParameterCount};
-use crate::{LinearSlot, LinearWithLora, LoraConfig, LoraError, LoraLayer, LoraModel, Param, Result};
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::lora::config::ALL_LINEAR;
+use crate::lora::model::LoraModel;
+use crate::lora::param::Param;
+use crate::lora::report::{
+    AdaptedModule, GradientEntry, GradientReport, InjectionReport, InjectionSummary, ParameterCount,
+};
+use crate::lora::slot::LinearSlot;
+use crate::tasks::t01_lora_layer::LoraLayer;
 
 // ANCHOR: matches
 /// Whether module `name` is selected by `target`: the full name, or a suffix that starts after a
@@ -69,13 +76,8 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
         // their small updates from being rounded away.
         let lora = LoraLayer::new(in_features, out_features, config, &mut rng, DType::F32, slot.device())?;
         let scaling = lora.scaling();
-        if let LinearSlot::Quantized(q) = slot {
-            // QLoRA (t09): the adapter goes beside the quantized weight, which stays quantized.
-            q.set_adapter(lora)?;
-        } else {
-            let weight = slot.base_weight()?;
-            *slot = LinearSlot::Lora(LinearWithLora::new(&weight, slot.base_bias(), lora)?);
-        }
+        // A plain layer becomes a `LinearWithLora`; every slot knows how to take an adapter.
+        slot.set_adapter(lora)?;
         adapted.push(AdaptedModule { name, in_features, out_features, r: config.r, scaling });
     }
     freeze_base_model(model);
@@ -88,50 +90,12 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
 fn named_params(model: &dyn LoraModel) -> Vec<(String, Param)> {
     let mut out = Vec::new();
     for (name, slot) in model.linears() {
-        // A layer serving several adapters per row (t10) counts as its base, which is never
-        // itself per-row.
-        let slot = match slot {
-            LinearSlot::PerRow(p) => p.base(),
-            other => other,
-        };
-        match slot {
-            LinearSlot::Linear(l) => {
-                for (p_name, p) in l.named_params() {
-                    out.push((format!("{name}.{p_name}"), p.clone()));
-                }
-            }
-            LinearSlot::Lora(l) => {
-                out.push((format!("{name}.weight"), Param::Frozen(l.weight().clone())));
-                if let Some(b) = l.bias() {
-                    out.push((format!("{name}.bias"), Param::Frozen(b.clone())));
-                }
-                out.push((format!("{name}.lora_A.weight"), l.lora().a().clone()));
-                out.push((format!("{name}.lora_B.weight"), l.lora().b().clone()));
-            }
-            LinearSlot::PerRow(_) => unreachable!("replaced by its base above"),
-            LinearSlot::Quantized(q) => {
-                // The quantized weight counts as many parameters as it has entries; it is
-                // listed without being dequantized (an [0]-sized stand-in would miscount).
-                out.push((format!("{name}.weight"), quantized_param(q.weight().dims(), slot.device())));
-                if let Some(b) = q.bias() {
-                    out.push((format!("{name}.bias"), Param::Frozen(b.clone())));
-                }
-                if let Some(a) = q.adapter() {
-                    out.push((format!("{name}.lora_A.weight"), a.a().clone()));
-                    out.push((format!("{name}.lora_B.weight"), a.b().clone()));
-                }
-            }
+        for (p_name, p) in slot.named_params() {
+            out.push((format!("{name}.{p_name}"), p));
         }
     }
     out.extend(model.params().into_iter().map(|(n, p)| (n, p.clone())));
     out
-}
-
-/// A frozen stand-in for a quantized weight, for counting only: its shape, but one stored zero
-/// broadcast (stride 0), so that counting never dequantizes a layer.
-fn quantized_param((out_f, in_f): (usize, usize), device: &candle_core::Device) -> Param {
-    let zero = Tensor::zeros((), DType::F32, device).and_then(|z| z.broadcast_as((out_f, in_f)));
-    Param::Frozen(zero.expect("a broadcast scalar cannot fail"))
 }
 
 // ANCHOR: helpers

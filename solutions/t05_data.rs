@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::{LoraError, Result};
+use crate::error::{LoraError, Result};
 
 /// The label of a position that is not trained on (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;

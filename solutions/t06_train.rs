@@ -5,26 +5,28 @@
 //! cosine; the global gradient norm is clipped; gradients of several micro-batches can be
 //! accumulated; the validation loss is measured at an interval and the best adapter is kept; a
 //! checkpoint (adapter, optimizer moments, step) lets an interrupted run resume exactly; and a NaN
-//! loss stops the run with an error instead of training on garbage.
+//! loss stops the run with an error instead of training on garbage. The loop is written once,
+//! for any [`Trainee`]: what a run trains and how it is saved.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use crate::checkpoint::{
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::models::CausalLm;
+use crate::tasks::t03_inject::get_lora_parameters;
+use crate::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
+use crate::tasks::t05_data::{collate, Batch, Example, IGNORE_INDEX};
+use crate::train::checkpoint::{
     best_adapter_dir, checkpoint_dir, optimizer_state_path, read_checkpoint_state, save_checkpoint,
     with_frozen_adapters,
 };
-use crate::data::epoch_batches;
-use crate::history::{EvalRecord, StepRecord, TrainHistory};
-use crate::models::CausalLm;
-use crate::optim::{AdamW, AdamWParams};
-use crate::{
-    collate, get_lora_parameters, load_lora_weights, save_lora_weights, Batch, Example, LoraConfig, LoraError, Result,
-    IGNORE_INDEX,
-};
+use crate::train::data::epoch_batches;
+use crate::train::history::{EvalRecord, StepRecord, TrainHistory};
+use crate::train::optim::{AdamW, AdamWParams, ParamGroup};
 
 /// How the learning rate decays after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,38 +154,87 @@ pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size:
 }
 // ANCHOR_END: eval_loss
 
-// ANCHOR: train
-/// Train the adapters of `model` on `train`, validating on `val`. `on_eval` runs after each
-/// validation (for sample generations). Returns the history; the best adapter is in
-/// `out_dir/best`.
+/// What a run trains and how its weights are kept. LoRA's adapters ([`LoraAdapters`]) are this
+/// task's; full fine-tuning and LoRA mixed with fully trained modules (a challenge) bring their
+/// own, and the same loop trains them all.
+pub trait Trainee {
+    /// Make what is trained trainable and return it as the optimizer's parameter groups (each
+    /// at its multiple of the learning rate). Called after a resume, which replaces the `Var`s.
+    fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>>;
+    /// Save what is trained into folder `dir` (the best weights; a checkpoint's).
+    fn save(&self, model: &dyn CausalLm, dir: &Path) -> Result<()>;
+    /// Load it back from `dir`, for a resume.
+    fn load(&self, model: &mut dyn CausalLm, dir: &Path) -> Result<()>;
+    /// Whether the run keeps `best/` and checkpoints on disk. Full fine-tuning does not: a whole
+    /// model is 540 MB a copy.
+    fn keeps_files(&self) -> bool {
+        true
+    }
+}
+
+/// LoRA's adapters: one group of every adapter's A and B, saved in PEFT's format.
+pub struct LoraAdapters<'a>(pub &'a LoraConfig);
+
+impl Trainee for LoraAdapters<'_> {
+    fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>> {
+        Ok(vec![ParamGroup { name: "lora".into(), vars: get_lora_parameters(model), lr_scale: 1.0 }])
+    }
+
+    fn save(&self, model: &dyn CausalLm, dir: &Path) -> Result<()> {
+        save_lora_weights(model, self.0, dir)
+    }
+
+    fn load(&self, model: &mut dyn CausalLm, dir: &Path) -> Result<()> {
+        load_lora_weights(model, dir).map(|_| ())
+    }
+}
+
+/// Train the adapters of `model` on `train`, validating on `val`: [`train`] with
+/// [`LoraAdapters`]. The best adapter is in `out_dir/best`.
 pub fn train_lora(
     model: &mut dyn CausalLm,
     lora: &LoraConfig,
-    train: &[Example],
+    train_set: &[Example],
     val: &[Example],
     pad_id: u32,
     cfg: &TrainConfig,
     on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
 ) -> Result<TrainHistory> {
-    if train.is_empty() || val.is_empty() {
+    train(model, &LoraAdapters(lora), train_set, val, pad_id, cfg, on_eval)
+}
+
+// ANCHOR: train
+/// Train what `trainee` names on `train_set`, validating on `val`. `on_eval` runs after each
+/// validation (for sample generations). Returns the history; the best weights are in
+/// `out_dir/best` when the trainee keeps files.
+pub fn train(
+    model: &mut dyn CausalLm,
+    trainee: &dyn Trainee,
+    train_set: &[Example],
+    val: &[Example],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
+) -> Result<TrainHistory> {
+    if train_set.is_empty() || val.is_empty() {
         return Err(LoraError::config("dataset", "train and validation sets must both be non-empty"));
     }
     let params = AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
     let mut history = TrainHistory::default();
     let mut start = 0;
     if let Some(state) = if cfg.resume { read_checkpoint_state(&cfg.out_dir)? } else { None } {
-        // Loading replaces the adapter Vars, so the optimizer is built after it.
-        load_lora_weights(model, &checkpoint_dir(&cfg.out_dir))?;
+        // Loading replaces the trained Vars, so the optimizer is built after it.
+        trainee.load(model, &checkpoint_dir(&cfg.out_dir))?;
         (start, history) = state;
     }
-    let mut opt = AdamW::new(get_lora_parameters(model), params)?;
+    let mut opt = AdamW::with_groups(trainee.groups(model)?, params)?;
     if start > 0 {
         opt.load_state(&optimizer_state_path(&cfg.out_dir))?;
     }
     let vars: Vec<Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
-    let per_epoch = epoch_batches(train.len(), cfg.batch_size, cfg.seed, 0).len();
+    let per_epoch = epoch_batches(train_set.len(), cfg.batch_size, cfg.seed, 0).len();
     let total = cfg.schedule.total_steps;
-    let bar = crate::progress::bar(total, start, cfg.progress);
+    let bar = crate::train::progress_bar::bar(total, start, cfg.progress);
     for step in start..total.min(cfg.stop_after.unwrap_or(usize::MAX)) {
         let t0 = Instant::now();
         let lr = lr_at(&cfg.schedule, step);
@@ -194,19 +245,16 @@ pub fn train_lora(
         let (mut loss_sum, mut tokens) = (0.0, 0);
         for k in 0..cfg.grad_accum.max(1) {
             let micro = step * cfg.grad_accum.max(1) + k;
-            let idx = &epoch_batches(train.len(), cfg.batch_size, cfg.seed, micro / per_epoch)[micro % per_epoch];
-            let batch: Vec<Example> = idx.iter().map(|&i| train[i].clone()).collect();
+            let idx = &epoch_batches(train_set.len(), cfg.batch_size, cfg.seed, micro / per_epoch)[micro % per_epoch];
+            let batch: Vec<Example> = idx.iter().map(|&i| train_set[i].clone()).collect();
             let (loss, n) = causal_lm_loss(model, &collate(&batch, pad_id, model.device())?, true)?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
-                return Err(LoraError::config(
-                    "loss",
-                    format!(
-                        "is {value} at step {}; stopped (the best adapter so far is in {})",
-                        step + 1,
-                        best_adapter_dir(&cfg.out_dir).display()
-                    ),
-                ));
+                let kept = match trainee.keeps_files() {
+                    true => format!(" (the best weights so far are in {})", best_adapter_dir(&cfg.out_dir).display()),
+                    false => String::new(),
+                };
+                return Err(LoraError::config("loss", format!("is {value} at step {}; stopped{kept}", step + 1)));
             }
             loss_sum += value;
             tokens += n;
@@ -229,10 +277,7 @@ pub fn train_lora(
                 None => grads.remove(v.as_tensor()),
             };
         }
-        let grad_norm = match cfg.max_grad_norm {
-            Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
-            None => clip_grad_norm(&mut grads, &vars, f64::INFINITY)?,
-        };
+        let grad_norm = clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
         opt.step(&grads)?;
         let loss = loss_sum / cfg.grad_accum.max(1) as f64;
         let secs = t0.elapsed().as_secs_f64();
@@ -249,16 +294,22 @@ pub fn train_lora(
         if (step + 1) % cfg.eval_every.max(1) == 0 || step + 1 == total {
             let val_loss = evaluate_loss(model, val, cfg.batch_size, pad_id)?;
             history.val.push(EvalRecord { step: step + 1, val_loss });
-            if history.best.is_none_or(|(_, b)| val_loss < b) {
+            let best = history.best.is_none_or(|(_, b)| val_loss < b);
+            if best {
                 history.best = Some((step + 1, val_loss));
-                save_lora_weights(model, lora, &best_adapter_dir(&cfg.out_dir))?;
             }
-            save_checkpoint(model, lora, &opt, step + 1, &history, &cfg.out_dir)?;
+            if trainee.keeps_files() {
+                if best {
+                    trainee.save(model, &best_adapter_dir(&cfg.out_dir))?;
+                }
+                save_checkpoint(&opt, step + 1, &history, &cfg.out_dir, |dir| trainee.save(model, dir))?;
+            }
             bar.println(format!("step {}: train loss {loss:.4}, validation loss {val_loss:.4}", step + 1));
             on_eval(model, step + 1);
         }
     }
     bar.finish_and_clear();
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| LoraError::io(&cfg.out_dir, e))?;
     history.save_json(&cfg.out_dir.join("training_history.json"))?;
     history.plot(&cfg.out_dir.join("training_history.png"))?;
     Ok(history)

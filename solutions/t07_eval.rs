@@ -12,12 +12,14 @@ use std::path::Path;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use crate::bleu::{bleu_tokens, ngrams};
-use crate::generate::{generate, GenerateOptions};
+use crate::error::Result;
+use crate::inference::bleu::{bleu_tokens, ngrams};
+use crate::inference::generate::{generate, GenerateOptions};
 use crate::io::write_atomic;
+use crate::models::tokenizer::{decode, encode};
 use crate::models::CausalLm;
-use crate::tokenizer::{decode, encode};
-use crate::{evaluate_loss, Example, Result};
+use crate::tasks::t05_data::Example;
+use crate::tasks::t06_train::evaluate_loss;
 
 // ANCHOR: perplexity
 /// exp(mean NLL) over every supervised token of `examples`.

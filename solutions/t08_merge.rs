@@ -7,8 +7,13 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::error::{LoraError, Result};
+use crate::lora::linear::Linear;
+use crate::lora::model::LoraModel;
+use crate::lora::slot::LinearSlot;
 use crate::models::CausalLm;
-use crate::{Linear, LinearSlot, LinearWithLora, LoraError, LoraLayer, LoraModel, Result};
+use crate::tasks::t01_lora_layer::LoraLayer;
+use crate::tasks::t02_linear_with_lora::LinearWithLora;
 
 /// The adapters a merge removed, by module name, so that `unmerge_lora_weights` can take their
 /// updates back out of the weights.
@@ -34,7 +39,7 @@ pub fn merge_lora_weights(model: &mut dyn LoraModel) -> Result<MergedAdapters> {
     let mut merged = Vec::new();
     for (name, slot) in model.linears() {
         let Some(lora) = slot.adapter() else { continue };
-        // A quantized base (QLoRA, t09) is dequantized here: the merged weight is f32.
+        // `base_weight` is a dense tensor whatever the slot holds; the merged weight is dense.
         let w = slot.base_weight()?;
         let new_w = (w.to_dtype(DType::F32)? + lora_delta(lora)?)?.to_dtype(w.dtype())?;
         let sum = new_w.to_dtype(DType::F64)?.abs()?.sum_all()?.to_scalar::<f64>()?;

@@ -7,12 +7,12 @@
 //! the nearest level, two indices per byte. The absmax constants (one f32 per 64 weights, half a
 //! bit per weight) are quantized again ("double quantization"): centred on their mean and stored
 //! as 8-bit integers in blocks of 256 with one f32 scale each, for 4 + 8/64 + 32/(64*256) =
-//! 4.127 bits per weight. The quantized frozen linear that uses this lives in `crate::quant`.
+//! 4.127 bits per weight. The quantized frozen linear that uses this lives in `crate::qlora::linear`.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::{LoraError, Result};
+use crate::error::{LoraError, Result};
 
 /// Weights per absmax block (the paper's and bitsandbytes' block size).
 pub const NF4_BLOCK: usize = 64;

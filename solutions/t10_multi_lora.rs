@@ -6,15 +6,18 @@
 //! switching moves shared tensors, it reads and copies nothing. [`combine`] is PEFT's
 //! `add_weighted_adapter` with its "linear" and "cat" rules, and [`per_row_lora`] the low-rank
 //! part of a batch whose rows each use their own adapter (Punica's gather per row; the layer is
-//! `crate::multi::PerRowLinear`).
+//! `crate::serving::per_row::PerRowLinear`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use crate::multi::PerRowLinear;
-use crate::{load_lora_weights, LinearSlot, LoraConfig, LoraError, LoraLayer, LoraModel, Result};
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::lora::model::LoraModel;
+use crate::tasks::t01_lora_layer::LoraLayer;
+use crate::tasks::t04_save_load::load_lora_weights;
 
 /// How [`combine`] joins adapters (PEFT's `combination_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,43 +230,6 @@ impl AdapterSet {
         let targets: Vec<&str> = layers.keys().map(String::as_str).collect();
         let config = LoraConfig::new(rank, rank as f64, &targets);
         self.adapters.insert(new_name.to_string(), NamedAdapter { config, layers });
-        Ok(())
-    }
-
-    /// Serve a batch whose row i uses adapter `rows[i]` (`None`: the base alone): every module
-    /// that any of them adapts becomes a per-row layer. `set_active` or `clear` ends it.
-    pub fn set_per_row(&mut self, model: &mut dyn LoraModel, rows: &[Option<&str>]) -> Result<()> {
-        let mut names: Vec<&str> = rows.iter().flatten().copied().collect();
-        names.sort();
-        names.dedup();
-        let adapters: Vec<&NamedAdapter> = names
-            .iter()
-            .map(|n| self.adapters.get(*n).ok_or_else(|| LoraError::config("adapter", format!("`{n}` is not loaded"))))
-            .collect::<Result<_>>()?;
-        let mut new_slots = Vec::new();
-        for (module, slot) in model.linears() {
-            let base = slot.without_adapter()?;
-            // The adapters that adapt this module, and each row's index among them.
-            let here: Vec<(usize, &LoraLayer)> =
-                adapters.iter().enumerate().filter_map(|(k, a)| a.layers.get(&module).map(|l| (k, l))).collect();
-            if here.is_empty() {
-                new_slots.push(base);
-                continue;
-            }
-            let layers: Vec<&LoraLayer> = here.iter().map(|(_, l)| *l).collect();
-            let row_idx: Vec<Option<usize>> = rows
-                .iter()
-                .map(|r| {
-                    r.and_then(|n| names.iter().position(|m| *m == n))
-                        .and_then(|k| here.iter().position(|(j, _)| *j == k))
-                })
-                .collect();
-            new_slots.push(LinearSlot::PerRow(PerRowLinear::new(base, &layers, &row_idx)?));
-        }
-        for ((_, slot), new) in model.linears_mut().into_iter().zip(new_slots) {
-            *slot = new;
-        }
-        self.active = None;
         Ok(())
     }
 }

@@ -7,20 +7,25 @@
 //! learning rate through AdamW's parameter groups; LoRA+ (Hayou et al. 2024, arXiv 2402.12354)
 //! is one such choice: B learns `ratio` times faster than A.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::safetensors::Load;
-use candle_core::{Device, Tensor, Var};
-use safetensors::{SafeTensors, View};
+use candle_core::{Tensor, Var};
 
-use crate::io::{crc32_hex, read_file, write_atomic};
-
+use crate::error::{LoraError, Result};
+use crate::lora::config::LoraConfig;
+use crate::lora::model::LoraModel;
+use crate::lora::param::Param;
+use crate::lora::slot::LinearSlot;
+use crate::models::CausalLm;
+use crate::peft::file::{write_adapter, AdapterFile};
+use crate::peft::format::PEFT_KEY_PREFIX;
+use crate::tasks::t04_save_load::{adapter_config, load_lora_tensors, lora_tensors};
+use crate::tasks::t05_data::Example;
+use crate::tasks::t06_train::{train, TrainConfig, Trainee};
+use crate::train::history::TrainHistory;
 /// t04's checksum keys in the safetensors metadata (PEFT ignores them).
-const CRC_PREFIX: &str = "lora_from_scratch.crc32.";
-use crate::optim::ParamGroup;
-use crate::peft::{AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_KEY_PREFIX};
-use crate::{load_lora_weights, save_lora_weights, LinearSlot, LoraConfig, LoraError, LoraModel, Param, Result};
+use crate::train::optim::ParamGroup;
 
 /// The parameter a `modules_to_save` key carries, e.g. `model.norm.weight`.
 fn module_of(param: &str) -> &str {
@@ -133,102 +138,47 @@ pub fn mixed_groups(
 // ANCHOR_END: groups
 
 // ANCHOR: save
-/// Save the adapters and the `modules` trained in full in PEFT's format: the adapter as t04
-/// writes it, plus each selected parameter under `base_model.model.<name>` (with its checksum)
-/// and the list in `adapter_config.json`'s `modules_to_save`. Files are written atomically.
+/// Save the adapters and the `modules` trained in full in PEFT's format: the adapter's tensors
+/// as t04 keys them, plus each selected parameter under `base_model.model.<name>`, and the list
+/// in `adapter_config.json`'s `modules_to_save`. One write, each file atomic.
 pub fn save_mixed(model: &dyn LoraModel, config: &LoraConfig, modules: &[String], dir: &Path) -> Result<()> {
     let names = find_modules_to_save(model, modules)?;
-    save_lora_weights(model, config, dir)?;
-    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
-    let bytes = read_file(&weights_path)?;
-    let bad = |e: safetensors::SafeTensorError| LoraError::file(&weights_path, e.to_string());
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
-    let file = SafeTensors::deserialize(&bytes).map_err(bad)?;
-    let mut metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
-    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
-    for key in file.names() {
-        tensors.insert(key.to_string(), file.tensor(key).map_err(bad)?.load(&Device::Cpu)?);
-    }
+    let mut tensors = lora_tensors(model, config)?;
     for (name, t) in values_of(model, &names) {
-        let key = format!("{PEFT_KEY_PREFIX}{name}");
-        let t = t.contiguous()?;
-        metadata.insert(format!("{CRC_PREFIX}{key}"), crc32_hex(&t.data()));
-        tensors.insert(key, t);
+        tensors.insert(format!("{PEFT_KEY_PREFIX}{name}"), t);
     }
-    let out = safetensors::serialize(&tensors, Some(metadata)).map_err(bad)?;
-    let config_path = dir.join(ADAPTER_CONFIG_FILE);
-    let mut json: serde_json::Value = serde_json::from_slice(&read_file(&config_path)?)
-        .map_err(|e| LoraError::file(&config_path, format!("is not JSON: {e}")))?;
-    json["modules_to_save"] = serde_json::json!(modules);
-    write_atomic(&weights_path, &out)?;
-    write_atomic(&config_path, serde_json::to_string_pretty(&json).expect("a JSON value").as_bytes())
+    let mut adapter = adapter_config(model, config);
+    adapter.modules_to_save = Some(modules.to_vec());
+    write_adapter(dir, &adapter, &tensors)
 }
 // ANCHOR_END: save
 
 // ANCHOR: load
-/// Load what [`save_mixed`] (or PEFT) saved: the adapters through t04's `load_lora_weights`,
+/// Load what [`save_mixed`] (or PEFT) saved: the adapters through t04's `load_lora_tensors`,
 /// and each parameter of `modules_to_save` from its `base_model.model.<name>` key into the
-/// model (frozen, as loading leaves everything). Every module tensor is checked (present, right
-/// shape, checksum) before anything changes. Returns the LoRA config and the module list.
+/// model (frozen, as loading leaves everything). Every tensor is checked (present, right shape,
+/// checksum, finite) before anything changes. Returns the LoRA config and the module list.
 pub fn load_mixed(model: &mut dyn LoraModel, dir: &Path) -> Result<(LoraConfig, Vec<String>)> {
-    let config_path = dir.join(ADAPTER_CONFIG_FILE);
-    let config: AdapterConfig = serde_json::from_slice(&read_file(&config_path)?)
-        .map_err(|e| LoraError::file(&config_path, format!("is not a valid PEFT adapter config: {e}")))?;
-    let modules = config.modules_to_save.clone().unwrap_or_default();
+    let file = AdapterFile::read(dir)?;
+    let lora = file.lora_config()?;
+    let modules = file.config.modules_to_save.clone().unwrap_or_default();
     let names = find_modules_to_save(model, &modules)?;
-    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
-    let bytes = read_file(&weights_path)?;
-    let bad = |e: safetensors::SafeTensorError| {
-        LoraError::file(&weights_path, format!("is not a valid safetensors file: {e}"))
-    };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
-    let file = SafeTensors::deserialize(&bytes).map_err(bad)?;
-    let checksums = header.metadata().clone().unwrap_or_default();
 
     // The modules' tensors, each checked against the model's parameter.
     let current: HashMap<String, Tensor> = values_of(model, &names).into_iter().collect();
     let mut module_tensors = Vec::new();
+    let mut module_keys = Vec::new();
     for name in &names {
         let key = format!("{PEFT_KEY_PREFIX}{name}");
-        let expected = current[name].dims().to_vec();
-        let view = file
-            .tensor(&key)
-            .map_err(|_| LoraError::file(&weights_path, format!("has no `{key}` {expected:?} for modules_to_save")))?;
-        if view.shape() != expected.as_slice() {
-            return Err(LoraError::file(
-                &weights_path,
-                format!("`{key}` is {:?}, the model's is {expected:?}", view.shape()),
-            ));
-        }
-        if checksums.get(&format!("{CRC_PREFIX}{key}")).is_some_and(|crc| *crc != crc32_hex(view.data())) {
-            return Err(LoraError::file(&weights_path, format!("`{key}` does not match its checksum")));
-        }
-        let dtype = current[name].dtype();
-        module_tensors
-            .push((name.clone(), view.load(&Device::Cpu)?.to_dtype(dtype)?.to_device(current[name].device())?));
+        let want = &current[name];
+        let t = file.tensor(&key, want.dims(), want.dtype(), want.device()).map_err(|problem| {
+            LoraError::AdapterMismatch { path: file.path().to_path_buf(), problems: vec![problem] }
+        })?;
+        module_tensors.push((name.clone(), t));
+        module_keys.push(key);
     }
-
-    // The adapter half, alone in a folder of its own, through t04's checks.
-    let part = std::env::temp_dir().join(format!("lora-from-scratch-adapter-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&part).map_err(|e| LoraError::io(&part, e))?;
-    let result = (|| {
-        let mut adapter: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        for key in file.names().into_iter().filter(|k| !names.iter().any(|n| *k == format!("{PEFT_KEY_PREFIX}{n}"))) {
-            adapter.insert(key.to_string(), file.tensor(key).map_err(bad)?.load(&Device::Cpu)?);
-            if let Some(crc) = checksums.get(&format!("{CRC_PREFIX}{key}")) {
-                meta.insert(format!("{CRC_PREFIX}{key}"), crc.clone());
-            }
-        }
-        let out = safetensors::serialize(&adapter, Some(meta)).map_err(bad)?;
-        write_atomic(&part.join(ADAPTER_WEIGHTS_FILE), &out)?;
-        let mut lora_only = config.clone();
-        lora_only.modules_to_save = None;
-        write_atomic(&part.join(ADAPTER_CONFIG_FILE), serde_json::to_string(&lora_only).expect("a config").as_bytes())?;
-        load_lora_weights(model, &part)
-    })();
-    let _ = std::fs::remove_dir_all(&part);
-    let lora = result?;
+    // The adapter half, with t04's checks; the modules' keys are not unexpected there.
+    load_lora_tensors(model, &lora, &file, &module_keys)?;
 
     // Everything checked and the adapters in: now the modules' values.
     for (name, p) in model.params_mut() {
@@ -249,31 +199,46 @@ pub fn load_mixed(model: &mut dyn LoraModel, dir: &Path) -> Result<(LoraConfig, 
 }
 // ANCHOR_END: load
 
-/// Train LoRA (already injected, `lora`) and the `modules` in full together with `train_lora`'s
-/// loop: B at `loraplus_ratio` times the learning rate, the modules at `full_scale` times it.
-/// The best state by validation loss is saved with [`save_mixed`] in `cfg.out_dir/best`.
+/// LoRA (already injected) with `modules` trained in full, as a [`Trainee`] of task 2.2's loop:
+/// B at `loraplus_ratio` times the learning rate, the modules at `full_scale` times it, saved
+/// with [`save_mixed`].
+pub struct MixedTrainee<'a> {
+    pub lora: &'a LoraConfig,
+    pub modules: &'a [String],
+    pub loraplus_ratio: f64,
+    pub full_scale: f64,
+}
+
+impl Trainee for MixedTrainee<'_> {
+    fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>> {
+        let full = unfreeze_modules_to_save(model, self.modules)?;
+        Ok(mixed_groups(model, full, self.loraplus_ratio, self.full_scale))
+    }
+
+    fn save(&self, model: &dyn CausalLm, dir: &Path) -> Result<()> {
+        save_mixed(model, self.lora, self.modules, dir)
+    }
+
+    fn load(&self, model: &mut dyn CausalLm, dir: &Path) -> Result<()> {
+        load_mixed(model, dir).map(|_| ())
+    }
+}
+
+/// Train LoRA (already injected, `lora`) and the `modules` in full together with task 2.2's
+/// loop ([`MixedTrainee`]). The best state by validation loss is saved with [`save_mixed`] in
+/// `cfg.out_dir/best`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_mixed(
-    model: &mut dyn crate::models::CausalLm,
+    model: &mut dyn CausalLm,
     lora: &LoraConfig,
     modules: &[String],
     loraplus_ratio: f64,
     full_scale: f64,
-    train: &[crate::Example],
-    val: &[crate::Example],
+    train_set: &[Example],
+    val: &[Example],
     pad_id: u32,
-    cfg: &crate::TrainConfig,
-) -> Result<crate::history::TrainHistory> {
-    let full = unfreeze_modules_to_save(model, modules)?;
-    let groups = mixed_groups(model, full, loraplus_ratio, full_scale);
-    let best = crate::checkpoint::best_adapter_dir(&cfg.out_dir);
-    crate::train_groups::train_groups(model, groups, train, val, pad_id, cfg, &mut |m| {
-        save_mixed(m, lora, modules, &best)
-    })
-}
-
-/// A number no other call in this process has had: for unique temporary folder names.
-fn unique() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    cfg: &TrainConfig,
+) -> Result<TrainHistory> {
+    let trainee = MixedTrainee { lora, modules, loraplus_ratio, full_scale };
+    train(model, &trainee, train_set, val, pad_id, cfg, &mut |_, _| {})
 }

@@ -6,38 +6,36 @@
 //!
 //! The tasks live twice: `exercises/` holds the stubs a learner fills in, `solutions/` the
 //! reference code. Both are compiled in every build; the `exercises` feature only chooses which
-//! one the crate's public API (and so every model in `src/`) uses.
+//! one [`tasks`] (and so every model and tool in this crate) uses.
+//!
+//! The folders are layers; each may use the ones listed before it (`tests/layout.rs` checks that
+//! no module imports another in a circle):
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`error`], [`io`] | the error type; atomic file writes |
+//! | [`compute`] | ops with their backward, fused CPU kernels, quantized weight formats, threads |
+//! | [`lora`] | `Param`, `Linear`, `LinearSlot`, `LoraModel`, `LoraConfig`, reports |
+//! | [`peft`] | PEFT's on-disk format: keys, config, adapter tensors, files |
+//! | [`models`] | GPT-2, Llama (SmolLM2), the test model, loaders, tokenizers |
+//! | [`train`] | data, AdamW, history, checkpoints, the progress bar |
+//! | [`inference`] | generation, BLEU, export |
+//! | [`qlora`], [`serving`] | slot kinds and tools of the challenges (t09, t10) |
+//! | [`experiments`] | run specs, runs, metrics and reports of the experiments |
+//! | [`tasks`] | the learner's tasks t01-t11, from `exercises/` or `solutions/`, and their manifest |
 
-pub mod alloc;
-pub mod bleu;
-pub mod checkpoint;
-pub mod config;
-pub mod data;
-pub mod device;
-pub mod download;
+pub mod compute;
 pub mod error;
-pub mod experiment;
-pub mod experiment_run;
-pub mod export;
-pub mod fused;
-pub mod generate;
-pub mod history;
+pub mod experiments;
+pub mod inference;
 pub mod io;
-pub mod linear;
-pub mod model;
+pub mod lora;
 pub mod models;
-pub mod multi;
-pub mod ops;
-pub mod optim;
-pub mod param;
 pub mod peft;
-pub mod progress;
-pub mod quant;
-pub mod report;
+pub mod qlora;
+pub mod serving;
 pub mod tasks;
-pub mod threads;
-pub mod tokenizer;
-pub mod train_groups;
+pub mod train;
 
 /// The learner's tree: `todo!()` stubs with the same public signatures as [`solutions`].
 #[path = "../exercises/mod.rs"]
@@ -47,27 +45,11 @@ pub mod exercises;
 #[path = "../solutions/mod.rs"]
 pub mod solutions;
 
-pub use config::{LoraConfig, LoraInit, ALL_LINEAR};
+// The core types, for users of the library (the crate's own code names their modules).
 pub use error::{LoraError, Result, TensorProblem};
-pub use linear::Linear;
-pub use model::{LinearSlot, LoraModel};
-pub use param::Param;
-pub use report::{GradientReport, InjectionReport, InjectionSummary, ParameterCount};
-
-#[cfg(feature = "exercises")]
-use exercises as active;
-#[cfg(not(feature = "exercises"))]
-use solutions as active;
-
-// The tasks' public items, from whichever tree the `exercises` feature selects.
-pub use active::t01_lora_layer::*;
-pub use active::t02_linear_with_lora::*;
-pub use active::t03_inject::*;
-pub use active::t04_save_load::*;
-pub use active::t05_data::*;
-pub use active::t06_train::*;
-pub use active::t07_eval::*;
-pub use active::t08_merge::*;
-pub use active::t09_qlora::*;
-pub use active::t10_multi_lora::*;
-pub use active::t11_mixed::*;
+pub use lora::config::{LoraConfig, LoraInit, ALL_LINEAR};
+pub use lora::linear::Linear;
+pub use lora::model::LoraModel;
+pub use lora::param::Param;
+pub use lora::report::{GradientReport, InjectionReport, InjectionSummary, ParameterCount};
+pub use lora::slot::{LinearKind, LinearSlot};

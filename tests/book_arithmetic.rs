@@ -10,7 +10,8 @@ use candle_core::{DType, Tensor};
 use lora_from_scratch::models::gpt2::{Gpt2, Gpt2Config};
 use lora_from_scratch::models::llama::{Llama, LlamaConfig};
 use lora_from_scratch::models::weights::Weights;
-use lora_from_scratch::{count_parameters, get_lora_parameters, inject_lora, LoraConfig, LoraModel};
+use lora_from_scratch::tasks::t03_inject::{count_parameters, get_lora_parameters, inject_lora};
+use lora_from_scratch::{LoraConfig, LoraModel};
 
 const CPU: candle_core::Device = candle_core::Device::Cpu;
 

@@ -2,13 +2,13 @@
 //! training forward that uses them runs without an error and returns gradients that are silently
 //! wrong. These tests pin that behaviour down (if candle ever adds the backward, they fail and the
 //! book's chapter "candle for PyTorch users" needs its warning lifted) and show that the versions
-//! in `lora_from_scratch::ops` pass the same finite-difference check.
+//! in `lora_from_scratch::compute::ops` pass the same finite-difference check.
 
 mod common;
 
 use candle_core::{DType, Tensor, Var};
 use common::{finite_difference_check, randn, rng};
-use lora_from_scratch::ops;
+use lora_from_scratch::compute::ops;
 
 /// A residual around `f`, as in every transformer block: `loss = sum((x + f(x)) * w)`.
 /// Through the residual the input still receives *a* gradient when `f` records no backward,

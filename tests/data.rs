@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
-use lora_from_scratch::data::{
+use lora_from_scratch::train::data::{
     e2e_references, e2e_sample, embedded_instructions, epoch_batches, load_e2e, load_instructions, split_e2e_by_mr,
     InstructionRecord, Template,
 };
-use lora_from_scratch::download::{extract_e2e_zip, E2E_FILES};
+use lora_from_scratch::train::download::{extract_e2e_zip, E2E_FILES};
 use proptest::prelude::*;
 
-const DEVSET: &str = "../shared/data/e2e/devset.csv";
+const DEVSET: &str = "data/e2e/devset.csv";
 
 #[test]
 fn the_embedded_set_has_150_pairs_in_english_and_chinese() {

@@ -4,8 +4,10 @@
 use std::cell::Cell;
 use std::path::Path;
 
-use lora_from_scratch::experiment::{run_cached, write_report, Method, RunResult, RunSpec};
-use lora_from_scratch::history::{EvalRecord, StepRecord, TrainHistory};
+use lora_from_scratch::experiments::report::write_report;
+
+use lora_from_scratch::experiments::spec::{run_cached, Method, RunResult, RunSpec};
+use lora_from_scratch::train::history::{EvalRecord, StepRecord, TrainHistory};
 
 fn spec(name: &str, rank: usize) -> RunSpec {
     RunSpec {
@@ -123,12 +125,12 @@ fn full_fine_tuning_lowers_the_loss() {
     let train = tiny_examples(3);
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), 12, 4);
-    let h = lora_from_scratch::experiment::train_full(loaded.model.as_mut(), &train, &train, 0, &cfg).unwrap();
+    let h = lora_from_scratch::experiments::full::train_full(loaded.model.as_mut(), &train, &train, 0, &cfg).unwrap();
     assert_eq!(h.train.len(), 12);
     assert_eq!(h.val.iter().map(|v| v.step).collect::<Vec<_>>(), vec![4, 8, 12]);
     let (first, last) = (h.train[0].loss, h.train[11].loss);
     assert!(last < 0.5 * first, "loss {first} -> {last}: full fine-tuning did not learn");
-    let counts = lora_from_scratch::count_parameters(loaded.model.as_ref());
+    let counts = lora_from_scratch::tasks::t03_inject::count_parameters(loaded.model.as_ref());
     assert_eq!(counts.trainable, counts.total, "every weight is trainable");
     assert!(dir.path().join("training_history.json").is_file());
 }
@@ -138,9 +140,10 @@ fn full_fine_tuning_lowers_the_loss() {
 #[test]
 #[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
 fn experiment_module_names_select_the_intended_layers() {
-    use lora_from_scratch::experiment::ModuleNames;
+    use lora_from_scratch::experiments::spec::ModuleNames;
     use lora_from_scratch::models::load::{load_model, LoadOptions};
-    use lora_from_scratch::{inject_lora, LoraConfig};
+    use lora_from_scratch::tasks::t03_inject::inject_lora;
+    use lora_from_scratch::LoraConfig;
     for (fixture, gpt2) in [("tiny-gpt2", true), ("tiny-llama", false)] {
         let n = ModuleNames::for_gpt2(gpt2);
         let mut all = vec![n.q, n.k, n.v, n.o];
@@ -182,7 +185,9 @@ fn results_without_the_base_fields_still_load() {
 )]
 fn mixed_training_saves_a_best_state_that_loads_back() {
     use lora_from_scratch::models::load::{load_model, LoadOptions};
-    use lora_from_scratch::{inject_lora, load_mixed, train_mixed, LoraConfig};
+    use lora_from_scratch::tasks::t03_inject::inject_lora;
+    use lora_from_scratch::tasks::t11_mixed::{load_mixed, train_mixed};
+    use lora_from_scratch::LoraConfig;
     let mut loaded = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
     let train = tiny_examples(5);
     let dir = tempfile::tempdir().unwrap();
@@ -202,19 +207,27 @@ fn mixed_training_saves_a_best_state_that_loads_back() {
 
 /// Four short sequences that are their own labels, `(i * stride + k) % 50 + 1`: a set the tiny
 /// model can learn in a few steps.
-fn tiny_examples(stride: u32) -> Vec<lora_from_scratch::Example> {
+fn tiny_examples(stride: u32) -> Vec<lora_from_scratch::tasks::t05_data::Example> {
     (0..4)
         .map(|k| {
             let ids: Vec<u32> = (0..8).map(|i| (i * stride + k) % 50 + 1).collect();
-            lora_from_scratch::Example { labels: ids.iter().map(|&i| i as i64).collect(), input_ids: ids, truncated: 0 }
+            lora_from_scratch::tasks::t05_data::Example {
+                labels: ids.iter().map(|&i| i as i64).collect(),
+                input_ids: ids,
+                truncated: 0,
+            }
         })
         .collect()
 }
 
 /// A constant learning rate of 1e-2, batches of 4, clipping at 1, no checkpoints or progress bar.
-fn tiny_config(out: &std::path::Path, steps: usize, eval_every: usize) -> lora_from_scratch::TrainConfig {
-    use lora_from_scratch::{Decay, Schedule};
-    lora_from_scratch::TrainConfig {
+fn tiny_config(
+    out: &std::path::Path,
+    steps: usize,
+    eval_every: usize,
+) -> lora_from_scratch::tasks::t06_train::TrainConfig {
+    use lora_from_scratch::tasks::t06_train::{Decay, Schedule};
+    lora_from_scratch::tasks::t06_train::TrainConfig {
         schedule: Schedule {
             peak_lr: 1e-2,
             warmup_steps: 0,

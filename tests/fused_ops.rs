@@ -1,4 +1,4 @@
-//! Every fused training op (`lora_from_scratch::fused`) against the composed candle version it
+//! Every fused training op (`lora_from_scratch::compute::fused`) against the composed candle version it
 //! replaces (`ops::composed`): same values, same gradient for every input, and the fused
 //! gradient against central finite differences, in f64 on random shapes and values. Plus f32
 //! values, and no gradient for inputs that do not track one (frozen weights).
@@ -7,8 +7,8 @@ mod common;
 
 use candle_core::{DType, Tensor, Var};
 use common::{finite_difference_check, max_abs_diff, proptest_config, randn, rng, values};
-use lora_from_scratch::fused;
-use lora_from_scratch::ops::{self, composed};
+use lora_from_scratch::compute::fused;
+use lora_from_scratch::compute::ops::{self, composed};
 use proptest::prelude::*;
 
 fn var(seed: u64, shape: &[usize]) -> Var {

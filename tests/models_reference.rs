@@ -11,9 +11,10 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use common::{max_abs_diff, values, CPU};
-use lora_from_scratch::generate::{generate, GenerateOptions, Sampling, StopReason};
+use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling, StopReason};
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::{find_target_modules, inject_lora, LoraConfig, LoraError};
+use lora_from_scratch::tasks::t03_inject::{find_target_modules, inject_lora};
+use lora_from_scratch::{LoraConfig, LoraError};
 
 const FIXTURES: [&str; 2] = ["tiny-gpt2", "tiny-llama"];
 
@@ -300,7 +301,7 @@ fn bf16_base_with_f32_adapters_trains() {
     let opts = LoadOptions { dtype: DType::BF16, ..Default::default() };
     let mut m = load_model(&fixture("tiny-llama"), &opts).unwrap();
     inject_lora(m.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj", "v_proj", "down_proj"])).unwrap();
-    for (_, v) in lora_from_scratch::get_lora_parameters(m.model.as_ref()) {
+    for (_, v) in lora_from_scratch::tasks::t03_inject::get_lora_parameters(m.model.as_ref()) {
         assert_eq!(v.dtype(), DType::F32);
         // Move B off zero so that A's gradient is not zero as well.
         v.set(&(v.ones_like().unwrap() * 0.1).unwrap()).unwrap();
@@ -308,11 +309,14 @@ fn bf16_base_with_f32_adapters_trains() {
     let ids = u32_ids(&reference("tiny-llama")["input_ids"]);
     let logits = m.model.forward(&ids, None, true).unwrap().to_dtype(DType::F32).unwrap();
     let targets = ids.narrow(1, 1, 6).unwrap().flatten_all().unwrap();
-    let loss = lora_from_scratch::ops::cross_entropy(&logits.narrow(1, 0, 6).unwrap().flatten_to(1).unwrap(), &targets)
-        .unwrap();
+    let loss = lora_from_scratch::compute::ops::cross_entropy(
+        &logits.narrow(1, 0, 6).unwrap().flatten_to(1).unwrap(),
+        &targets,
+    )
+    .unwrap();
     assert!(loss.to_scalar::<f32>().unwrap().is_finite());
     let grads = loss.backward().unwrap();
-    let report = lora_from_scratch::check_gradients(m.model.as_ref(), &grads).unwrap();
+    let report = lora_from_scratch::tasks::t03_inject::check_gradients(m.model.as_ref(), &grads).unwrap();
     assert!(report.is_ok(), "{report}");
     assert_eq!(report.entries.len(), 2 * 3 * 2);
 }

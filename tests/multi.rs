@@ -4,10 +4,11 @@ mod common;
 
 use candle_core::DType;
 use common::*;
-use lora_from_scratch::generate::{generate, greedy_batch, GenerateOptions, Sampling};
+use lora_from_scratch::inference::generate::{generate, greedy_batch, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::multi::PerRowLinear;
-use lora_from_scratch::{LoraConfig, LoraLayer};
+use lora_from_scratch::serving::per_row::PerRowLinear;
+use lora_from_scratch::tasks::t01_lora_layer::LoraLayer;
+use lora_from_scratch::LoraConfig;
 
 /// Prompts of different lengths in one right-padded batch continue exactly as each does alone.
 #[test]

@@ -1,7 +1,7 @@
 //! Finite-difference gradient checks for every op the GPT-2 and Llama forward passes use.
 //!
 //! candle records no backward for several of its fast ops, and training then runs with wrong
-//! gradients and no error. Each op in `lora_from_scratch::ops` is checked here in f64 against
+//! gradients and no error. Each op in `lora_from_scratch::compute::ops` is checked here in f64 against
 //! central differences, on random shapes and values; the last tests check whole models by a
 //! directional derivative through every adapter.
 
@@ -9,9 +9,12 @@ mod common;
 
 use candle_core::{DType, Tensor, Var};
 use common::{finite_difference_check, proptest_config, randn, rng, values, CPU};
+use lora_from_scratch::compute::ops;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::ops;
-use lora_from_scratch::{get_lora_parameters, inject_lora, LinearSlot, LinearWithLora, LoraConfig, LoraLayer};
+use lora_from_scratch::tasks::t01_lora_layer::LoraLayer;
+use lora_from_scratch::tasks::t02_linear_with_lora::LinearWithLora;
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::{LinearSlot, LoraConfig};
 use proptest::prelude::*;
 
 /// `sum(f(x) * r)` for a fixed random `r`: a scalar whose gradient is `r` pulled back through f,
@@ -50,7 +53,7 @@ proptest! {
         // A `Var` weight (full fine-tuning) must take the path that computes its gradient.
         let x = randn(&mut rng(seed + 1), &[2, 3, i], DType::F64);
         let w = var(seed, &[o, i]);
-        check(&w, |w| lora_from_scratch::linear::linear_forward(&x, w, None).unwrap());
+        check(&w, |w| lora_from_scratch::compute::ops::linear_forward(&x, w, None).unwrap());
     }
 
     #[test]

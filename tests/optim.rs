@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 use common::{max_abs_diff, proptest_config, randn, rng, values};
-use lora_from_scratch::optim::{AdamW, AdamWParams};
+use lora_from_scratch::train::optim::{AdamW, AdamWParams};
 use proptest::prelude::*;
 
 /// A gradient store holding `g` for `var`: the gradient of `sum(var * g)`.
@@ -67,7 +67,7 @@ fn a_var_without_gradient_is_untouched() {
 /// whose learning rate is k times larger (PyTorch's per-group `lr`), and a bad scale is refused.
 #[test]
 fn parameter_groups_scale_the_learning_rate() {
-    use lora_from_scratch::optim::ParamGroup;
+    use lora_from_scratch::train::optim::ParamGroup;
     let mut r = common::rng(3);
     let x0 = common::randn(&mut r, &[12], DType::F64);
     let (a, b) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&x0).unwrap());

@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use common::{max_abs_diff, values, CPU};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::{load_lora_weights, save_lora_weights};
+use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
 
 const MODELS: [&str; 2] = ["tiny-gpt2", "tiny-llama"];
 
@@ -114,7 +114,7 @@ fn gpt2_slice_adapters_export_exactly_to_peft() {
     // And exporting the same adapters now gives the committed tensors.
     let out = tempfile::tempdir().unwrap();
     let lora = lora_from_scratch::LoraConfig::new(4, 8.0, &["c_attn.q", "c_attn.v"]);
-    lora_from_scratch::export::save_peft_adapter(m.model.as_ref(), &lora, out.path()).unwrap();
+    lora_from_scratch::inference::export::save_peft_adapter(m.model.as_ref(), &lora, out.path()).unwrap();
     let again = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &CPU).unwrap();
     for (k, t) in fixture("tiny-gpt2-split-from-rust", "adapter_model.safetensors") {
         assert_eq!(values(&t), values(&again[&k]), "{k} differs from the committed export");
@@ -140,9 +140,9 @@ fn merged_checkpoints_load_in_transformers_and_here() {
         let diff = max_abs_diff(&adapted_logits, &values(&reloaded.model.forward(&ids, None, false).unwrap()));
         assert!(diff < 1e-5, "{model}: our loader reads the merged export {diff} away");
         // Exporting the in-memory merged model now writes the committed tensors.
-        lora_from_scratch::merge_lora_weights(adapted.model.as_mut()).unwrap();
+        lora_from_scratch::tasks::t08_merge::merge_lora_weights(adapted.model.as_mut()).unwrap();
         let out = tempfile::tempdir().unwrap();
-        lora_from_scratch::export::save_pretrained(adapted.model.as_ref(), None, out.path()).unwrap();
+        lora_from_scratch::inference::export::save_pretrained(adapted.model.as_ref(), None, out.path()).unwrap();
         let mine = candle_core::safetensors::load(out.path().join("model.safetensors"), &CPU).unwrap();
         let committed = candle_core::safetensors::load(format!("{merged_dir}/model.safetensors"), &CPU).unwrap();
         assert_eq!(mine.len(), committed.len(), "{model}: tensor count (tied weights once)");
@@ -164,6 +164,6 @@ fn exporting_a_model_that_still_has_adapters_is_an_error() {
     let mut m = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
     load_lora_weights(m.model.as_mut(), Path::new("tests/fixtures/merged/tiny-llama-adapter")).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let err = lora_from_scratch::export::save_pretrained(m.model.as_ref(), None, out.path()).unwrap_err();
+    let err = lora_from_scratch::inference::export::save_pretrained(m.model.as_ref(), None, out.path()).unwrap_err();
     assert!(err.to_string().contains("merge"), "{err}");
 }

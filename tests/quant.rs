@@ -9,10 +9,12 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::DType;
 use common::*;
+use lora_from_scratch::compute::quantized::{GgufWeight, QuantizedWeight};
 use lora_from_scratch::models::gguf::{unpermute, unpermute_order};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::quant::{quantize_base, use_quantized_weights, BaseQuantization, GgufWeight, QuantizedWeight};
-use lora_from_scratch::{inject_lora, LoraConfig};
+use lora_from_scratch::qlora::base::{quantize_base, use_quantized_weights, BaseQuantization};
+use lora_from_scratch::tasks::t03_inject::inject_lora;
+use lora_from_scratch::LoraConfig;
 
 #[test]
 fn unpermute_order_is_the_row_order_of_unpermute() {
@@ -73,7 +75,9 @@ fn only_a_frozen_base_without_adapters_is_quantized() {
 /// the dequantized weights in ordinary dense layers.
 #[test]
 fn a_quantized_model_computes_what_its_dequantized_copy_computes() {
-    use lora_from_scratch::{get_lora_parameters, Linear, LinearSlot, LinearWithLora};
+    use lora_from_scratch::tasks::t02_linear_with_lora::LinearWithLora;
+    use lora_from_scratch::tasks::t03_inject::get_lora_parameters;
+    use lora_from_scratch::{Linear, LinearSlot};
     let mut q = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
     quantize_base(q.model.as_mut(), BaseQuantization::Nf4).unwrap();
     inject_lora(q.model.as_mut(), &LoraConfig::new(3, 6.0, &["q_proj", "up_proj"])).unwrap();
@@ -121,7 +125,8 @@ fn a_quantized_model_computes_what_its_dequantized_copy_computes() {
 /// (only Llama keeps its table quantized), and merging gives back the adapted model's logits.
 #[test]
 fn gpt2_quantizes_its_linears_and_merges() {
-    use lora_from_scratch::{get_lora_parameters, merge_lora_weights};
+    use lora_from_scratch::tasks::t03_inject::get_lora_parameters;
+    use lora_from_scratch::tasks::t08_merge::merge_lora_weights;
     let mut m = load_model("tests/fixtures/tiny-gpt2", &LoadOptions::default()).unwrap();
     let n = quantize_base(m.model.as_mut(), BaseQuantization::Nf4).unwrap();
     assert_eq!(n, m.model.linears().len(), "every linear of GPT-2 is quantized, nothing else");

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use common::{max_abs_diff, values, CPU};
-use lora_from_scratch::generate::{generate, GenerateOptions, Sampling};
+use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_gguf, smollm2_gguf, LoadOptions, LoadedModel};
-use lora_from_scratch::tokenizer::{decode, encode, smollm2_chat_prompt, token_id, ChatMessage};
+use lora_from_scratch::models::tokenizer::{decode, encode, smollm2_chat_prompt, token_id, ChatMessage};
 
 fn smollm2() -> Option<LoadedModel> {
     let Some(path) = smollm2_gguf() else {
@@ -111,7 +111,7 @@ fn a_character_cut_by_the_budget_is_dropped() {
     let opts = GenerateOptions { max_new_tokens: 8, sampling: Sampling::greedy(), stop_ids: m.eos_ids.clone() };
     let raw = generate(m.model.as_ref(), &encode(tok, &prompt).unwrap(), &opts).unwrap();
     assert!(decode(tok, &raw.ids).unwrap().ends_with('\u{FFFD}'), "this budget cuts a character (the premise)");
-    let text = lora_from_scratch::generate::generate_text(m.model.as_ref(), tok, &prompt, &opts).unwrap();
+    let text = lora_from_scratch::inference::generate::generate_text(m.model.as_ref(), tok, &prompt, &opts).unwrap();
     assert!(text.starts_with("机器学") && !text.contains('\u{FFFD}'), "{text:?}");
 }
 
@@ -128,10 +128,12 @@ fn gguf_q4_1_base_kept_quantized_matches_transformers() {
     assert_eq!(weights.len(), 210, "every linear layer of SmolLM2 is Q4_1 in this file");
     let weights = weights
         .into_iter()
-        .map(|(n, w)| (n, std::sync::Arc::new(w) as std::sync::Arc<dyn lora_from_scratch::quant::QuantizedWeight>))
+        .map(|(n, w)| {
+            (n, std::sync::Arc::new(w) as std::sync::Arc<dyn lora_from_scratch::compute::quantized::QuantizedWeight>)
+        })
         .collect();
-    assert_eq!(lora_from_scratch::quant::use_quantized_weights(m.model.as_mut(), weights).unwrap(), 210);
-    let (quant, quant_f32, _) = lora_from_scratch::quant::base_bytes(m.model.as_ref());
+    assert_eq!(lora_from_scratch::qlora::base::use_quantized_weights(m.model.as_mut(), weights).unwrap(), 210);
+    let (quant, quant_f32, _) = lora_from_scratch::qlora::base::base_bytes(m.model.as_ref());
     assert_eq!(quant * 32, quant_f32 * 5, "Q4_1 is 5 bits per weight (20 bytes per block of 32)");
     // And the embedding (the tied head too) in its Q8_0 blocks.
     let embed = file.quantized_tensor("token_embd.weight").unwrap().expect("SmolLM2's embedding is Q8_0");

@@ -7,7 +7,9 @@ mod common;
 
 use candle_core::{DType, Tensor, Var};
 use common::*;
-use lora_from_scratch::{lora_scaling, LoraConfig, LoraInit, LoraLayer};
+use lora_from_scratch::tasks::t01_lora_layer::lora_scaling;
+use lora_from_scratch::tasks::t01_lora_layer::LoraLayer;
+use lora_from_scratch::{LoraConfig, LoraInit};
 use proptest::prelude::*;
 
 fn config(r: usize, alpha: f64) -> LoraConfig {

@@ -6,8 +6,10 @@ mod common;
 
 use candle_core::{DType, Tensor, Var};
 use common::*;
-use lora_from_scratch::linear::linear_forward;
-use lora_from_scratch::{LinearWithLora, LoraConfig, LoraLayer};
+use lora_from_scratch::compute::ops::linear_forward;
+use lora_from_scratch::tasks::t01_lora_layer::LoraLayer;
+use lora_from_scratch::tasks::t02_linear_with_lora::LinearWithLora;
+use lora_from_scratch::LoraConfig;
 use proptest::prelude::*;
 
 fn config(r: usize, alpha: f64) -> LoraConfig {

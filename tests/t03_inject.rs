@@ -9,11 +9,13 @@ use std::collections::BTreeSet;
 use candle_core::Var;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use common::*;
-use lora_from_scratch::{
-    check_gradients, check_lora_injection, count_parameters, find_target_modules, freeze_base_model,
-    get_lora_parameters, inject_lora, print_trainable_parameters, target_matches, unfreeze_lora_parameters, LinearSlot,
-    LoraConfig, LoraError, LoraModel, ALL_LINEAR,
+use lora_from_scratch::tasks::t03_inject::{
+    check_gradients, check_lora_injection, print_trainable_parameters, target_matches, unfreeze_lora_parameters,
 };
+use lora_from_scratch::tasks::t03_inject::{
+    count_parameters, find_target_modules, freeze_base_model, get_lora_parameters, inject_lora,
+};
+use lora_from_scratch::{LinearSlot, LoraConfig, LoraError, LoraModel, ALL_LINEAR};
 use proptest::prelude::*;
 
 const KINDS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];

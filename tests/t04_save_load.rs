@@ -10,11 +10,10 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use common::*;
 use lora_from_scratch::models::tiny::TinyLm;
-use lora_from_scratch::peft::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-use lora_from_scratch::{
-    get_lora_parameters, inject_lora, load_lora_weights, save_lora_weights, LoraConfig, LoraError, LoraModel,
-    TensorProblem,
-};
+use lora_from_scratch::peft::format::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
+use lora_from_scratch::{LoraConfig, LoraError, LoraModel, TensorProblem};
 use proptest::prelude::*;
 use safetensors::SafeTensors;
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use lora_from_scratch::{collate, tokenize_example, Example, IGNORE_INDEX};
+use lora_from_scratch::tasks::t05_data::{collate, tokenize_example, Example, IGNORE_INDEX};
 use proptest::prelude::*;
 
 fn ids(n: usize, start: u32) -> Vec<u32> {

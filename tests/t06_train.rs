@@ -10,10 +10,13 @@ use std::path::Path;
 use candle_core::{DType, Tensor, Var, D};
 use common::*;
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::{
-    causal_lm_loss, clip_grad_norm, collate, evaluate_loss, get_lora_parameters, inject_lora, load_lora_weights, lr_at,
-    tokenize_example, train_lora, Decay, Example, LoraConfig, Schedule, TrainConfig, IGNORE_INDEX,
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t04_save_load::load_lora_weights;
+use lora_from_scratch::tasks::t05_data::{collate, tokenize_example, Example, IGNORE_INDEX};
+use lora_from_scratch::tasks::t06_train::{
+    causal_lm_loss, clip_grad_norm, evaluate_loss, lr_at, train_lora, Decay, Schedule, TrainConfig,
 };
+use lora_from_scratch::LoraConfig;
 use proptest::prelude::*;
 
 const PAD: u32 = 0;

@@ -8,11 +8,10 @@ use std::collections::HashMap;
 
 use candle_core::{DType, D};
 use common::*;
-use lora_from_scratch::generate::{GenerateOptions, Sampling};
+use lora_from_scratch::inference::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::{
-    collate, corpus_bleu, evaluate_generation, perplexity, tokenize_example, Example, IGNORE_INDEX,
-};
+use lora_from_scratch::tasks::t05_data::{collate, tokenize_example, Example, IGNORE_INDEX};
+use lora_from_scratch::tasks::t07_eval::{corpus_bleu, evaluate_generation, perplexity};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::Tokenizer;

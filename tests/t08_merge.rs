@@ -7,10 +7,10 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::*;
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::{
-    count_parameters, get_lora_parameters, inject_lora, lora_delta, merge_lora_weights, unmerge_lora_weights,
-    verify_merge, LinearSlot, LoraConfig, LoraLayer,
-};
+use lora_from_scratch::tasks::t01_lora_layer::LoraLayer;
+use lora_from_scratch::tasks::t03_inject::{count_parameters, get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t08_merge::{lora_delta, merge_lora_weights, unmerge_lora_weights, verify_merge};
+use lora_from_scratch::{LinearSlot, LoraConfig};
 use proptest::prelude::*;
 
 /// A fixture model with adapters whose B is random (a fresh B = 0 would merge to nothing).

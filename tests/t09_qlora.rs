@@ -10,13 +10,17 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
 use common::*;
+use lora_from_scratch::compute::ops;
+use lora_from_scratch::compute::quantized::QuantizedWeight;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::optim::{AdamW, AdamWParams};
-use lora_from_scratch::quant::{quantize_base, BaseQuantization, QuantizedWeight};
-use lora_from_scratch::{
-    get_lora_parameters, inject_lora, merge_lora_weights, nearest_level, nf4_code_book, ops, LinearSlot, LoraConfig,
-    Nf4Tensor, ABSMAX_BLOCK, NF4_BLOCK,
-};
+use lora_from_scratch::qlora::base::{quantize_base, BaseQuantization};
+use lora_from_scratch::qlora::linear::QuantizedLinear;
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t08_merge::merge_lora_weights;
+use lora_from_scratch::tasks::t09_qlora::Nf4Tensor;
+use lora_from_scratch::tasks::t09_qlora::{nearest_level, nf4_code_book, ABSMAX_BLOCK, NF4_BLOCK};
+use lora_from_scratch::train::optim::{AdamW, AdamWParams};
+use lora_from_scratch::LoraConfig;
 use proptest::prelude::*;
 
 fn bnb() -> HashMap<String, Tensor> {
@@ -195,7 +199,7 @@ fn a_qlora_step_changes_only_the_adapters_and_merging_dequantizes() {
     inject_lora(m.model.as_mut(), &LoraConfig::new(4, 8.0, &["q_proj", "v_proj", "down_proj"])).unwrap();
     let head = m.model.output_head().map(str::to_string);
     for (name, slot) in m.model.linears() {
-        let quantized = matches!(slot, LinearSlot::Quantized(_));
+        let quantized = slot.kind::<QuantizedLinear>().is_some();
         assert_eq!(quantized, Some(&name) != head.as_ref(), "{name}: every linear but the head stays quantized");
     }
     let base_before = base_weight_bits(m.model.as_ref());

@@ -7,10 +7,14 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::*;
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::{
-    combine, get_lora_parameters, inject_lora, lora_delta, per_row_lora, save_lora_weights, AdapterSet, Combination,
-    LoraConfig, LoraLayer,
-};
+use lora_from_scratch::serving::per_row::PerRowServing;
+use lora_from_scratch::tasks::t01_lora_layer::LoraLayer;
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t04_save_load::save_lora_weights;
+use lora_from_scratch::tasks::t08_merge::lora_delta;
+use lora_from_scratch::tasks::t10_multi_lora::per_row_lora;
+use lora_from_scratch::tasks::t10_multi_lora::{combine, AdapterSet, Combination};
+use lora_from_scratch::LoraConfig;
 use proptest::prelude::*;
 
 const VOCAB: usize = 101;

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use candle_core::DType;
 use common::*;
 use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
-use lora_from_scratch::optim::{AdamW, AdamWParams};
-use lora_from_scratch::{
-    find_modules_to_save, get_lora_parameters, inject_lora, load_mixed, mixed_groups, save_mixed,
-    unfreeze_modules_to_save, LoraConfig,
-};
+use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t11_mixed::load_mixed;
+use lora_from_scratch::tasks::t11_mixed::{find_modules_to_save, mixed_groups, save_mixed, unfreeze_modules_to_save};
+use lora_from_scratch::train::optim::{AdamW, AdamWParams};
+use lora_from_scratch::LoraConfig;
 
 const VOCAB: usize = 101;
 const NORMS: [&str; 5] = [
@@ -159,7 +159,11 @@ fn a_peft_adapter_with_modules_to_save_gives_pefts_logits() {
     assert!(d < 1e-4, "logits differ from PEFT's by {d}");
     // Without the modules (adapter alone) they would not: the saved norms and head matter.
     let mut lora_only = base();
-    lora_from_scratch::inject_lora(lora_only.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj", "v_proj"])).unwrap();
+    lora_from_scratch::tasks::t03_inject::inject_lora(
+        lora_only.model.as_mut(),
+        &LoraConfig::new(2, 4.0, &["q_proj", "v_proj"]),
+    )
+    .unwrap();
     assert!(max_abs_diff(&values(&lora_only.model.forward(&ids, None, false).unwrap()), &values(&r["logits"])) > 1e-2);
 }
 

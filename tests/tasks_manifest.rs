@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use lora_from_scratch::tasks::TASKS;
+use lora_from_scratch::tasks::manifest::TASKS;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::llama::{LlamaConfig, RopeParameters};
 use super::weights::Weights;
-use crate::{LoraError, Result};
+use crate::error::{LoraError, Result};
 
 /// A GGUF file read into memory: its metadata and its file handle.
 pub struct GgufFile {
@@ -127,7 +127,10 @@ impl GgufFile {
     /// by Hugging Face module name (`model.layers.0.self_attn.q_proj`). q and k get the same
     /// row order as the dense load ([`unpermute`]), moved block row by block row, exactly.
     /// Tensors the file stores unquantized (F32, F16) are left out.
-    pub fn quantized_linears(&mut self, config: &LlamaConfig) -> Result<HashMap<String, crate::quant::GgufWeight>> {
+    pub fn quantized_linears(
+        &mut self,
+        config: &LlamaConfig,
+    ) -> Result<HashMap<String, crate::compute::quantized::GgufWeight>> {
         let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
         let mut out = HashMap::new();
         for name in names {
@@ -144,7 +147,7 @@ impl GgufFile {
             if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                 continue;
             }
-            let w = crate::quant::GgufWeight(q);
+            let w = crate::compute::quantized::GgufWeight(q);
             let heads = if module.ends_with("q_proj") {
                 Some(config.num_attention_heads)
             } else if module.ends_with("k_proj") {
@@ -153,7 +156,9 @@ impl GgufFile {
                 None
             };
             let w = match heads {
-                Some(h) => w.permute_rows(&unpermute_order(crate::quant::QuantizedWeight::dims(&w).0, h))?,
+                Some(h) => {
+                    w.permute_rows(&unpermute_order(crate::compute::quantized::QuantizedWeight::dims(&w).0, h))?
+                }
                 None => w,
             };
             out.insert(module.to_string(), w);
@@ -165,14 +170,14 @@ impl GgufFile {
 impl GgufFile {
     /// One tensor in the file's own block format (the embedding's Q8_0 in SmolLM2's file);
     /// `None` if the file stores it unquantized.
-    pub fn quantized_tensor(&mut self, gguf_name: &str) -> Result<Option<crate::quant::GgufWeight>> {
+    pub fn quantized_tensor(&mut self, gguf_name: &str) -> Result<Option<crate::compute::quantized::GgufWeight>> {
         use candle_core::quantized::GgmlDType;
         let q = self
             .content
             .tensor(&mut self.file, gguf_name, &Device::Cpu)
             .map_err(|e| LoraError::file(&self.path, format!("tensor `{gguf_name}` cannot be read: {e}")))?;
         Ok((!matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16))
-            .then_some(crate::quant::GgufWeight(q)))
+            .then_some(crate::compute::quantized::GgufWeight(q)))
     }
 }
 

@@ -17,9 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
-use crate::linear::linear_forward;
-use crate::ops::{causal_attention, embedding, gelu_new, layer_norm, self_attention};
-use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
+use crate::compute::ops::linear_forward;
+use crate::compute::ops::{causal_attention, embedding, gelu_new, layer_norm, self_attention};
+use crate::error::{LoraError, Result};
+use crate::lora::linear::Linear;
+use crate::lora::model::LoraModel;
+use crate::lora::param::Param;
+use crate::lora::slot::LinearSlot;
 
 /// The fields of GPT-2's `config.json` this model reads.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -11,13 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
-use crate::linear::linear_forward;
-use crate::ops::composed::split_heads;
-use crate::ops::{causal_attention, embedding, rms_norm, rope, self_attention, swiglu};
+use crate::compute::ops::composed::split_heads;
+use crate::compute::ops::linear_forward;
+use crate::compute::ops::{causal_attention, embedding, rms_norm, rope, self_attention, swiglu};
 use std::sync::Arc;
 
-use crate::quant::QuantizedWeight;
-use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
+use crate::compute::quantized::QuantizedWeight;
+use crate::error::{LoraError, Result};
+use crate::lora::linear::Linear;
+use crate::lora::model::LoraModel;
+use crate::lora::param::Param;
+use crate::lora::slot::LinearSlot;
 
 /// transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older configs a top-level
 /// `rope_theta`. Both are read.

@@ -17,7 +17,8 @@ use super::gpt2::{Gpt2, Gpt2Config};
 use super::llama::{Llama, LlamaConfig};
 use super::weights::{read_config, Weights, SAFETENSORS_FILE, SAFETENSORS_INDEX};
 use super::CausalLm;
-use crate::{tokenizer, LoraError, Result};
+use crate::error::{LoraError, Result};
+use crate::models::tokenizer;
 
 /// How to load: weights dtype (f32 by default, bf16 to halve memory), device, Hub revision.
 #[derive(Clone, Debug)]

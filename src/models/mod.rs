@@ -7,11 +7,15 @@ pub mod gpt2;
 pub mod llama;
 pub mod load;
 pub mod tiny;
+pub mod tokenizer;
 pub mod weights;
 
 use candle_core::{Device, Tensor};
 
-use crate::{LoraModel, Result};
+use crate::error::Result;
+use crate::lora::slot::LinearSlot;
+
+use crate::lora::model::LoraModel;
 
 /// Keys and values of the positions seen so far, one entry per layer, so that generation feeds
 /// only the new token instead of the whole sequence at every step.
@@ -66,14 +70,14 @@ pub trait CausalLm: LoraModel {
     }
 
     /// Mean cross-entropy of the head's logits on `hidden` [n, d] against `targets` [n]. With a
-    /// plain head this is [`crate::ops::head_cross_entropy`], which on the CPU never holds the
-    /// [n, vocab] logits; otherwise the logits (in f32) and [`crate::ops::cross_entropy`].
+    /// plain head this is [`crate::compute::ops::head_cross_entropy`], which on the CPU never holds the
+    /// [n, vocab] logits; otherwise the logits (in f32) and [`crate::compute::ops::cross_entropy`].
     fn head_loss(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
         match self.head_weight()? {
-            Some(w) => crate::ops::head_cross_entropy(hidden, &w, targets),
+            Some(w) => crate::compute::ops::head_cross_entropy(hidden, &w, targets),
             None => {
                 let logits = self.logits(hidden)?.to_dtype(candle_core::DType::F32)?;
-                crate::ops::cross_entropy(&logits, &Tensor::new(targets, hidden.device())?)
+                crate::compute::ops::cross_entropy(&logits, &Tensor::new(targets, hidden.device())?)
             }
         }
     }
@@ -104,25 +108,13 @@ pub trait CausalLm: LoraModel {
     fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>>;
 }
 
-/// The weight and bias of a slot that holds no adapter, or an error naming the module.
-pub(crate) fn plain_weights(name: &str, slot: &crate::LinearSlot) -> Result<(Tensor, Option<Tensor>)> {
-    match slot {
-        crate::LinearSlot::Linear(l) => Ok((l.weight.tensor().clone(), l.bias.as_ref().map(|b| b.tensor().clone()))),
-        crate::LinearSlot::Lora(_) => Err(crate::LoraError::module(
-            name,
-            "still has a LoRA adapter; merge it (merge_lora_weights) before exporting",
-        )),
-        crate::LinearSlot::Quantized(q) if q.adapter().is_some() => Err(crate::LoraError::module(
-            name,
-            "still has a LoRA adapter; merge it (merge_lora_weights) before exporting",
-        )),
-        crate::LinearSlot::PerRow(_) => Err(crate::LoraError::module(
-            name,
-            "serves several adapters per row; clear them (AdapterSet::clear) before exporting",
-        )),
-        // A quantized base is exported dequantized, in f32.
-        crate::LinearSlot::Quantized(q) => Ok((slot.base_weight()?, q.bias().cloned())),
+/// The weight and bias of a slot that holds no adapter, or an error naming the module. A
+/// quantized base is exported dequantized, in f32.
+pub(crate) fn plain_weights(name: &str, slot: &LinearSlot) -> Result<(Tensor, Option<Tensor>)> {
+    if let Some(why) = slot.not_plain() {
+        return Err(crate::error::LoraError::module(name, format!("{why} before exporting")));
     }
+    Ok((slot.base_weight()?, slot.base_bias().cloned()))
 }
 
 /// Check token ids before they index an embedding table: a [batch, seq] tensor of ids below
@@ -133,17 +125,20 @@ pub(crate) fn check_ids(
     offset: usize,
     max_positions: Option<usize>,
 ) -> Result<(usize, usize)> {
-    let (b, t) = ids.dims2().map_err(|_| crate::LoraError::shape("token ids", "[batch, seq]", ids.dims()))?;
+    let (b, t) = ids.dims2().map_err(|_| crate::error::LoraError::shape("token ids", "[batch, seq]", ids.dims()))?;
     if t == 0 {
-        return Err(crate::LoraError::shape("token ids", "[batch, seq] with seq > 0", ids.dims()));
+        return Err(crate::error::LoraError::shape("token ids", "[batch, seq] with seq > 0", ids.dims()));
     }
     let max_id = ids.to_dtype(candle_core::DType::U32)?.flatten_all()?.max(0)?.to_scalar::<u32>()?;
     if max_id as usize >= vocab {
-        return Err(crate::LoraError::config("token ids", format!("contain id {max_id}, the vocabulary has {vocab}")));
+        return Err(crate::error::LoraError::config(
+            "token ids",
+            format!("contain id {max_id}, the vocabulary has {vocab}"),
+        ));
     }
     if let Some(max) = max_positions {
         if offset + t > max {
-            return Err(crate::LoraError::config(
+            return Err(crate::error::LoraError::config(
                 "sequence",
                 format!("{} positions ({offset} cached + {t} new) exceed the model's {max}", offset + t),
             ));

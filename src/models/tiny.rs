@@ -11,7 +11,15 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-use crate::{Linear, LinearSlot, LoraError, LoraModel, Param, Result};
+use crate::error::{LoraError, Result};
+
+use crate::lora::linear::Linear;
+
+use crate::lora::model::LoraModel;
+
+use crate::lora::param::Param;
+
+use crate::lora::slot::LinearSlot;
 
 /// Sizes of a [`TinyLm`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

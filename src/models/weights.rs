@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::{LoraError, Result};
+use crate::error::{LoraError, Result};
 
 /// The file of a single-file Hugging Face checkpoint.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";

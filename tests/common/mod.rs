@@ -98,14 +98,10 @@ pub fn token_ids(rng: &mut StdRng, batch: usize, seq: usize, vocab: usize) -> Te
 pub fn all_trainable_vars(model: &dyn LoraModel) -> Vec<(String, Var)> {
     let mut out = Vec::new();
     for (name, slot) in model.linears() {
-        let params: Vec<(&str, &Param)> = match slot {
-            LinearSlot::Linear(l) => l.named_params(),
-            LinearSlot::Lora(l) => vec![("lora_A.weight", l.lora().a()), ("lora_B.weight", l.lora().b())],
-            LinearSlot::PerRow(_) => Vec::new(),
-            LinearSlot::Quantized(q) => match q.adapter() {
-                Some(a) => vec![("lora_A.weight", a.a()), ("lora_B.weight", a.b())],
-                None => Vec::new(),
-            },
+        let params: Vec<(&str, &Param)> = match (slot, slot.adapter()) {
+            (LinearSlot::Linear(l), _) => l.named_params(),
+            (_, Some(a)) => vec![("lora_A.weight", a.a()), ("lora_B.weight", a.b())],
+            (_, None) => Vec::new(),
         };
         for (p, param) in params {
             if let Some(v) = param.var() {

@@ -1,0 +1,13 @@
+//! The numerical layer, with no notion of LoRA: every op the models' forward passes use, each
+//! with a backward ([`ops`]), the same ops fused for the CPU with hand-written backward passes
+//! ([`fused`]), weights kept in quantized formats ([`quantized`]), and the process settings a
+//! fast CPU step needs ([`threads`], [`alloc`], [`device`]).
+//!
+//! May use: `error` only.
+
+pub mod alloc;
+pub mod device;
+pub mod fused;
+pub mod ops;
+pub mod quantized;
+pub mod threads;

@@ -1,0 +1,96 @@
+//! The files of a training run besides the history: where the best adapter and the checkpoint
+//! live, and how a checkpoint (trained weights, optimizer moments, step and history) is written and read.
+//! Also `with_frozen_adapters`, for evaluating without building a backward graph. Task 2.2's
+//! training loop uses these; they are not part of the exercise.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Var;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LoraError, Result};
+use crate::io::write_atomic;
+use crate::lora::param::Param;
+use crate::models::CausalLm;
+use crate::train::history::TrainHistory;
+use crate::train::optim::AdamW;
+
+/// Where a run keeps its best adapter (PEFT's format).
+pub fn best_adapter_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("best")
+}
+
+/// Where a run keeps the checkpoint it resumes from.
+pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("checkpoint")
+}
+
+/// The optimizer's state file inside a checkpoint.
+pub fn optimizer_state_path(out_dir: &Path) -> PathBuf {
+    checkpoint_dir(out_dir).join("optimizer.safetensors")
+}
+
+fn state_path(out_dir: &Path) -> PathBuf {
+    checkpoint_dir(out_dir).join("trainer_state.json")
+}
+
+/// The step a checkpoint was written at and the history so far.
+#[derive(Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    history: TrainHistory,
+}
+
+/// Write a checkpoint of the run in `out_dir`: the trained weights (`save_weights` writes them
+/// into the folder it is given), the optimizer's moments, and last the step and history. A
+/// checkpoint counts only once that state file names its step.
+pub fn save_checkpoint(
+    opt: &AdamW,
+    step: usize,
+    history: &TrainHistory,
+    out_dir: &Path,
+    save_weights: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    save_weights(&checkpoint_dir(out_dir))?;
+    opt.save_state(&optimizer_state_path(out_dir))?;
+    let json = serde_json::to_string(&TrainerState { step, history: history.clone() }).expect("state serializes");
+    write_atomic(&state_path(out_dir), json.as_bytes())
+}
+
+/// The (step, history) of the checkpoint in `out_dir`, or `None` if there is none.
+pub fn read_checkpoint_state(out_dir: &Path) -> Result<Option<(usize, TrainHistory)>> {
+    let path = state_path(out_dir);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| LoraError::io(&path, e))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| LoraError::file(&path, format!("is not a trainer state: {e}")))?;
+    Ok(Some((state.step, state.history)))
+}
+
+/// Run `f` with every adapter frozen (so no graph is built), then give back the same `Var`s, so
+/// an optimizer holding them is not disturbed.
+pub fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
+    let mut saved: Vec<Option<Var>> = Vec::new();
+    for (_, slot) in model.linears_mut() {
+        if let Some(l) = slot.adapter_mut() {
+            for p in l.params_mut() {
+                saved.push(p.var().cloned());
+                p.freeze();
+            }
+        }
+    }
+    let out = f(model);
+    let mut saved = saved.into_iter();
+    for (_, slot) in model.linears_mut() {
+        if let Some(l) = slot.adapter_mut() {
+            for p in l.params_mut() {
+                if let Some(Some(v)) = saved.next() {
+                    *p = Param::Trainable(v);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,13 @@
+//! What a training run needs besides the model: instruction and E2E data ([`data`],
+//! [`download`]), AdamW with parameter groups and saved state ([`optim`]), the run's history
+//! and plot ([`history`]), checkpoint files ([`checkpoint`]) and the progress bar
+//! ([`progress_bar`]). The loop itself is the learner's task 2.2 (`tasks::t06_train`).
+//!
+//! May use: `error`, `io`, `compute`, `lora`, `models`, tasks t01-t04.
+
+pub mod checkpoint;
+pub mod data;
+pub mod download;
+pub mod history;
+pub mod optim;
+pub mod progress_bar;
