@@ -77,7 +77,7 @@ fn sweep(args: &Args, gpt2: bool) -> Result<Sweep> {
         rank,
         alpha: args.alpha,
     };
-    let ModuleNames { q, k, v, o, ffn } = ModuleNames::for_gpt2(gpt2);
+    let ModuleNames { q, k, v, o, ffn } = if gpt2 { ModuleNames::GPT2_SPLIT_QKV } else { ModuleNames::LLAMA };
     Ok(match args.experiment.as_str() {
         "exp1" => Sweep(
             "Experiment 1: full fine-tuning against LoRA".into(),

@@ -8,8 +8,11 @@
 //! reference code. Both are compiled in every build; the `exercises` feature only chooses which
 //! one [`tasks`] (and so every model and tool in this crate) uses.
 //!
-//! The folders are layers; each may use the ones listed before it (`tests/layout.rs` checks that
-//! no module imports another in a circle):
+//! The folders are layers; each may use the ones listed before it, and each folder's `mod.rs`
+//! says which. A task sits where its code is first needed: t01-t02 (the adapter a slot holds)
+//! under `lora::slot`, t03-t08 above `lora`, `peft`, `models` and `train`, the challenges'
+//! t09-t11 under `qlora`, `serving` and `experiments`. `tests/layout.rs` checks, file by file,
+//! that no module imports another in a circle.
 //!
 //! | module | holds |
 //! |---|---|

@@ -145,7 +145,7 @@ fn experiment_module_names_select_the_intended_layers() {
     use lora_from_scratch::tasks::t03_inject::inject_lora;
     use lora_from_scratch::LoraConfig;
     for (fixture, gpt2) in [("tiny-gpt2", true), ("tiny-llama", false)] {
-        let n = ModuleNames::for_gpt2(gpt2);
+        let n = if gpt2 { ModuleNames::GPT2_SPLIT_QKV } else { ModuleNames::LLAMA };
         let mut all = vec![n.q, n.k, n.v, n.o];
         all.extend_from_slice(n.ffn);
         let per_layer = [(vec![n.q], 1), (vec![n.q, n.v], 2), (vec![n.q, n.k, n.v, n.o], 4), (all, 4 + n.ffn.len())];

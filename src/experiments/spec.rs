@@ -45,21 +45,14 @@ pub struct ModuleNames {
 }
 
 impl ModuleNames {
-    /// Llama's names, or GPT-2's, whose q, k and v are slices of one `c_attn` that a model loaded
-    /// with `split_qkv` adapts one by one.
-    pub fn for_gpt2(gpt2: bool) -> Self {
-        if gpt2 {
-            ModuleNames { q: "c_attn.q", k: "c_attn.k", v: "c_attn.v", o: "attn.c_proj", ffn: &["c_fc", "mlp.c_proj"] }
-        } else {
-            ModuleNames {
-                q: "q_proj",
-                k: "k_proj",
-                v: "v_proj",
-                o: "o_proj",
-                ffn: &["gate_proj", "up_proj", "down_proj"],
-            }
-        }
-    }
+    /// Llama's (and SmolLM2's) names.
+    pub const LLAMA: ModuleNames =
+        ModuleNames { q: "q_proj", k: "k_proj", v: "v_proj", o: "o_proj", ffn: &["gate_proj", "up_proj", "down_proj"] };
+
+    /// GPT-2's names, whose q, k and v are slices of one `c_attn` that a model loaded with
+    /// `split_qkv` adapts one by one.
+    pub const GPT2_SPLIT_QKV: ModuleNames =
+        ModuleNames { q: "c_attn.q", k: "c_attn.k", v: "c_attn.v", o: "attn.c_proj", ffn: &["c_fc", "mlp.c_proj"] };
 }
 
 /// One configuration of a sweep. Everything but `name` and `method` is the same across a sweep,

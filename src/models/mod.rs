@@ -1,6 +1,10 @@
 //! Models whose linear layers can carry adapters: GPT-2 ([`gpt2`]), the Llama family with
 //! SmolLM2 as its target ([`llama`]), and [`tiny`], the small test model the graders use.
-//! [`load`] finds a model's files (a folder, a GGUF file, the Hub) and builds the right one.
+//! [`load`] finds a model's files (a folder, a GGUF file, the Hub) and builds the right one;
+//! [`weights`] and [`gguf`] read the files, [`tokenizer`] the tokenizers. This module holds the
+//! [`CausalLm`] trait every model implements.
+//!
+//! May use: `error`, `io`, `compute` (the ops and quantized weight formats), `lora`.
 
 pub mod gguf;
 pub mod gpt2;

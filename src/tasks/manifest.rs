@@ -66,8 +66,9 @@ pub const TASKS: &[Task] = &[
     Task {
         name: "t04_save_load",
         number: "1.4",
-        title: "save_lora_weights / load_lora_weights in PEFT's format",
-        hint: "Keys come from peft::peft_key; on load collect every TensorProblem before touching the model.",
+        title: "Adapters as PEFT's keyed tensors and back; save_lora_weights / load_lora_weights",
+        hint: "Keys come from peft::format::peft_key; in load_lora_tensors collect every TensorProblem before \
+               touching the model.",
     },
     Task {
         name: "t05_data",
@@ -78,7 +79,7 @@ pub const TASKS: &[Task] = &[
     Task {
         name: "t06_train",
         number: "2.2",
-        title: "train_lora: schedule, clipping, the causal LM loss, the loop, checkpoints",
+        title: "Training: schedule, clipping, the causal LM loss, the loop over a Trainee, checkpoints",
         hint: "Start with lr_at and clip_grad_norm; in causal_lm_loss position t predicts the label at t + 1.",
     },
     Task {

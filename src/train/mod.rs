@@ -3,7 +3,7 @@
 //! and plot ([`history`]), checkpoint files ([`checkpoint`]) and the progress bar
 //! ([`progress_bar`]). The loop itself is the learner's task 2.2 (`tasks::t06_train`).
 //!
-//! May use: `error`, `io`, `compute`, `lora`, `models`, tasks t01-t04.
+//! May use: `error`, `io`, `compute`, `lora`, `models`, task t05 (the examples it batches).
 
 pub mod checkpoint;
 pub mod data;
