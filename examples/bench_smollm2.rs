@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
 use lora_from_scratch::compute::ops::frozen_linear;
-use lora_from_scratch::experiments::metrics::peak_rss_mib;
+use lora_from_scratch::experiments::memory::peak_rss_mib;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
 use lora_from_scratch::tasks::t05_data::Batch;

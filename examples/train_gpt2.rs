@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use lora_from_scratch::compute::device::pick_device;
-use lora_from_scratch::experiments::metrics::e2e_bleu;
+use lora_from_scratch::experiments::e2e_bleu::e2e_bleu;
 use lora_from_scratch::inference::export::save_pretrained;
 use lora_from_scratch::inference::generate::{generate_text, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};

@@ -24,10 +24,11 @@ use crate::peft::file::{write_adapter, AdapterFile};
 use crate::peft::format::PEFT_KEY_PREFIX;
 use crate::tasks::t04_save_load::{adapter_config, load_lora_tensors, lora_tensors};
 use crate::tasks::t05_data::Example;
-use crate::tasks::t06_train::{train, TrainConfig, Trainee};
+use crate::tasks::t06_train::{train, TrainConfig};
 use crate::train::history::TrainHistory;
 /// t04's checksum keys in the safetensors metadata (PEFT ignores them).
 use crate::train::optim::ParamGroup;
+use crate::train::trainee::Trainee;
 
 /// The parameter a `modules_to_save` key carries, e.g. `model.norm.weight`.
 fn module_of(param: &str) -> &str {

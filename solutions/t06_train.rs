@@ -27,6 +27,7 @@ use crate::train::checkpoint::{
 use crate::train::data::epoch_batches;
 use crate::train::history::{EvalRecord, StepRecord, TrainHistory};
 use crate::train::optim::{AdamW, AdamWParams, ParamGroup};
+use crate::train::trainee::Trainee;
 
 /// How the learning rate decays after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,24 +154,6 @@ pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size:
     })
 }
 // ANCHOR_END: eval_loss
-
-/// What a run trains and how its weights are kept. LoRA's adapters ([`LoraAdapters`]) are this
-/// task's; full fine-tuning and LoRA mixed with fully trained modules (a challenge) bring their
-/// own, and the same loop trains them all.
-pub trait Trainee {
-    /// Make what is trained trainable and return it as the optimizer's parameter groups (each
-    /// at its multiple of the learning rate). Called after a resume, which replaces the `Var`s.
-    fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>>;
-    /// Save what is trained into folder `dir` (the best weights; a checkpoint's).
-    fn save(&self, model: &dyn CausalLm, dir: &Path) -> Result<()>;
-    /// Load it back from `dir`, for a resume.
-    fn load(&self, model: &mut dyn CausalLm, dir: &Path) -> Result<()>;
-    /// Whether the run keeps `best/` and checkpoints on disk. Full fine-tuning does not: a whole
-    /// model is 540 MB a copy.
-    fn keeps_files(&self) -> bool {
-        true
-    }
-}
 
 /// LoRA's adapters: one group of every adapter's A and B, saved in PEFT's format.
 pub struct LoraAdapters<'a>(pub &'a LoraConfig);

@@ -6,9 +6,10 @@ use std::path::Path;
 use crate::error::{LoraError, Result};
 use crate::models::CausalLm;
 use crate::tasks::t05_data::Example;
-use crate::tasks::t06_train::{train, TrainConfig, Trainee};
+use crate::tasks::t06_train::{train, TrainConfig};
 use crate::train::history::TrainHistory;
 use crate::train::optim::ParamGroup;
+use crate::train::trainee::Trainee;
 
 /// Make every weight of `model` trainable (full fine-tuning) and return them all as named `Var`s.
 pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core::Var)>> {

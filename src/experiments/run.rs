@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use crate::compute::quantized::QuantizedWeight;
 use crate::error::{LoraError, Result};
+use crate::experiments::e2e_bleu::e2e_bleu;
 use crate::experiments::full::train_full;
-use crate::experiments::metrics::{e2e_bleu, peak_rss_mib, reset_peak_rss};
+use crate::experiments::memory::{peak_rss_mib, reset_peak_rss};
 use crate::experiments::spec::{final_loss, run_dir, Method};
 use crate::experiments::spec::{RunResult, RunSpec};
 use crate::inference::generate::GenerateOptions;

@@ -1,7 +1,8 @@
 //! What a training run needs besides the model: instruction and E2E data ([`data`],
 //! [`download`]), AdamW with parameter groups and saved state ([`optim`]), the run's history
 //! and plot ([`history`]), checkpoint files ([`checkpoint`]) and the progress bar
-//! ([`progress_bar`]). The loop itself is the learner's task 2.2 (`tasks::t06_train`).
+//! ([`progress_bar`]), and the [`trainee`] interface: what a run trains. The loop itself is the
+//! learner's task 2.2 (`tasks::t06_train::train`).
 //!
 //! May use: `error`, `io`, `compute`, `lora`, `models`, task t05 (the examples it batches).
 
@@ -11,3 +12,4 @@ pub mod download;
 pub mod history;
 pub mod optim;
 pub mod progress_bar;
+pub mod trainee;

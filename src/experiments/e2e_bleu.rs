@@ -1,5 +1,5 @@
-//! What a run is measured by besides its loss: corpus BLEU of greedy E2E generations, and the
-//! peak resident memory of the process.
+//! The quality measure of an E2E run besides its loss: corpus BLEU-4 of greedy generations
+//! against every reference of each meaning representation.
 
 use std::path::Path;
 
@@ -30,23 +30,4 @@ pub fn e2e_bleu(
     let hyps: Vec<String> = generated.iter().map(|g| g.output.clone()).collect();
     let refs: Vec<Vec<String>> = generated.iter().map(|g| g.references.clone()).collect();
     Ok((corpus_bleu(&hyps, &refs), generated))
-}
-
-/// Reset the kernel's peak-RSS mark of this process, so the next [`peak_rss_mib`] covers one run
-/// of a sweep (Linux; elsewhere the peak stays the process's). The heap's free memory goes back
-/// to the OS first: [`crate::compute::alloc::keep_freed_memory`] keeps it mapped, and the mark restarts
-/// from what is mapped.
-pub fn reset_peak_rss() {
-    crate::compute::alloc::release_free_memory();
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident memory of this process since start or the last [`reset_peak_rss`] (MiB).
-pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
