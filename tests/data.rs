@@ -30,10 +30,8 @@ fn the_embedded_set_has_150_pairs_in_english_and_chinese() {
 
 #[test]
 fn e2e_splits_keep_each_meaning_representation_on_one_side() {
-    if !Path::new(DEVSET).is_file() {
-        eprintln!("skipped: {DEVSET} not here");
-        return;
-    }
+    // The development set ships in the repository (data/e2e/, CC BY-SA 4.0): never skipped.
+    assert!(Path::new(DEVSET).is_file(), "{DEVSET} is part of the repository; is the test run from its root?");
     let records = load_e2e(Path::new(DEVSET)).unwrap();
     assert_eq!(records.len(), 4672);
     let (train, val) = split_e2e_by_mr(&records, 0.1, 7);
@@ -52,6 +50,9 @@ fn e2e_splits_keep_each_meaning_representation_on_one_side() {
 }
 
 proptest! {
+    // A fixed seed: the same cases on every run.
+    #![proptest_config(ProptestConfig { rng_seed: proptest::test_runner::RngSeed::Fixed(0x10ad_f00d), ..Default::default() })]
+
     #[test]
     fn each_epoch_visits_every_example_once(n in 1usize..60, bs in 1usize..9, seed in 0u64..100, epoch in 0usize..5) {
         let batches = epoch_batches(n, bs, seed, epoch);

@@ -66,14 +66,16 @@ fn agree_within(
     Ok(())
 }
 
-/// The same inputs in f32: values within f32 rounding of the f64 composed result.
+/// The same inputs in f32: values, and the gradient of every input (the f32 backward the
+/// training step runs), within f32 rounding of the f64 composed result.
 fn agree_f32(
     vars: &[Var],
     fused: impl Fn(&[Tensor]) -> Tensor,
     composed: impl Fn(&[Tensor]) -> Tensor,
 ) -> Result<(), String> {
     let f64s: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let f32s: Vec<Tensor> = f64s.iter().map(|t| t.to_dtype(DType::F32).unwrap()).collect();
+    let f32_vars: Vec<Var> = f64s.iter().map(|t| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap()).collect();
+    let f32s: Vec<Tensor> = f32_vars.iter().map(|v| v.as_tensor().clone()).collect();
     let (yf, yc) = (fused(&f32s), composed(&f64s));
     if yf.dtype() != DType::F32 {
         return Err(format!("f32 inputs gave {:?}", yf.dtype()));
@@ -82,6 +84,21 @@ fn agree_f32(
     let d = max_abs_diff(&values(&yf), &values(&yc));
     if d > 1e-4 * scale {
         return Err(format!("f32 values differ by {d} (scale {scale})"));
+    }
+    let (gf, gc) = (weighted_sum(&yf).backward().unwrap(), weighted_sum(&yc).backward().unwrap());
+    for (i, (v32, v64)) in f32_vars.iter().zip(vars).enumerate() {
+        let (Some(a), Some(b)) = (gf.get(v32.as_tensor()), gc.get(v64.as_tensor())) else {
+            return Err(format!("input {i}: an f32 or f64 gradient is missing"));
+        };
+        if a.dtype() != DType::F32 {
+            return Err(format!("input {i}: the f32 backward gave {:?}", a.dtype()));
+        }
+        let (a, b) = (values(a), values(b));
+        let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(&a, &b);
+        if d > 1e-3 * scale {
+            return Err(format!("input {i}: f32 gradients differ by {d} (scale {scale})"));
+        }
     }
     Ok(())
 }
@@ -216,6 +233,36 @@ proptest! {
         agree(&vars, f, c).map_err(TestCaseError::fail)?;
         agree_f32(&vars, f, c).map_err(TestCaseError::fail)?;
     }
+}
+
+/// Once at a real model's sizes, not only at tiny random ones: attention with head_dim 64 over 64
+/// positions with 3 query heads per key/value head (SmolLM2's grouping), and the head + loss over
+/// 300 rows, more than two of its 128-row chunks. Values, gradients (f64 and f32) and finite
+/// differences.
+#[test]
+fn fused_ops_agree_at_realistic_sizes() {
+    let (b, t, kv_heads, heads, hd) = (1, 64, 1, 3, 64);
+    let (cos, sin) = tables(11, t, hd / 2);
+    let vars = [var(1, &[b, t, heads * hd]), var(2, &[b, t, kv_heads * hd]), var(3, &[b, t, kv_heads * hd])];
+    let f = |x: &[Tensor]| {
+        let rope = Some(fused::rope::RopeTables::from_tensors(&cos, &sin).unwrap());
+        let op = fused::attention::CausalAttention { heads, kv_heads, head_dim: hd, rope };
+        fused::attention::causal_attention(&x[0], &x[1], &x[2], op).unwrap()
+    };
+    let c = |x: &[Tensor]| composed::self_attention(&x[0], &x[1], &x[2], heads, kv_heads, Some((&cos, &sin))).unwrap();
+    agree(&vars, f, c).unwrap();
+    agree_f32(&vars, f, c).unwrap();
+
+    let (n, vocab, d) = (300, 97, 64);
+    let targets: Vec<u32> = (0..n).map(|i| ((i * 31) % vocab) as u32).collect();
+    let vars = [var(4, &[n, d]), var(5, &[vocab, d])];
+    let f = |x: &[Tensor]| fused::cross_entropy::head_cross_entropy(&x[0], &x[1], &targets).unwrap();
+    let c = |x: &[Tensor]| {
+        let logits = x[0].matmul(&x[1].t().unwrap()).unwrap();
+        ops::cross_entropy(&logits, &Tensor::new(targets.as_slice(), &candle_core::Device::Cpu).unwrap()).unwrap()
+    };
+    agree(&vars, f, c).unwrap();
+    agree_f32(&vars, f, c).unwrap();
 }
 
 /// A frozen weight (a plain tensor, not a `Var`) gets no gradient from the fused ops: neither

@@ -229,3 +229,36 @@ fn bad_shapes_are_errors() {
     assert!(err.to_string().contains("lora_B"), "B with r + 1 columns must be an error naming lora_B: {err}");
     assert!(LoraLayer::new(8, 4, &config(0, 4.0), &mut rng(0), DType::F32, &CPU).is_err(), "r = 0 must be an error");
 }
+
+#[test]
+fn dropout_drops_inputs_and_scales_the_kept_ones() {
+    book("t01_lora_layer", "Dropout");
+    let (inp, out, n, p) = (8, 6, 2000, 0.25);
+    let mut cfg = config(2, 4.0);
+    cfg.dropout = p;
+    let layer = trained(&mut rng(7), inp, out, &cfg, DType::F32);
+    // Row i has one non-zero input, feature i % inp. Dropout on the input keeps or drops that
+    // one value, so each output row is either all zero or the whole row divided by 1 - p.
+    let x: Vec<f32> =
+        (0..n * inp).map(|k| if k % inp == (k / inp) % inp { 1.0 + (k % 5) as f32 } else { 0.0 }).collect();
+    let x = Tensor::from_vec(x, (n, inp), &CPU).unwrap();
+    let full = values(&layer.forward(&x, false).unwrap());
+    let dropped = values(&layer.forward(&x, true).unwrap());
+    let mut zero_rows = 0;
+    for i in 0..n {
+        let (f, d) = (&full[i * out..(i + 1) * out], &dropped[i * out..(i + 1) * out]);
+        let scale = f.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        if d.iter().all(|v| *v == 0.0) {
+            zero_rows += 1;
+            continue;
+        }
+        let want: Vec<f64> = f.iter().map(|v| v / (1.0 - p as f64)).collect();
+        assert!(
+            max_abs_diff(d, &want) < 1e-5 * scale,
+            "row {i}: dropout must drop the adapter's input (scaling what it keeps by 1 / (1 - p)), \
+             not parts of its output: got {d:?}, the undropped row is {f:?}"
+        );
+    }
+    let share = zero_rows as f64 / n as f64;
+    assert!((share - p as f64).abs() < 0.05, "{share} of the inputs were dropped, p = {p}");
+}

@@ -282,3 +282,56 @@ fn a_failed_save_keeps_the_good_adapter() {
     load_lora_weights(&mut fresh, dir.path()).unwrap();
     assert_eq!(adapter_bits(&fresh), adapter_bits(&other), "a second save must replace the first");
 }
+
+#[test]
+fn after_a_load_only_the_adapters_train() {
+    book("t04_save_load", "Never half-load");
+    let cfg = LoraConfig::new(2, 4.0, &["q_proj", "v_proj"]);
+    let dir = tempfile::tempdir().unwrap();
+    save_lora_weights(&trained_model(3, &cfg), &cfg, dir.path()).unwrap();
+    // A base that is trainable everywhere (as after full fine-tuning), with no adapter yet.
+    let mut fresh = tiny(4);
+    unfreeze_everything(&mut fresh);
+    assert!(!all_trainable_vars(&fresh).is_empty());
+    load_lora_weights(&mut fresh, dir.path()).unwrap();
+    let mut trainable: Vec<String> = all_trainable_vars(&fresh).into_iter().map(|(n, _)| n).collect();
+    trainable.sort();
+    let mut adapters: Vec<String> = get_lora_parameters(&fresh).into_iter().map(|(n, _)| n).collect();
+    adapters.sort();
+    assert_eq!(adapters.len(), 8, "A and B of q and v in both layers");
+    assert_eq!(trainable, adapters, "after a load the base is frozen whatever it was before; only A and B train");
+}
+
+#[test]
+fn a_model_with_adapters_elsewhere_refuses_the_file() {
+    book("t04_save_load", "Never half-load");
+    let on_q = LoraConfig::new(2, 4.0, &["q_proj"]);
+    let dir = tempfile::tempdir().unwrap();
+    save_lora_weights(&trained_model(5, &on_q), &on_q, dir.path()).unwrap();
+    // This model's adapters sit on v_proj: the file (q_proj) does not fit them.
+    let mut model = trained_model(6, &LoraConfig::new(2, 4.0, &["v_proj"]));
+    let before = adapter_bits(&model);
+    let err = load_lora_weights(&mut model, dir.path()).expect_err("a file for other modules must not load");
+    let problems = mismatch(err);
+    assert!(
+        problems.iter().any(|p| matches!(p, TensorProblem::Missing { name, .. } if name.contains("v_proj"))),
+        "the model's own adapters (v_proj) are missing from the file: {problems:?}"
+    );
+    assert_eq!(adapter_bits(&model), before, "the model keeps its adapters, where they were");
+}
+
+#[test]
+fn an_adapter_made_by_peft_gives_pefts_logits() {
+    book("t04_save_load", "PEFT's keys");
+    use lora_from_scratch::models::load::{load_model, LoadOptions};
+    for model in ["tiny-llama", "tiny-gpt2"] {
+        let dir = Path::new("tests/fixtures/peft").join(format!("{model}-from-peft"));
+        let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &CPU).unwrap();
+        let mut m = load_model(&format!("tests/fixtures/{model}"), &LoadOptions::default()).unwrap();
+        load_lora_weights(m.model.as_mut(), &dir).unwrap();
+        let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
+        let ours = values(&m.model.forward(&ids, None, false).unwrap());
+        let diff = max_abs_diff(&ours, &values(&reference["logits"]));
+        assert!(diff < 1e-5, "{model}: an adapter saved by Python's PEFT gives logits {diff} away from PEFT's");
+    }
+}

@@ -242,3 +242,130 @@ fn a_nan_loss_stops_the_run_and_keeps_the_best_adapter() {
     let mut fresh = model();
     load_lora_weights(fresh.model.as_mut(), &dir.path().join("best")).unwrap();
 }
+
+/// One example, `n` times: every batch of it has the same gradient, whatever the batch order.
+fn same_example(n: usize) -> Vec<Example> {
+    vec![examples(8, 1).remove(0); n]
+}
+
+/// Every adapter matrix by name, as f64 values.
+type Snapshot = Vec<(String, Vec<f64>)>;
+
+/// A fresh model trained `steps` optimizer steps with `cfg` on `data` (no validation on the way),
+/// with its adapter values before and after, and the history.
+fn run_steps(
+    data: &[Example],
+    cfg: &TrainConfig,
+    steps: usize,
+) -> (Snapshot, Snapshot, lora_from_scratch::train::history::TrainHistory) {
+    let mut m = model();
+    let read = |m: &LoadedModel| -> Snapshot {
+        get_lora_parameters(m.model.as_ref()).into_iter().map(|(n, v)| (n, values(v.as_tensor()))).collect()
+    };
+    let before = read(&m);
+    let mut cfg = cfg.clone();
+    cfg.stop_after = Some(steps);
+    let h = train_lora(m.model.as_mut(), &lora(), data, data, PAD, &cfg, &mut |_, _| {}).unwrap();
+    (before, read(&m), h)
+}
+
+/// The largest change of any B entry between two snapshots of the adapters.
+fn largest_b_move(before: &Snapshot, after: &Snapshot) -> f64 {
+    before
+        .iter()
+        .zip(after)
+        .filter(|((n, _), _)| n.contains("lora_B"))
+        .map(|((_, a), (_, b))| max_abs_diff(a, b))
+        .fold(0.0, f64::max)
+}
+
+/// A plain step-by-step config for the optimizer tests: no accumulation, no clipping, no decay.
+fn plain(out: &Path) -> TrainConfig {
+    let mut cfg = config(out, 10, 1e-2);
+    cfg.schedule.warmup_steps = 4;
+    cfg.batch_size = 2;
+    cfg.grad_accum = 1;
+    cfg.max_grad_norm = None;
+    cfg.eval_every = 100;
+    cfg
+}
+
+#[test]
+fn the_optimizer_steps_at_the_scheduled_rate() {
+    book("t06_train", "The learning-rate schedule");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = plain(dir.path());
+    let data = same_example(4);
+    // Adam's step is lr * m / (sqrt(v) + eps): about the learning rate for the largest entries
+    // when the gradient keeps its sign, whatever its size. B starts at 0.
+    let (start, one, h1) = run_steps(&data, &cfg, 1);
+    let (_, two, h2) = run_steps(&data, &cfg, 2);
+    let (lr0, lr1) = (lr_at(&cfg.schedule, 0), lr_at(&cfg.schedule, 1));
+    assert_eq!(h1.train[0].lr, lr0);
+    assert_eq!(h2.train[1].lr, lr1);
+    let first = largest_b_move(&start, &one);
+    let second = largest_b_move(&one, &two);
+    assert!((first - lr0).abs() < 0.05 * lr0, "step 1 moved B by up to {first}, the schedule says lr = {lr0}");
+    assert!(
+        (second - lr1).abs() < 0.1 * lr1,
+        "step 2 moved B by up to {second}, the schedule says lr = {lr1}: is the optimizer given lr_at(step)?"
+    );
+}
+
+#[test]
+fn weight_decay_shrinks_the_weights_as_adamw_does() {
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = plain(dir.path());
+    cfg.weight_decay = 0.5;
+    let (before, after, _) = run_steps(&same_example(4), &cfg, 1);
+    // B = 0 at the start, so A's gradient is 0 and its first step is AdamW's decay alone:
+    // A <- A (1 - lr wd).
+    let keep = 1.0 - lr_at(&cfg.schedule, 0) * cfg.weight_decay;
+    for ((name, a0), (_, a1)) in before.iter().zip(&after).filter(|((n, _), _)| n.contains("lora_A")) {
+        let want: Vec<f64> = a0.iter().map(|v| v * keep).collect();
+        let scale = a0.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        assert!(max_abs_diff(a1, &want) < 1e-6 * scale, "{name}: not shrunk by 1 - lr * weight_decay = {keep}");
+    }
+}
+
+#[test]
+fn accumulating_micro_batches_equals_one_larger_batch() {
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let data = same_example(8);
+    let mut big = plain(dir.path());
+    big.batch_size = 4;
+    let mut micro = big.clone();
+    (micro.batch_size, micro.grad_accum) = (1, 4);
+    let (_, after_big, h_big) = run_steps(&data, &big, 1);
+    let (_, after_micro, h_micro) = run_steps(&data, &micro, 1);
+    let (n_big, n_micro) = (h_big.train[0].grad_norm, h_micro.train[0].grad_norm);
+    assert!(
+        (n_big - n_micro).abs() < 1e-4 * n_big,
+        "gradient norm {n_micro} over 4 micro-batches of 1, {n_big} over one batch of 4: average, do not sum"
+    );
+    assert!((h_big.train[0].loss - h_micro.train[0].loss).abs() < 1e-5, "the step's loss is the micro-batches' mean");
+    for ((name, a), (_, b)) in after_big.iter().zip(&after_micro) {
+        assert!(max_abs_diff(a, b) < 1e-6, "{name} differs after the same step taken two ways");
+    }
+}
+
+#[test]
+fn clipping_scales_the_gradient_before_the_step() {
+    book("t06_train", "Clipping the gradient");
+    let dir = tempfile::tempdir().unwrap();
+    let data = same_example(4);
+    let mut cfg = plain(dir.path());
+    cfg.max_grad_norm = Some(1e-12);
+    let (start, clipped, h) = run_steps(&data, &cfg, 1);
+    let lr0 = lr_at(&cfg.schedule, 0);
+    assert!(h.train[0].grad_norm > 1e-9, "the history records the norm before clipping");
+    // Clipped to a norm of 1e-12, every entry is far below Adam's eps (1e-8): the step all but
+    // vanishes. Unclipped, the same step moves B by about lr.
+    let moved = largest_b_move(&start, &clipped);
+    assert!(moved < 1e-3 * lr0, "with max_grad_norm = 1e-12 B moved by {moved}: the clipped gradient was not used");
+    cfg.max_grad_norm = None;
+    let (_, free, _) = run_steps(&data, &cfg, 1);
+    assert!(largest_b_move(&start, &free) > 0.5 * lr0);
+}

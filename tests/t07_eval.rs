@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, D};
+use candle_core::{DType, Tensor, D};
 use common::*;
 use lora_from_scratch::inference::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
@@ -129,5 +129,17 @@ fn generations_are_saved_beside_prompts_and_references() {
         assert_eq!(line["references"], serde_json::json!(refs));
         assert_eq!(line["output"], g.output.as_str());
         assert_eq!(g.output.split_whitespace().count(), 4, "4 new tokens, decoded: {:?}", g.output);
+    }
+    // And they are greedy decoding: at each step the arg-max of a full forward pass (no cache).
+    for ((prompt, _), g) in prompts.iter().zip(&got) {
+        let mut ids: Vec<u32> = prompt.split_whitespace().map(|w| w[1..].parse().unwrap()).collect();
+        let start = ids.len();
+        for _ in 0..4 {
+            let input = Tensor::new(ids.as_slice(), &CPU).unwrap().unsqueeze(0).unwrap();
+            let logits = m.model.forward(&input, None, false).unwrap().squeeze(0).unwrap();
+            ids.push(logits.get(ids.len() - 1).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap());
+        }
+        let want: Vec<String> = ids[start..].iter().map(|i| format!("w{i}")).collect();
+        assert_eq!(g.output, want.join(" "), "{prompt}: the saved output is not the greedy continuation");
     }
 }

@@ -86,6 +86,17 @@ fn a_mixed_step_moves_only_the_chosen_weights_each_at_its_rate() {
     let groups = mixed_groups(m.model.as_ref(), full, ratio, full_scale);
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(names, vec!["lora_A", "lora_B", "modules_to_save"]);
+    // LoRA+ speeds up B, not A: the scales are the paper's, written out here.
+    for (group, holds, scale) in [("lora_A", "lora_A", 1.0), ("lora_B", "lora_B", 16.0), ("modules_to_save", "", 0.25)]
+    {
+        let g = groups.iter().find(|g| g.name == group).unwrap();
+        assert_eq!(g.lr_scale, scale, "group {group} runs at {} times the learning rate, not {scale}", g.lr_scale);
+        assert!(
+            g.vars.iter().all(|(n, _)| n.contains(holds) && (!holds.is_empty() || !n.contains("lora_"))),
+            "group {group} holds {:?}",
+            g.vars.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+    }
     let before = all_bits(&m);
     let values_before: HashMap<String, Vec<f64>> =
         groups.iter().flat_map(|g| g.vars.iter().map(|(n, v)| (n.clone(), values(v.as_tensor())))).collect();

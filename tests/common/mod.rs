@@ -178,8 +178,15 @@ pub fn book(chapter: &str, heading: &str) {
     });
 }
 
-/// proptest settings for the graders: `cases` random inputs, and no regression files (the
-/// graders run against a learner's code; a failure there is not a regression of ours).
+/// proptest settings for the graders: `cases` random inputs drawn from a fixed seed, so that a
+/// grader gives the same verdict on every run (the mutant suite relies on it), after the cases
+/// recorded in `tests/<grader>.proptest-regressions` (read first; a new failure is added there).
 pub fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
-    proptest::prelude::ProptestConfig { cases, failure_persistence: None, ..Default::default() }
+    use proptest::test_runner::{FileFailurePersistence, RngSeed};
+    proptest::prelude::ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel("proptest-regressions"))),
+        rng_seed: RngSeed::Fixed(0x10ad_f00d),
+        ..Default::default()
+    }
 }

@@ -30,8 +30,22 @@ pub trait Float: WithDType + num_traits::Float + std::iter::Sum + Send + Sync + 
 impl Float for f32 {}
 impl Float for f64 {}
 
-/// Whether the fused ops can take these tensors: on the CPU, all f32 or all f64.
+/// Set by [`set_enabled`]: the fused ops are off and every op takes its composed version.
+static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turn the fused ops off (`false`) or back on, for the whole process: every op then takes its
+/// composed candle version, as it does on a GPU or in bf16. For checking those fallbacks against
+/// the fused ops on the CPU (`tests/composed_paths.rs`); training never needs it.
+pub fn set_enabled(enabled: bool) {
+    DISABLED.store(!enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the fused ops can take these tensors: on the CPU, all f32 or all f64, and not
+/// switched off by [`set_enabled`].
 pub fn usable(tensors: &[&Tensor]) -> bool {
+    if DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     let Some(first) = tensors.first() else { return false };
     let dtype = first.dtype();
     matches!(dtype, DType::F32 | DType::F64) && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == dtype)
