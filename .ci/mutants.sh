@@ -4,6 +4,7 @@
 # exercises/ of a copy of the tree (every other task solved), and the task's graders must fail.
 # A mutant that passes them all has survived: the graders miss that mistake, and CI fails.
 # Prints, per mutant, the graders that caught it, and per task "N of N mutants caught".
+# Usage: bash .ci/mutants.sh [PATCH ...]   (default: every patch in .ci/mutants/)
 # Builds in target/copies (or $CARGO_TARGET_DIR), never in ./target (see .ci/run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,9 @@ cp solutions/t[0-9][0-9]_*.rs "$work/tree/exercises/"
 
 declare -A total caught
 failed=0
-for p in .ci/mutants/*.patch; do
+patches=("$@")
+[ ${#patches[@]} -gt 0 ] || patches=(.ci/mutants/*.patch)
+for p in "${patches[@]}"; do
   name=$(basename "$p" .patch)
   task=${name%%--*}
   [ -f "solutions/$task.rs" ] || { echo "$name: no task $task"; failed=1; continue; }

@@ -156,5 +156,8 @@ fn a_bf16_model_quantizes_and_runs() {
     let f = values(&load(DType::F32).model.forward(&ids, None, false).unwrap());
     let b = values(&load(DType::BF16).model.forward(&ids, None, false).unwrap());
     let scale = f.iter().fold(0f64, |m, v| m.max(v.abs()));
-    assert!(max_abs_diff(&f, &b) < 0.05 * scale, "bf16 logits {} away (scale {scale})", max_abs_diff(&f, &b));
+    // bf16 rounds each value within 2^-9; rounding the weights before NF4 also moves a few across
+    // a level boundary, so the bound is a few bf16 steps wider than for bf16 alone (measured: 2.0 %).
+    let diff = max_abs_diff(&f, &b);
+    assert!(diff < 16.0 * 2f64.powi(-9) * scale, "bf16 logits {diff} away (scale {scale})");
 }

@@ -62,6 +62,9 @@ fn modules_are_selected_by_peft_suffix_rule() {
     assert_eq!(find_modules_to_save(m.model.as_ref(), &strings(&["lm_head"])).unwrap(), vec!["lm_head.weight"]);
     let err = find_modules_to_save(m.model.as_ref(), &strings(&["nowhere"])).unwrap_err().to_string();
     assert!(err.contains("nowhere"), "{err}");
+    // A module name must end with the entry: `embed` is inside `model.embed_tokens`, not its end.
+    let err = find_modules_to_save(m.model.as_ref(), &strings(&["embed"]));
+    assert!(err.is_err(), "`embed` ends no module's name, so it selects nothing: {err:?}");
     inject_lora(m.model.as_mut(), &LoraConfig::new(2, 4.0, &["q_proj"])).unwrap();
     let err = find_modules_to_save(m.model.as_ref(), &strings(&["q_proj"])).unwrap_err().to_string();
     assert!(
