@@ -19,6 +19,7 @@ use crate::lora::model::LoraModel;
 use crate::models::CausalLm;
 use crate::peft::file::write_adapter;
 use crate::peft::format::{peft_key, AdapterConfig, LoraMatrix};
+use crate::tasks::t04_save_load::lora_tensors;
 
 fn serialize(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<Vec<u8>> {
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -63,20 +64,19 @@ pub fn save_pretrained_as(
 /// `fan_in_fan_out: true`, and adapters on split `c_attn.q/.k/.v` slices are written as one
 /// `c_attn` adapter by the block construction (every block must adapt the same slices).
 pub fn save_peft_adapter(model: &dyn LoraModel, config: &LoraConfig, dir: &Path) -> Result<()> {
-    config.validate()?;
+    // Task 1.4's keyed tensors (config and ranks checked, at least one adapter), regrouped.
+    let mut keyed = lora_tensors(model, config)?;
     let mut tensors = BTreeMap::new();
     let mut targets = Vec::new();
     // Per fused layer: the adapted slices (index 0..3, A, B) in q, k, v order.
     let mut fused: BTreeMap<String, Vec<(usize, Tensor, Tensor)>> = BTreeMap::new();
-    for (name, slot) in model.linears() {
-        let Some(lora) = slot.adapter() else { continue };
-        if lora.rank() != config.r {
-            return Err(LoraError::module(
-                &name,
-                format!("has rank {}, the config says r = {}", lora.rank(), config.r),
-            ));
-        }
-        let (a, b) = (lora.a().tensor().to_dtype(DType::F32)?, lora.b().tensor().to_dtype(DType::F32)?);
+    for (name, _) in model.linears() {
+        let (Some(a), Some(b)) =
+            (keyed.remove(&peft_key(&name, LoraMatrix::A)), keyed.remove(&peft_key(&name, LoraMatrix::B)))
+        else {
+            continue;
+        };
+        let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
         let slice = ["q", "k", "v"].iter().position(|s| name.ends_with(&format!(".c_attn.{s}")));
         match slice {
             Some(i) => fused.entry(name[..name.len() - 2].to_string()).or_default().push((i, a, b)),
@@ -118,9 +118,6 @@ pub fn save_peft_adapter(model: &dyn LoraModel, config: &LoraConfig, dir: &Path)
         tensors.insert(peft_key(&module, LoraMatrix::A), a);
         tensors.insert(peft_key(&module, LoraMatrix::B), b);
         targets.push(module);
-    }
-    if tensors.is_empty() {
-        return Err(LoraError::config("model", "has no LoRA adapters to save; call inject_lora first"));
     }
     let mut saved = config.clone();
     (saved.r, saved.alpha, saved.target_modules) = (r, alpha, targets);
