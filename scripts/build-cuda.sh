@@ -48,7 +48,8 @@ done
 stubs="$CUDA_HOME/lib/stubs"
 if [ ! -f "$stubs/libcuda.so" ]; then
     mkdir -p "$stubs"
-    bindings=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.10/src/driver/sys 2>/dev/null | head -n 1)
+    # `|| true`: under pipefail a failed ls would end the script here, silently, before the fetch.
+    bindings=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.10/src/driver/sys 2>/dev/null | head -n 1 || true)
     if [ -z "$bindings" ]; then
         cargo fetch --locked
         bindings=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.10/src/driver/sys | head -n 1)
