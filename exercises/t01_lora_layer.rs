@@ -18,7 +18,7 @@ use crate::lora::param::Param;
 
 /// The factor in front of `B A`: alpha / r, or alpha / sqrt(r) with rsLoRA.
 pub fn lora_scaling(alpha: f64, r: usize, use_rslora: bool) -> f64 {
-    // TODO: return alpha / r, or alpha / sqrt(r) when `use_rslora` is set.
+    // TODO: alpha / r, or alpha / sqrt(r) when `use_rslora` is set.
     // Book: "Why alpha / r" in t01_lora_layer.md.
     todo!("t01: lora_scaling")
 }
@@ -43,27 +43,25 @@ impl LoraLayer {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        // TODO:
-        // 1. `config.validate()?`.
-        // 2. Draw the r * in_features values of A from `rng` (as f32):
-        //    - LoraInit::KaimingUniform: uniform on [-1/sqrt(in), 1/sqrt(in)]
-        //      (PEFT's kaiming_uniform_(A, a = sqrt(5)) works out to exactly this bound);
-        //    - LoraInit::Gaussian: normal with mean 0 and std 1/r.
-        //    `Uniform::new(lo, hi)` and `Normal::new(mean, std)` from rand_distr, then
-        //    `dist.sample_iter(rng).take(n).collect()`.
-        // 3. A = Tensor::from_vec(values, (r, in_features), device), cast to `dtype`.
-        // 4. B = zeros (out_features, r): why zero? Book: "Why B starts at zero".
-        // 5. Finish with `Self::from_tensors(&a, &b, config)`.
+        // TODO: a fresh adapter for a layer with `in_features` inputs and `out_features` outputs.
+        // An invalid config (r = 0, ...) is an error. A [r, in_features] is drawn from `rng` and
+        // nothing else (the same seed gives the same A), as `config.init` says:
+        // LoraInit::KaimingUniform is uniform on [-1/sqrt(in), 1/sqrt(in)] (what PEFT's
+        // kaiming_uniform_(A, a = sqrt(5)) works out to), LoraInit::Gaussian is normal with mean 0
+        // and std 1/r. B [out_features, r] is all zeros, so that B A = 0 at the start. Both
+        // trainable, in `dtype` on `device`.
+        // Book: "How A starts", "Why B starts at zero".
         todo!("t01: LoraLayer::new")
     }
 
     /// An adapter with the given A [r, in] and B [out, r] (copied into trainable `Var`s), for
     /// loading a saved adapter. The rank is taken from A and must equal `config.r`.
     pub fn from_tensors(a: &Tensor, b: &Tensor, config: &LoraConfig) -> Result<Self> {
-        // TODO: validate the config; check that A is 2-D with config.r rows and B is 2-D with
-        // config.r columns, returning `LoraError::shape("lora_A", "[r, in]", a.dims())` (or
-        // lora_B) otherwise; then build the layer with `Param::trainable` for A and B and
-        // `lora_scaling(config.alpha, config.r, config.use_rslora)`.
+        // TODO: a layer holding A and B as trainable `Var`s, with the scaling and dropout of
+        // `config`. An invalid config is an error; an A that is not 2-D with config.r rows, or a B
+        // that is not 2-D with config.r columns, is a `LoraError::shape` error naming "lora_A" or
+        // "lora_B".
+        // Book: "Shapes".
         todo!("t01: LoraLayer::from_tensors")
     }
 
@@ -109,14 +107,13 @@ impl LoraLayer {
 
     /// `scaling * B A dropout(x)` for `x` of shape [n, in] or [batch, seq, in].
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // TODO:
-        // 1. If x's last dimension is not in_features, return
-        //    `LoraError::shape("LoRA input", "[..., in]", x.dims())`.
-        // 2. Work in A's dtype (`x.to_dtype(...)`) and give back x's dtype at the end.
-        // 3. In training (`train`) with dropout > 0, apply `candle_nn::ops::dropout`.
-        // 4. Compute (x A^T) B^T with `broadcast_matmul` and `.t()`: two thin matmuls through
-        //    rank r. Never form the [out, in] matrix B A here: it costs out * in per call.
-        // 5. Multiply by the scaling.
+        // TODO: scaling * (x A^T) B^T, shaped [..., out_features], handed back in x's dtype (the
+        // adapter may be held in another dtype than x). In training (`train`) with dropout > 0,
+        // dropout acts on the adapter's input, never its output; in evaluation the layer is
+        // deterministic. Never form the [out, in] matrix B A here: it costs out * in per call. An x
+        // whose last dimension is not in_features is a `LoraError::shape` error naming the "LoRA
+        // input". Gradients must reach x, A and B.
+        // Book: "The forward pass", "Dropout".
         todo!("t01: LoraLayer::forward")
     }
 }

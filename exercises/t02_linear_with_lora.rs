@@ -22,12 +22,12 @@ impl LinearWithLora {
     /// Wrap a base layer (`weight` [out, in], optional `bias` [out]) with `lora`. The base
     /// tensors are detached, so they stay frozen even if they came from a `Var`.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>, lora: LoraLayer) -> Result<Self> {
-        // TODO:
-        // 1. Check that weight is [out, in] and matches the adapter (lora.in_features(),
-        //    lora.out_features()), and that bias, if any, is [out]; otherwise return a
-        //    `LoraError::shape(...)` naming what is wrong.
-        // 2. Store `weight.detach()` and the detached bias: a detached tensor is a constant to
-        //    candle, which is what "frozen" means here. Book: "What freezing means in candle".
+        // TODO: the layer, if the parts fit: `weight` is [out, in] with the adapter's in_features
+        // and out_features, and `bias`, if any, is [out]. Otherwise a `LoraError::shape` error
+        // naming the part that is wrong (a bias error must mention the bias). The base weight and
+        // bias are held as constants, so that they get no gradient even when they arrive as a
+        // `Var`.
+        // Book: "What freezing means in candle".
         todo!("t02: LinearWithLora::new")
     }
 
@@ -53,8 +53,10 @@ impl LinearWithLora {
 
     /// `x W0^T + b + lora(x)`; `train` switches the adapter's dropout on.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // TODO: the base layer's output (`linear_forward(x, &self.weight, self.bias.as_ref())`)
-        // plus the adapter's (`self.lora.forward(x, train)`).
+        // TODO: x W0^T + b + lora(x): the base layer's output plus the adapter's, `train` reaching
+        // the adapter only. While B = 0 it equals the base layer's output bit for bit; the gradient
+        // with respect to x flows through both paths; an x of the wrong width is an error.
+        // Book: "The forward pass".
         todo!("t02: LinearWithLora::forward")
     }
 }

@@ -20,33 +20,39 @@ use crate::tasks::t03_inject::{find_target_modules, freeze_base_model};
 /// Every adapter of `model` as PEFT keys it: `base_model.model.<module>.lora_A.weight` (A
 /// [r, in]) and `.lora_B.weight` (B [out, r]). Each adapter's rank must be `config.r`.
 pub fn lora_tensors(model: &dyn LoraModel, config: &LoraConfig) -> Result<BTreeMap<String, Tensor>> {
-    // TODO: validate the config; for every adapted slot (`slot.adapter()`), put A and B under
-    // `peft_key(name, LoraMatrix::A)` and `peft_key(name, LoraMatrix::B)`. An adapter whose rank
-    // is not config.r, or a model with no adapter at all, is an error. Book: "PEFT's keys".
+    // TODO: A and B of every adapter under PEFT's keys (`peft_key(module, LoraMatrix::A)` and
+    // `LoraMatrix::B`), nothing of the base. An invalid config, an adapter whose rank is not
+    // config.r, or a model with no adapter at all is an error.
+    // Book: "PEFT's keys".
     todo!("t04: lora_tensors")
 }
 
 /// The `adapter_config.json` PEFT needs to rebuild `model`'s adapters.
 pub fn adapter_config(model: &dyn LoraModel, config: &LoraConfig) -> AdapterConfig {
-    // TODO: `AdapterConfig::from_lora_config` of the config with `target_modules` set to the
-    // adapted modules' names (their last name part when those select exactly the same modules,
-    // as PEFT writes), base `model.name_or_path()`, and `fan_in_fan_out` set to
-    // `model.conv1d_layout()` (true for GPT-2's Conv1D layers). Book: "PEFT's keys".
+    // TODO: the `AdapterConfig` of `config` for this model: `target_modules` as PEFT writes them
+    // (the last name part of each adapted module when those select exactly the adapted modules
+    // again, the full names otherwise), the base model's `name_or_path()`, and `fan_in_fan_out` set
+    // for a transposed layout (`model.conv1d_layout()`, true for GPT-2's Conv1D).
+    // Book: "PEFT's keys".
     todo!("t04: adapter_config")
 }
 
 /// Write the adapters of `model` to `dir` as `adapter_model.safetensors` and
 /// `adapter_config.json`. Each file is written atomically.
 pub fn save_lora_weights(model: &dyn LoraModel, config: &LoraConfig, dir: &Path) -> Result<()> {
-    // TODO: the tensors and the config above, written by `write_adapter`. Book: "Atomic writes".
+    // TODO: the adapter's tensors and config written to `dir` as PEFT's two files, each atomically,
+    // so that a failed save leaves the previous files intact. Errors of the two functions above
+    // pass through.
+    // Book: "Atomic writes".
     todo!("t04: save_lora_weights")
 }
 
 /// Load the adapter saved in `dir` into `model` and return its config: [`load_lora_tensors`]
 /// from the folder's files.
 pub fn load_lora_weights(model: &mut dyn LoraModel, dir: &Path) -> Result<LoraConfig> {
-    // TODO: `AdapterFile::read(dir)` (it fails on a missing, truncated or garbled file), its
-    // `lora_config()`, then `load_lora_tensors` with no other keys.
+    // TODO: read the folder (a missing, truncated or garbled file is an error naming it), load its
+    // tensors into `model` with no other keys expected, and return the folder's LoRA config.
+    // Book: "Never half-load".
     todo!("t04: load_lora_weights")
 }
 
@@ -64,15 +70,13 @@ pub fn load_lora_tensors(
     file: &AdapterFile,
     other_keys: &[String],
 ) -> Result<()> {
-    // TODO:
-    // 1. Decide the modules (the adapted ones, or `find_target_modules` with the config's
-    //    targets) and the shape each A [r, in] and B [out, r] must have.
-    // 2. Read each with `file.tensor(key, shape, DType::F32, slot's device)`; it answers a
-    //    `TensorProblem` (Missing, Shape, Corrupt) when something is wrong. Keys of the file that
-    //    are neither expected nor in `other_keys` are `TensorProblem::Unexpected`.
-    // 3. Any problem: return `LoraError::AdapterMismatch { path: file.path(), problems }`.
-    // 4. Only then build every `LoraLayer::from_tensors`, each slot's replacement
-    //    (`slot.with_adapter(lora)`), install them all, and freeze the base.
-    //    Book: "Never half-load".
+    // TODO: checks first, changes after. The modules are the model's adapted ones, or else those
+    // the config's targets select; each needs an A [r, in] and a B [out, r]. Every expected tensor
+    // is checked (present, right shape, intact, finite: `AdapterFile::tensor` answers the
+    // `TensorProblem`), and every key of the file that is neither expected nor in `other_keys` is
+    // `TensorProblem::Unexpected`. Any problem: `LoraError::AdapterMismatch { path, problems }`
+    // listing them all, and the model unchanged. Otherwise every listed module carries its loaded
+    // adapter (trainable, f32) and the base is frozen.
+    // Book: "Never half-load".
     todo!("t04: load_lora_tensors")
 }

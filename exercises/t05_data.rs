@@ -39,22 +39,20 @@ pub struct Batch {
 /// `prompt + response + [eos]` as one sequence, labels masked over the prompt, cut to at most
 /// `max_len` tokens from the end. An empty response still trains the EOS token.
 pub fn tokenize_example(prompt: &[u32], response: &[u32], eos_id: u32, max_len: usize) -> Result<Example> {
-    // TODO:
-    // 1. max_len == 0 is an error (`LoraError::config`): no sequence fits.
-    // 2. input_ids = prompt, then response, then eos_id.
-    // 3. labels: IGNORE_INDEX for every prompt token, the token itself (as i64) for every
-    //    response token and for the EOS. Book: "Which tokens the loss sees".
-    // 4. Keep at most max_len tokens (cut from the end) and report how many were cut.
+    // TODO: input_ids = prompt, then response, then eos_id; labels of the same length: IGNORE_INDEX
+    // over the prompt, the token itself (as i64) over the response and the EOS. Both are cut from
+    // the end to at most max_len tokens, and `truncated` says how many were cut. max_len == 0 fits
+    // nothing and is an error (`LoraError::config`).
+    // Book: "Which tokens the loss sees", "Truncation".
     todo!("t05: tokenize_example")
 }
 
 /// Pad `examples` on the right to the longest one: ids with `pad_id`, labels with
 /// `IGNORE_INDEX`, and a mask of 1 at real tokens.
 pub fn collate(examples: &[Example], pad_id: u32, device: &Device) -> Result<Batch> {
-    // TODO:
-    // 1. len = the longest example; no examples (or only empty ones) is an error.
-    // 2. Pad each example on the right up to len: ids with pad_id, labels with IGNORE_INDEX,
-    //    attention mask 1 for real tokens and 0 for padding. Book: "Padding and the mask".
-    // 3. Build three [batch, len] tensors: ids u32, labels i64, mask u32.
+    // TODO: three [batch, len] tensors, len the longest example: ids (u32) padded on the right with
+    // pad_id, labels (i64) padded with IGNORE_INDEX, attention mask (u32) 1 at real tokens and 0 at
+    // padding; real tokens unchanged. No examples, or only empty ones, is an error.
+    // Book: "Padding and the mask".
     todo!("t05: collate")
 }

@@ -53,22 +53,21 @@ pub struct Schedule {
 /// The learning rate of step `step` (0-based): `peak * (step + 1) / warmup` during warmup, then
 /// from `peak` down to `peak * min_lr_ratio` by the decay rule, reached at the last step.
 pub fn lr_at(s: &Schedule, step: usize) -> f64 {
-    // TODO:
-    // 1. During warmup (step < warmup_steps): peak_lr * (step + 1) / warmup_steps.
-    // 2. After it, progress p goes from 0 (step == warmup_steps) to 1 (step == total_steps - 1).
-    // 3. Cosine: min + (peak - min) * (1 + cos(pi p)) / 2; Linear: peak - (peak - min) p;
-    //    Constant: peak. min = peak * min_lr_ratio. Book: "The learning-rate schedule".
+    // TODO: the rate of step `step` (0-based): a linear warmup reaching peak_lr at the last of the
+    // warmup_steps, then the decay (Cosine, Linear or Constant) from peak_lr at the first step
+    // after warmup down to peak_lr * min_lr_ratio at the last step (total_steps - 1), never rising.
+    // Book: "The learning-rate schedule" (the formulas).
     todo!("t06: lr_at")
 }
 
 /// Scale every gradient by `max_norm / norm` when the global norm (over all `vars`) exceeds
 /// `max_norm`, as `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
-    // TODO:
-    // 1. The global norm: sqrt of the sum over vars of sum(g^2) (skip vars with no gradient).
-    // 2. If it exceeds max_norm, replace each gradient by g * max_norm / (norm + 1e-6)
-    //    (`grads.remove` then `grads.insert`). Return the norm before clipping.
-    //    Book: "Clipping the gradient".
+    // TODO: the global L2 norm over the gradients of all `vars` (a var with no gradient adds
+    // nothing); when it exceeds max_norm, every gradient in `grads` is multiplied by max_norm /
+    // (norm + 1e-6), one factor for all, so the direction is kept. Returns the norm before
+    // clipping.
+    // Book: "Clipping the gradient".
     todo!("t06: clip_grad_norm")
 }
 
@@ -76,14 +75,12 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
 /// how many there are. The hidden state at position t predicts the label at t + 1; the output
 /// head (49k columns for SmolLM2) runs only on the positions whose label is not ignored.
 pub fn causal_lm_loss(model: &dyn CausalLm, batch: &Batch, train: bool) -> Result<(Tensor, usize)> {
-    // TODO:
-    // 1. hidden = model.forward_hidden(ids) [b, t, d]. Position i predicts the label at i + 1,
-    //    so pair hidden[:, ..t-1] with labels[:, 1..].
-    // 2. Keep only the pairs whose label is not IGNORE_INDEX (an empty set is an error), and
-    //    pick those rows of hidden (index_select): the head runs on them alone.
-    // 3. Return model.head_loss(rows, targets) (the head's logits and their cross-entropy in
-    //    one, never holding all the logits) and the number of targets.
-    //    Book: "The loss of a causal LM".
+    // TODO: the mean cross-entropy of next-token prediction over the supervised pairs of the batch
+    // (the hidden state at position t against the label at t + 1, the label not IGNORE_INDEX), and
+    // the number of those pairs. The output head runs on the supervised positions only, never on
+    // all [b, t] of them; padding never changes the loss. A batch with no supervised pair is an
+    // error.
+    // Book: "The loss of a causal LM".
     todo!("t06: causal_lm_loss")
 }
 
@@ -113,8 +110,10 @@ pub struct TrainConfig {
 
 /// Token-weighted mean loss over `examples`, with the adapters frozen so no graph is built.
 pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
-    // TODO: inside with_frozen_adapters, collate examples in chunks of batch_size, and return
-    // sum(loss * n) / sum(n) over the chunks: a mean over tokens, not over batches.
+    // TODO: the token-weighted mean of `causal_lm_loss` over `examples`, taken in batches of
+    // batch_size: sum(loss * n) / sum(n), a mean over tokens, not over batches. No graph is built
+    // (the adapters are frozen meanwhile, see `with_frozen_adapters`), and the same trainable
+    // `Var`s are in place afterwards.
     // Book: "Validation without a graph".
     todo!("t06: evaluate_loss")
 }
@@ -162,20 +161,22 @@ pub fn train(
     cfg: &TrainConfig,
     on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
 ) -> Result<TrainHistory> {
-    // TODO: the loop of the book's "The training loop", step by step:
-    // 1. Empty train or validation set: an error.
-    // 2. If cfg.resume and read_checkpoint_state(out_dir) finds a checkpoint: trainee.load from
-    //    checkpoint_dir(out_dir) FIRST (it replaces the Vars), and start at its step and history.
-    // 3. AdamW::with_groups over trainee.groups(model) (after loading!); when resuming, restore
-    //    its state from optimizer_state_path(out_dir).
-    // 4. For each step from the start to total_steps (or cfg.stop_after): set the learning rate
-    //    lr_at(step); for each of grad_accum micro-batches take the batch of epoch_batches(...)
-    //    that this micro-step falls on, collate, causal_lm_loss, stop with an error on a
-    //    non-finite loss, backward (loss / grad_accum) and sum the gradients; clip; opt.step;
-    //    record a StepRecord.
-    // 5. Every eval_every steps and after the last: evaluate_loss on val; if the trainee keeps
-    //    files, save the best weights in best_adapter_dir(out_dir) (trainee.save) and
-    //    save_checkpoint; call on_eval.
-    // 6. Save training_history.json and .png in out_dir and return the history.
+    // TODO: the loop of the book's "The training loop". It must guarantee:
+    // - empty train or validation sets are an error;
+    // - only what `trainee.groups(model)` returns is optimised, by AdamW with cfg.weight_decay, at
+    //   lr_at(step) on every step;
+    // - a step accumulates cfg.grad_accum micro-batches, taken in the seeded order of
+    //   `epoch_batches` and continuing across epochs (k micro-batches of 1 = one batch of k),
+    //   averages their gradients, clips them to cfg.max_grad_norm and steps; its StepRecord holds
+    //   the mean loss and the norm before clipping;
+    // - a non-finite loss stops the run with an error naming the step;
+    // - every eval_every steps and after the last: the validation loss; when the trainee keeps
+    //   files, the best weights in best_adapter_dir(out_dir) and a checkpoint (`save_checkpoint`);
+    //   then on_eval;
+    // - with cfg.resume and a checkpoint in out_dir, the run continues from it and ends where an
+    //   uninterrupted run would (the trainee's `load` replaces the Vars: the optimizer comes after
+    //   it); cfg.stop_after stops early as if interrupted;
+    // - training_history.json and .png end up in out_dir, and the history is returned.
+    // Book: "The training loop", "Resuming a run", "When the loss is NaN".
     todo!("t06: train")
 }

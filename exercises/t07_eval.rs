@@ -25,7 +25,7 @@ use crate::tasks::t06_train::evaluate_loss;
 
 /// exp(mean NLL) over every supervised token of `examples`.
 pub fn perplexity(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
-    // TODO: exp of the token-weighted mean loss (evaluate_loss from task 2.2).
+    // TODO: exp of the token-weighted mean loss over `examples` (task 2.2 computes that mean).
     // Book: "Perplexity".
     todo!("t07: perplexity")
 }
@@ -34,12 +34,12 @@ pub fn perplexity(model: &mut dyn CausalLm, examples: &[Example], batch_size: us
 /// counted at most as often as in the reference that has it most), their geometric mean, times
 /// the brevity penalty exp(1 - r / c) when the hypotheses are shorter than the closest references.
 pub fn corpus_bleu(hypotheses: &[String], references: &[Vec<String>]) -> f64 {
-    // TODO: for every hypothesis (tokens from bleu_tokens) and its references:
-    // 1. Add its length to c, and the length of the closest reference (ties: the shorter) to r.
-    // 2. For n = 1..=4: add the clipped matches (each n-gram counted at most as often as the
-    //    reference with most of it has it) and the number of hypothesis n-grams.
-    // 3. Any n with no match: 0. Else 100 * BP * exp(mean over n of ln(matches / total)), with
-    //    BP = 1 if c > r, else exp(1 - r / c). Book: "BLEU".
+    // TODO: corpus BLEU-4 in percent over the `bleu_tokens` of every text. Summed over the corpus:
+    // for n = 1..=4 the clipped matches (each hypothesis n-gram counted at most as often as the
+    // reference with most of it has it) and the number of hypothesis n-grams; the hypothesis length
+    // c; and the closest reference length r (ties: the shorter). 0 when some n has no match, else
+    // 100 * BP * the geometric mean of the four precisions, BP = 1 if c > r, else exp(1 - r / c).
+    // Book: "BLEU".
     todo!("t07: corpus_bleu")
 }
 
@@ -61,8 +61,9 @@ pub fn evaluate_generation(
     clean: &dyn Fn(&str) -> String,
     out: &Path,
 ) -> Result<Vec<Generated>> {
-    // TODO: for every (prompt, references): encode, generate with opts, decode, clean; collect
-    // Generated records, write them as JSON lines to `out` with write_atomic, return them.
+    // TODO: for every (prompt, references), the model's output under `opts`, decoded and passed
+    // through `clean`; the `Generated` records written to `out` as JSON lines, atomically, and
+    // returned in the order of the prompts.
     // Book: "Saving generations".
     todo!("t07: evaluate_generation")
 }

@@ -26,7 +26,7 @@ pub struct MergedAdapters {
 
 /// `scaling * B A` [out, in], the weight update an adapter stands for, computed in f32.
 pub fn lora_delta(lora: &LoraLayer) -> Result<Tensor> {
-    // TODO: scaling * (B A) in f32: B [out, r] times A [r, in] gives [out, in], the shape of W.
+    // TODO: scaling * B A in f32: B [out, r] times A [r, in] gives [out, in], the shape of W.
     // Book: "The update an adapter stands for".
     todo!("t08: lora_delta")
 }
@@ -35,21 +35,22 @@ pub fn lora_delta(lora: &LoraLayer) -> Result<Tensor> {
 /// Everything is computed and checked first: a model without adapters, or an update that makes a
 /// weight NaN or infinite, is an error and changes nothing.
 pub fn merge_lora_weights(model: &mut dyn LoraModel) -> Result<MergedAdapters> {
-    // TODO:
-    // 1. First pass over model.linears(): for each slot with an adapter (`slot.adapter()`; the
-    //    base `slot.base_weight()?`) compute W + lora_delta (in f32,
-    //    back to W's dtype) and check it is finite (an f64 abs().sum_all()); a NaN or inf is a
-    //    `LoraError::module` error. No adapters at all: an error too. Nothing is changed yet.
-    // 2. Second pass over model.linears_mut(): replace each adapted slot by
-    //    LinearSlot::Linear(Linear::frozen(&new_w, bias)) and keep (name, its LoraLayer).
+    // TODO: every adapted slot becomes a plain frozen linear (`LinearSlot::Linear`) with weight W +
+    // lora_delta (added in f32, stored in W's dtype) and the base's bias; its adapter goes into the
+    // returned MergedAdapters under the module's name. Checks first, changes after: every merged
+    // weight is computed and found finite before any slot changes; a NaN or infinite one is a
+    // `LoraError::module` error naming the module, and a model with no adapter is an error too;
+    // either leaves the model unchanged.
     // Book: "Merging".
     todo!("t08: merge_lora_weights")
 }
 
 /// Take merged updates back out: `W = W' - scaling * B A`, and the adapter back in its slot.
 pub fn unmerge_lora_weights(model: &mut dyn LoraModel, merged: MergedAdapters) -> Result<()> {
-    // TODO: for each (name, lora): the slot must exist and be a plain Linear; W = W' - lora_delta;
-    // put LinearSlot::Lora(LinearWithLora::new(&W, bias, lora)) back. Book: "Unmerging".
+    // TODO: for each (name, lora): the module must exist and be a plain Linear (else an error); its
+    // weight becomes W' - lora_delta (in f32, back to W's dtype) and the adapter is back beside it
+    // in a `LinearWithLora`, with the same bias.
+    // Book: "Unmerging".
     todo!("t08: unmerge_lora_weights")
 }
 
@@ -67,8 +68,10 @@ pub struct MergeReport {
 /// (absolute) of the adapted model's. If they do not, the merge is undone. Returns the report and
 /// what was merged (for a later unmerge).
 pub fn verify_merge(model: &mut dyn CausalLm, ids: &Tensor, tolerance: f64) -> Result<(MergeReport, MergedAdapters)> {
-    // TODO: logits before (adapted), merge_lora_weights, logits after; max |after - before| and
-    // that over max |before|; passed = after is finite and the max difference <= tolerance; if
-    // it did not pass, unmerge again. Book: "Verifying a merge".
+    // TODO: the logits on `ids` of the adapted model and, after `merge_lora_weights`, of the merged
+    // one; max_abs_diff = max |after - before|, max_rel_diff = that over max |before|; passed when
+    // the merged logits are finite and max_abs_diff <= tolerance. A merge that did not pass is
+    // undone.
+    // Book: "Verifying a merge".
     todo!("t08: verify_merge")
 }

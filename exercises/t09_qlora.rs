@@ -44,18 +44,16 @@ pub fn normal_quantile(p: f64) -> f64 {
 /// is the midpoint between the outermost quantiles of 15 and of 16 equal bins, 1 - (1/30 +
 /// 1/32) / 2, so that the extreme levels are not at infinity (bitsandbytes' `create_normal_map`).
 pub fn nf4_code_book() -> [f32; 16] {
-    // TODO: 8 positive levels normal_quantile(p) / top for 8 probabilities p evenly spaced from
-    // `offset` towards 0.5 (9 points from offset to 0.5, the last one, 0.5, dropped); 7 negative
-    // levels -normal_quantile(p) / top likewise (8 points, last dropped); and 0. Sort ascending.
-    // offset = 1 - (1/30 + 1/32) / 2 and top = normal_quantile(offset), so that the largest
-    // level is exactly 1. Book: "The code book".
+    // TODO: the 16 levels the doc comment describes, ascending, with an exact 0 and exactly -1 and
+    // 1 (normal_quantile is given above): equal to bitsandbytes' NF4 table to 1e-6.
+    // Book: "The code book" (the construction in symbols).
     todo!("t09: nf4_code_book")
 }
 
 /// The index of the level nearest to `v` (in [-1, 1]); ties go to the lower level.
 pub fn nearest_level(code_book: &[f32; 16], v: f32) -> u8 {
-    // TODO: the index (0..16) of the level closest to v. The levels are sorted: compare v with
-    // the midpoints between neighbours. Book: "Rounding to the nearest level".
+    // TODO: the index (0..16) of the level closest to v; on a tie, the lower level.
+    // Book: "Rounding to the nearest level".
     todo!("t09: nearest_level")
 }
 
@@ -77,30 +75,30 @@ pub struct Nf4Tensor {
 impl Nf4Tensor {
     /// Quantize a tensor of any shape. Non-finite values or an empty tensor are an error.
     pub fn quantize(t: &Tensor) -> Result<Self> {
-        // TODO:
-        // 1. The values as f32; an empty tensor or a non-finite value is a LoraError::config.
-        // 2. Per block of NF4_BLOCK values: absmax = max |v|, and each value's nearest_level of
-        //    v / absmax (a block of zeros: the index of level 0).
-        // 3. Pack the indices two per byte, first in the high nibble; pad an odd count with the
-        //    index of 0.
-        // 4. Double quantization: absmax_mean = mean of all absmax; per group of ABSMAX_BLOCK
-        //    absmax constants, scale = max |absmax - mean| and each stored as
-        //    round(127 (absmax - mean) / scale) in an i8 (0 when scale is 0).
-        // Book: "Quantizing a tensor".
+        // TODO: the fields above from `t`'s values in flat order. Blocks of NF4_BLOCK values, each
+        // scaled by its absmax (max |v|), every value stored as the index of the nearest level (a
+        // block of zeros: the index of level 0); indices packed two per byte, first in the high
+        // nibble, an odd count padded with the index of 0. The absmax constants double quantized as
+        // the field docs say, in groups of ABSMAX_BLOCK (a code of 0 when a group's scale is 0). An
+        // empty tensor or a non-finite value is a `LoraError::config` error. The packed bytes must
+        // equal bitsandbytes' for the same tensor.
+        // Book: "Quantizing a tensor", "Double quantization".
         todo!("t09: Nf4Tensor::quantize")
     }
 
     /// The absmax of block `b` as dequantized from its 8-bit code.
     pub fn block_absmax(&self, b: usize) -> f32 {
-        // TODO: undo the second quantization: absmax_q / 127 * the scale of its group + the mean.
-        // Book: "Double quantization".
+        // TODO: block b's absmax as its 8-bit code gives it back: the inverse of the second
+        // quantization.
+        // Book: "Dequantizing".
         todo!("t09: Nf4Tensor::block_absmax")
     }
 
     /// The f32 values back, in the original shape, on `device`.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        // TODO: element i of block b = code_book[index of i] * block_absmax(b), in the original
-        // shape, as an f32 tensor on `device`. Book: "Dequantizing".
+        // TODO: an f32 tensor of the original shape on `device`, element i of block b being the
+        // level of its index times block_absmax(b).
+        // Book: "Dequantizing".
         todo!("t09: Nf4Tensor::dequantize")
     }
 
@@ -122,7 +120,8 @@ impl Nf4Tensor {
     /// Bytes this tensor takes: the packed codes, the 8-bit absmax codes, their f32 scales and
     /// the one f32 mean.
     pub fn storage_bytes(&self) -> usize {
-        // TODO: the bytes of every field that holds data: codes, absmax codes, scales, the mean.
+        // TODO: the bytes of every field that holds data: the packed codes, the absmax codes, their
+        // f32 scales and the f32 mean.
         // Book: "Bits per parameter".
         todo!("t09: Nf4Tensor::storage_bytes")
     }

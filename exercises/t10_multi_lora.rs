@@ -50,9 +50,9 @@ pub struct AdapterSet {
 /// `b` [K, out, r], `scale` [K], `rows` [batch] (u32). Each row gathers its own A and B, so
 /// one batched matmul serves every adapter at once.
 pub fn per_row_lora(x: &Tensor, a: &Tensor, b: &Tensor, scale: &Tensor, rows: &Tensor) -> Result<Tensor> {
-    // TODO: gather each row's A, B and scaling with `index_select(rows, 0)` ([batch, r, in],
-    // [batch, out, r], [batch] reshaped to [batch, 1, 1]); then z = x A_row^T and the result
-    // z B_row^T times the row's scaling, two batched matmuls. Book: "A batch of many adapters".
+    // TODO: [batch, seq, out]: row i is scale[k] (x_i A_k^T) B_k^T with k = rows[i], computed for
+    // all rows at once (no loop over the rows).
+    // Book: "A batch of many adapters".
     todo!("t10: per_row_lora")
 }
 
@@ -60,9 +60,10 @@ pub fn per_row_lora(x: &Tensor, a: &Tensor, b: &Tensor, scale: &Tensor, rows: &T
 /// `add_weighted_adapter`: rank and alpha of the result are equal (scaling 1), the scalings of
 /// the parts are folded into A and B.
 pub fn combine(parts: &[(&LoraLayer, f64)], how: Combination) -> Result<(Tensor, Tensor)> {
-    // TODO: an error for no parts. Linear (equal ranks, else an error): A = sum of sqrt(w s) A_i,
-    // B = sum of sqrt(w s) B_i, with s each part's scaling. Cat: A = the w s A_i stacked along
-    // dim 0, B = the B_i stacked along dim 1. Book: "Combining adapters".
+    // TODO: no parts is an error. Linear: equal ranks (else an error), A = sum of sqrt(w s) A_i and
+    // B = sum of sqrt(w s) B_i. Cat: A = the w s A_i stacked along the rank (rows), B = the B_i
+    // stacked along the rank (columns). Here w is a part's weight and s its scaling.
+    // Book: "Combining adapters".
     todo!("t10: combine")
 }
 
@@ -116,10 +117,10 @@ impl AdapterSet {
     /// Put adapter `name` into the model's slots, or none with `None`. Nothing is read or
     /// copied: the slots share the adapter's tensors.
     pub fn set_active(&mut self, model: &mut dyn LoraModel, name: Option<&str>) -> Result<()> {
-        // TODO: look the adapter up (unknown: an error). Build every new slot first, with
-        // `slot.with_adapter(layer.clone())` for the modules the adapter has and
-        // `slot.without_adapter()` for the others; an adapter module the model lacks is an
-        // error and nothing changes. Then install them and remember the name.
+        // TODO: afterwards the modules of adapter `name` carry its layers (sharing their tensors,
+        // nothing copied or read) and every other slot is plain; with `None` every slot is plain.
+        // An unknown name, or an adapter module the model lacks, is an error that changes nothing:
+        // every new slot is ready before any is installed. The active name is remembered.
         // Book: "Switching adapters".
         todo!("t10: AdapterSet::set_active")
     }
@@ -135,7 +136,8 @@ impl AdapterSet {
 
     /// Forget adapter `name`; if it is active, the model is left with none.
     pub fn delete(&mut self, model: &mut dyn LoraModel, name: &str) -> Result<()> {
-        // TODO: remove it (unknown: an error); if it was active, `clear` the model.
+        // TODO: forget adapter `name` (unknown: an error); if it was active, the model is left with
+        // no adapter.
         // Book: "Loading and deleting".
         todo!("t10: AdapterSet::delete")
     }
@@ -143,9 +145,10 @@ impl AdapterSet {
     /// A new adapter `new_name` from `parts` (name, weight) by `how`, module by module; a
     /// module that only some parts adapt takes those parts.
     pub fn add_weighted(&mut self, new_name: &str, parts: &[(&str, f64)], how: Combination) -> Result<()> {
-        // TODO: the new name must be free and every part loaded. For every module any part adapts,
-        // `combine` the parts that adapt it and keep a `LoraLayer::from_tensors(a, b, config)`
-        // whose config has r = alpha = the combined rank (scaling 1). Book: "Combining adapters".
+        // TODO: an error if `new_name` is taken or a part is not loaded. For every module any part
+        // adapts, the `combine` of the parts that adapt it, kept as a layer whose config has r =
+        // alpha = the combined rank (scaling 1); the new adapter's config targets those modules.
+        // Book: "Combining adapters".
         todo!("t10: AdapterSet::add_weighted")
     }
 }

@@ -40,18 +40,18 @@ fn module_of(param: &str) -> &str {
 /// module name ends with an entry (PEFT's rule). An entry that selects nothing, or selects a
 /// layer that carries an adapter, is an error.
 pub fn find_modules_to_save(model: &dyn LoraModel, modules: &[String]) -> Result<Vec<String>> {
-    // TODO: for each entry, the parameters of model.params() whose module (the name without its
-    // last `.weight`) ends with it, and the `.weight` / `.bias` of every plain linear slot whose
-    // name ends with it. A matching slot with an adapter is a `LoraError::module` error; an
-    // entry matching nothing a `LoraError::config` naming it. Sorted, no repeats.
+    // TODO: for each entry: the parameters of `model.params()` whose module (the name without its
+    // last part) ends with it, and `<name>.weight` / `<name>.bias` of every plain linear slot whose
+    // name ends with it. A matching slot with an adapter is a `LoraError::module` error; an entry
+    // matching nothing is a `LoraError::config` error naming it. Sorted, no repeats.
     // Book: "Choosing the modules".
     todo!("t11: find_modules_to_save")
 }
 
 /// Make the parameters `modules` selects trainable; returns their `Var`s for the optimizer.
 pub fn unfreeze_modules_to_save(model: &mut dyn LoraModel, modules: &[String]) -> Result<Vec<(String, Var)>> {
-    // TODO: `find_modules_to_save`, then `Param::unfreeze` each selected parameter (in
-    // params_mut, then the plain linears' weight and bias in linears_mut) and return the Vars.
+    // TODO: every parameter `find_modules_to_save` selects (model weights, plain linears' weights
+    // and biases) made trainable, and their `Var`s returned by name.
     // Book: "Choosing the modules".
     todo!("t11: unfreeze_modules_to_save")
 }
@@ -92,9 +92,10 @@ pub fn mixed_groups(
 /// as t04 keys them, plus each selected parameter under `base_model.model.<name>`, and the list
 /// in `adapter_config.json`'s `modules_to_save`. One write, each file atomic.
 pub fn save_mixed(model: &dyn LoraModel, config: &LoraConfig, modules: &[String], dir: &Path) -> Result<()> {
-    // TODO: t04's `lora_tensors`, plus every selected parameter under
-    // `base_model.model.<name>`; t04's `adapter_config` with `modules_to_save` set; one
-    // `write_adapter`. Book: "Saving in PEFT's format".
+    // TODO: one `write_adapter` of: t04's `lora_tensors` plus the value of every selected parameter
+    // under `base_model.model.<name>`, and t04's `adapter_config` with `modules_to_save` set to
+    // `modules`.
+    // Book: "Saving in PEFT's format".
     todo!("t11: save_mixed")
 }
 
@@ -103,10 +104,13 @@ pub fn save_mixed(model: &dyn LoraModel, config: &LoraConfig, modules: &[String]
 /// model (frozen, as loading leaves everything). Every tensor is checked (present, right shape,
 /// checksum, finite) before anything changes. Returns the LoRA config and the module list.
 pub fn load_mixed(model: &mut dyn LoraModel, dir: &Path) -> Result<(LoraConfig, Vec<String>)> {
-    // TODO: `AdapterFile::read`, its `lora_config()` and `config.modules_to_save`; check and
-    // read every module tensor with `file.tensor` (a problem is an `AdapterMismatch`) before
-    // changing anything; then t04's `load_lora_tensors` with the modules' keys as other keys;
-    // then set the modules' values (frozen). Book: "Saving in PEFT's format".
+    // TODO: checks first, changes after. The folder read once: its LoRA config and its
+    // `modules_to_save`. Every selected parameter's tensor checked against the model's (present,
+    // same shape and dtype, checksum, finite; a problem is a `LoraError::AdapterMismatch` naming
+    // it) before anything changes; the adapter half loaded by t04's `load_lora_tensors`, with the
+    // modules' keys as other keys; then the modules' values set, frozen. Returns the config and the
+    // module list.
+    // Book: "Saving in PEFT's format".
     todo!("t11: load_mixed")
 }
 

@@ -29,6 +29,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The body of `url` (HTTP GET), with a progress bar labelled `label` on a terminal. The error
+/// names the URL and why it failed.
+pub fn http_get(url: &str, label: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let fail = |why: String| LoraError::file(url, format!("cannot be downloaded: {why}"));
+    let resp = ureq::get(url).call().map_err(|e| match e {
+        ureq::Error::Status(code, _) => fail(format!("HTTP status {code}")),
+        ureq::Error::Transport(t) => fail(match t.message() {
+            Some(m) => format!("{}: {m}", t.kind()),
+            None => t.kind().to_string(),
+        }),
+    })?;
+    let len = resp.header("content-length").and_then(|v| v.parse::<u64>().ok());
+    let bar = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_message(label.to_string());
+    let mut bytes = Vec::with_capacity(len.unwrap_or(0) as usize);
+    let mut reader = bar.wrap_read(resp.into_reader());
+    reader.read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+    bar.finish_and_clear();
+    Ok(bytes)
+}
+
 /// Read a whole file; the error names the path.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| LoraError::io(path, e))

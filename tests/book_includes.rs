@@ -210,3 +210,42 @@ fn every_task_chapter_ends_with_its_grading_command() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(tasks >= 8, "found only {tasks} task graders");
 }
+
+/// A chapter teaches before it asks and never hands over the answer in the reading flow: in a
+/// task chapter, code from `solutions/` appears only after "## Grade it", folded in a
+/// `<details>` block that the reader opens on purpose.
+#[test]
+fn solution_code_appears_only_folded_after_grade_it() {
+    let mut problems = Vec::new();
+    let mut folded = 0;
+    for (name, text) in chapters() {
+        let is_task = name.len() > 4 && name.starts_with('t') && name[1..3].chars().all(|c| c.is_ascii_digit());
+        if !is_task {
+            continue;
+        }
+        let grade_it = text.find("\n## Grade it").unwrap_or(text.len());
+        let (mut open, mut seen_details) = (false, false);
+        for (offset, line) in text.match_indices('\n').map(|(i, _)| i + 1).zip(text.lines().skip(1)) {
+            let l = line.trim();
+            if l.starts_with("<details") {
+                open = true;
+                seen_details = true;
+            } else if l.starts_with("</details>") {
+                open = false;
+            } else if l.contains("{{#include") && l.contains("solutions/") {
+                if offset < grade_it {
+                    problems.push(format!("{name}: solution code before \"## Grade it\": {l}"));
+                } else if !open {
+                    problems.push(format!("{name}: solution code after \"## Grade it\" but not inside <details>: {l}"));
+                } else {
+                    folded += 1;
+                }
+            }
+        }
+        if !seen_details {
+            problems.push(format!("{name}: no folded \"Reference solution\" block"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(folded >= 11, "only {folded} folded solution listings");
+}

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
+use lora_from_scratch::experiments::heldout::heldout_prompts;
 use lora_from_scratch::train::data::{
     e2e_references, e2e_sample, embedded_instructions, epoch_batches, load_e2e, load_instructions, split_e2e_by_mr,
     InstructionRecord, Template,
@@ -26,6 +27,28 @@ fn the_embedded_set_has_150_pairs_in_english_and_chinese() {
     assert!(records.iter().all(|r| !r.instruction.is_empty() && !r.output.is_empty()));
     let distinct: HashSet<&str> = records.iter().map(|r| r.instruction.as_str()).collect();
     assert_eq!(distinct.len(), records.len(), "no question twice");
+}
+
+/// A question as compared for leakage: lower case, without spaces or punctuation (ASCII or CJK).
+fn normalized(q: &str) -> String {
+    q.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
+}
+
+/// The held-out prompts are never trained on: no instruction of the embedded set is one of them
+/// (after normalising case, spaces and punctuation), and no reference answer is a training answer.
+#[test]
+fn the_held_out_prompts_are_not_in_the_training_data() {
+    let train = embedded_instructions();
+    let questions: HashSet<String> = train.iter().map(|r| normalized(&r.instruction)).collect();
+    let answers: HashSet<String> = train.iter().map(|r| normalized(&r.output)).collect();
+    let heldout = heldout_prompts();
+    assert!(heldout.len() >= 10, "{} held-out prompts", heldout.len());
+    for p in &heldout {
+        assert!(!questions.contains(&normalized(&p.prompt)), "held-out prompt {:?} is a training question", p.prompt);
+        assert!(!answers.contains(&normalized(&p.reference)), "the reference of {:?} is a training answer", p.prompt);
+    }
+    // The check itself catches a leak: a training question, re-spaced and re-punctuated.
+    assert!(questions.contains(&normalized("什么是 深度学习?")));
 }
 
 #[test]

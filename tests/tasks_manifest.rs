@@ -54,3 +54,25 @@ fn the_book_lists_every_task_chapter() {
         );
     }
 }
+
+/// Hints come in levels, from a nudge to nearly the answer: two or three per task, each longer
+/// than the one before, and the first points to a section of the task's chapter by its heading.
+#[test]
+fn every_task_has_hints_in_levels_that_point_into_its_chapter() {
+    for task in TASKS {
+        let n = task.hints.len();
+        assert!((2..=3).contains(&n), "{}: {n} hints, expected 2 or 3", task.name);
+        for pair in task.hints.windows(2) {
+            assert!(pair[1].len() > pair[0].len(), "{}: a later hint says less than the one before", task.name);
+        }
+        let chapter = std::fs::read_to_string(root().join(task.chapter())).unwrap();
+        let headings: Vec<&str> = chapter.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+        let quoted: Vec<&str> = task.hints[0].split('"').skip(1).step_by(2).collect();
+        assert!(
+            quoted.iter().any(|q| headings.contains(q)),
+            "{}: the first hint should name a section of {} in quotes, one of {headings:?}",
+            task.name,
+            task.chapter()
+        );
+    }
+}

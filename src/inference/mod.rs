@@ -1,9 +1,11 @@
 //! Using a trained model: generation with a KV cache ([`generate`]), BLEU's tokenizer
-//! ([`bleu`]), and writing a merged model or an adapter for other tools ([`export`]).
+//! ([`bleu`]), writing a merged model or an adapter for other tools ([`export`]), and a base with
+//! an adapter folder loaded for generation ([`adapter`]).
 //!
-//! May use: `error`, `io`, `compute`, `lora`, `peft`, `models`, task t04 (adapters as PEFT keys,
-//! for the export).
+//! May use: `error`, `io`, `compute`, `lora`, `peft`, `models`, tasks t03, t04 and t08 (inject,
+//! adapters as PEFT keys, merge).
 
+pub mod adapter;
 pub mod bleu;
 pub mod export;
 pub mod generate;

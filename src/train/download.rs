@@ -27,25 +27,9 @@ pub fn fetch_e2e() -> Result<PathBuf> {
     if E2E_FILES.iter().all(|f| dir.join(f).is_file()) {
         return Ok(dir);
     }
-    let bytes = download(E2E_URL)?;
+    let bytes = crate::io::http_get(E2E_URL, "E2E NLG")?;
     extract_e2e_zip(&bytes, &dir)?;
     Ok(dir)
-}
-
-fn download(url: &str) -> Result<Vec<u8>> {
-    let fail = |why: String| LoraError::file(url, format!("cannot be downloaded: {why}"));
-    let resp = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
-    let len = resp.header("content-length").and_then(|v| v.parse::<u64>().ok());
-    let bar = match len {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    bar.set_message("E2E NLG");
-    let mut bytes = Vec::new();
-    let mut reader = bar.wrap_read(resp.into_reader());
-    reader.read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
-    bar.finish_and_clear();
-    Ok(bytes)
 }
 
 /// Write the release's CSVs from the zip in `bytes` into `dir` (each atomically); the zip's

@@ -62,8 +62,15 @@ impl TrainHistory {
     }
 }
 
+/// The plot's size in pixels.
+const PLOT_SIZE: (u32, u32) = (1000, 420);
+
 fn draw(h: &TrainHistory, path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    draw_on(h, BitMapBackend::new(path, PLOT_SIZE))
+}
+
+fn draw_on(h: &TrainHistory, backend: BitMapBackend) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let root = backend.into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(560);
     let last = h.train.last().map_or(1, |r| r.step).max(1) as f64;
@@ -85,6 +92,8 @@ fn draw(h: &TrainHistory, path: &Path) -> std::result::Result<(), Box<dyn std::e
         .draw_series(LineSeries::new(h.val.iter().map(|r| (r.step as f64, r.val_loss)), RED.stroke_width(2)))?
         .label("validation")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
+    // Each validation point as a marker too: a run validated once has no line to draw.
+    chart.draw_series(h.val.iter().map(|r| Circle::new((r.step as f64, r.val_loss), 4, RED.filled())))?;
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
 
     let max_lr = h.train.iter().map(|r| r.lr).fold(0.0, f64::max).max(1e-12);
@@ -98,4 +107,36 @@ fn draw(h: &TrainHistory, path: &Path) -> std::result::Result<(), Box<dyn std::e
     lr.draw_series(LineSeries::new(h.train.iter().map(|r| (r.step as f64, r.lr)), &GREEN))?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn red_pixels(h: &TrainHistory) -> usize {
+        let (w, ht) = PLOT_SIZE;
+        let mut buf = vec![0u8; (w * ht * 3) as usize];
+        draw_on(h, BitMapBackend::with_buffer(&mut buf, PLOT_SIZE)).unwrap();
+        buf.chunks(3).filter(|p| p == &[255, 0, 0]).count()
+    }
+
+    /// A single validation point (a short run) is still drawn: as a marker, not a line of one point.
+    #[test]
+    fn a_single_validation_point_is_drawn() {
+        let train = (1..=4)
+            .map(|step| StepRecord {
+                step,
+                loss: 3.0 - step as f64 * 0.1,
+                lr: 1e-4,
+                grad_norm: 1.0,
+                tokens: 10,
+                tokens_per_s: 1.0,
+            })
+            .collect();
+        let without = TrainHistory { train, ..Default::default() };
+        let mut with = without.clone();
+        with.val.push(EvalRecord { step: 2, val_loss: 2.9 });
+        let (a, b) = (red_pixels(&without), red_pixels(&with));
+        assert!(b >= a + 30, "one validation point adds {} red pixels", b - a);
+    }
 }
