@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The learner's loop, from a fresh copy of the crate: with only t01 solved, t01's graders pass,
-# the others fail, and the progress command names t02 as the next task.
+# the others fail, the progress command names t02 as the next task with its first hint, and
+# `--hint 2`, `--hint 3 --task NAME` give the next levels for every task.
 # Builds in target/copies (or $CARGO_TARGET_DIR), never in ./target: a copy of the package shares
 # artifact names with the original, and its build would later pass for fresh there.
 set -euo pipefail
@@ -40,4 +41,19 @@ for t in tests/t[0-9][0-9]_*.rs; do
 done
 expect '^Next: t02_linear_with_lora '
 expect 'exercise: exercises/t02_linear_with_lora.rs'
+expect '^  hint 1/3: '
+expect 'more:     cargo run --example progress -- --hint 2'
+
+# Hints in levels: --hint 2 and 3 show one more each, for the next task and for any task.
+cargo run --locked --quiet --example progress -- --hint 2 >"$work/hint2.log" 2>&1 \
+  || { cat "$work/hint2.log"; echo "learner loop: progress --hint 2 failed"; exit 1; }
+grep -qE '^  hint 2/3: ' "$work/hint2.log" && ! grep -qE '^  hint 3/3: ' "$work/hint2.log" \
+  || { cat "$work/hint2.log"; echo "learner loop: --hint 2 should show hints 1 and 2 of t02"; exit 1; }
+for t in tests/t[0-9][0-9]_*.rs; do
+  name=$(basename "$t" .rs)
+  cargo run --locked --quiet --example progress -- --hint 3 --task "$name" >"$work/hint.log" 2>&1 \
+    || { cat "$work/hint.log"; echo "learner loop: progress --hint 3 --task $name failed"; exit 1; }
+  grep -qE "^Hints for: $name " "$work/hint.log" && grep -qE '^  hint 3/3: ' "$work/hint.log" \
+    || { cat "$work/hint.log"; echo "learner loop: no third hint for $name"; exit 1; }
+done
 echo "learner loop: ok"

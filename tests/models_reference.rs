@@ -284,13 +284,16 @@ fn out_of_range_ids_and_too_long_sequences_are_errors() {
 }
 
 /// A Hub id that cannot be fetched (no network here; a missing repo elsewhere) says so and names
-/// the offline path.
+/// the model that works offline.
 #[test]
 fn unreachable_hub_names_the_offline_path() {
     match load_model("lora-from-scratch/no-such-model", &LoadOptions::default()) {
         Err(e @ LoraError::Hub { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("no-such-model") && msg.contains("scripts/fetch-smollm2.sh"), "{msg}");
+            assert!(msg.contains("no-such-model") && msg.contains("SmolLM2-135M-Instruct"), "{msg}");
+            // The one-line reason a note prints: the innermost cause, without URL or advice.
+            let short = lora_from_scratch::models::load::short_reason(&e);
+            assert!(!short.is_empty() && !short.contains("https://") && !short.contains("Without"), "{short}");
         }
         Err(e) => panic!("expected a Hub error, got {e}"),
         Ok(_) => panic!("a model that does not exist loaded"),

