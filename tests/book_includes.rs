@@ -228,11 +228,12 @@ fn solution_code_appears_only_folded_after_grade_it() {
         for (offset, line) in text.match_indices('\n').map(|(i, _)| i + 1).zip(text.lines().skip(1)) {
             let l = line.trim();
             if l.starts_with("<details") {
-                open = true;
-                seen_details = true;
+                // Only a fold after "Grade it" hides a solution; one opened earlier does not count.
+                open = offset > grade_it;
+                seen_details |= open;
             } else if l.starts_with("</details>") {
                 open = false;
-            } else if l.contains("{{#include") && l.contains("solutions/") {
+            } else if l.contains("{{#") && l.contains("solutions/") {
                 if offset < grade_it {
                     problems.push(format!("{name}: solution code before \"## Grade it\": {l}"));
                 } else if !open {

@@ -34,21 +34,38 @@ fn normalized(q: &str) -> String {
     q.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
 }
 
-/// The held-out prompts are never trained on: no instruction of the embedded set is one of them
-/// (after normalising case, spaces and punctuation), and no reference answer is a training answer.
+/// A training question hidden in a held-out prompt, or the other way round (after normalising
+/// case, spaces and punctuation): "解释什么是深度学习" asks the training question "什么是深度学习？".
+fn leaks(prompt: &str, question: &str) -> bool {
+    let (p, q) = (normalized(prompt), normalized(question));
+    p.contains(&q) || q.contains(&p)
+}
+
+/// The held-out prompts are never trained on: no training question is one of them or inside one
+/// (the seed's 解释什么是深度学习 would hide 什么是深度学习), and no reference answer is a training
+/// answer.
 #[test]
 fn the_held_out_prompts_are_not_in_the_training_data() {
     let train = embedded_instructions();
-    let questions: HashSet<String> = train.iter().map(|r| normalized(&r.instruction)).collect();
     let answers: HashSet<String> = train.iter().map(|r| normalized(&r.output)).collect();
     let heldout = heldout_prompts();
     assert!(heldout.len() >= 10, "{} held-out prompts", heldout.len());
     for p in &heldout {
-        assert!(!questions.contains(&normalized(&p.prompt)), "held-out prompt {:?} is a training question", p.prompt);
+        for r in &train {
+            assert!(
+                !leaks(&p.prompt, &r.instruction),
+                "held-out {:?} asks training question {:?}",
+                p.prompt,
+                r.instruction
+            );
+        }
         assert!(!answers.contains(&normalized(&p.reference)), "the reference of {:?} is a training answer", p.prompt);
     }
-    // The check itself catches a leak: a training question, re-spaced and re-punctuated.
-    assert!(questions.contains(&normalized("什么是 深度学习?")));
+    // The check catches the leaks it is for: a training question re-spaced and re-punctuated,
+    // and one inside a longer prompt.
+    assert!(leaks("什么是 机器学习?", "什么是机器学习？"));
+    assert!(leaks("解释什么是机器学习", "什么是机器学习？"));
+    assert!(!leaks("什么是卷积神经网络？", "什么是神经网络？"));
 }
 
 #[test]

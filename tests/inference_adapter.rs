@@ -50,6 +50,25 @@ fn a_loaded_adapter_generates_what_the_trained_model_generated() {
     }
 }
 
+/// A folder Python's PEFT saved loads the same way, and gives PEFT's logits, merged or not.
+#[test]
+#[cfg_attr(feature = "exercises", ignore = "runs the task 1 and 3 code (load, merge); graded by tests/t*.rs")]
+fn an_adapter_peft_saved_gives_pefts_logits() {
+    for model in ["tiny-llama", "tiny-gpt2"] {
+        let dir = Path::new("tests/fixtures/peft").join(format!("{model}-from-peft"));
+        let reference =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
+        for merged in [false, true] {
+            let mut m = load_model(&format!("tests/fixtures/{model}"), &LoadOptions::default()).unwrap();
+            load_adapter_for_inference(m.model.as_mut(), &dir, merged).unwrap();
+            let diff =
+                max_abs_diff(&values(&m.model.forward(&ids, None, false).unwrap()), &values(&reference["logits"]));
+            assert!(diff < 1e-4, "{model}, merged = {merged}: {diff} from PEFT's logits");
+        }
+    }
+}
+
 #[test]
 fn a_folder_without_an_adapter_is_named() {
     let mut m = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();

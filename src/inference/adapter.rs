@@ -7,19 +7,16 @@ use std::path::Path;
 use crate::error::Result;
 use crate::lora::config::LoraConfig;
 use crate::lora::model::LoraModel;
-use crate::peft::file::AdapterFile;
-use crate::tasks::t03_inject::inject_lora;
 use crate::tasks::t04_save_load::load_lora_weights;
 use crate::tasks::t08_merge::merge_lora_weights;
 
-/// Inject the adapters `dir`'s `adapter_config.json` describes (its rank, alpha and target
-/// modules), load its weights (every key and shape checked before anything changes), and, if
-/// `merged`, fold them into the base weights (W0 + scaling B A), so that the model runs as a plain
-/// model. Returns the adapter's config.
+/// Put the adapters of `dir` on the base: t04's `load_lora_weights` reads `adapter_config.json`
+/// (rank, alpha, target modules), checks every key and shape, and builds an adapter on each
+/// target module (the seed's "inject" and "load" in one, so nothing random is drawn first). If
+/// `merged`, the adapters are then folded into the base weights (W0 + scaling B A) and the model
+/// runs as a plain model. Returns the adapter's config.
 pub fn load_adapter_for_inference(model: &mut dyn LoraModel, dir: &Path, merged: bool) -> Result<LoraConfig> {
-    let config = AdapterFile::read(dir)?.lora_config()?;
-    inject_lora(model, &config)?;
-    load_lora_weights(model, dir)?;
+    let config = load_lora_weights(model, dir)?;
     if merged {
         merge_lora_weights(model)?;
     }

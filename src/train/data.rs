@@ -34,7 +34,7 @@ pub struct Sample {
 
 const EMBEDDED: &str = include_str!("../../data/ml_instructions.jsonl");
 
-/// The default dataset: 157 questions and answers about machine learning, in English and Chinese.
+/// The default dataset: 153 questions and answers about machine learning, in English and Chinese.
 pub fn embedded_instructions() -> Vec<InstructionRecord> {
     parse_jsonl(EMBEDDED, Path::new("data/ml_instructions.jsonl")).expect("the embedded dataset parses")
 }
