@@ -30,10 +30,10 @@ for t in tests/t[0-9][0-9]_*.rs; do graders+=("$(basename "$t" .rs)"); done
   echo "grade_all: the grading command passes on the untouched stubs"; exit 1; }
 failed_targets=$(sed -nE 's/^    `--test ([a-z0-9_]+)`$/\1/p' "$work/stubs.log" | tr '\n' ' ')
 if [ "$failed_targets" != "${graders[*]} " ]; then
+  grep -E '^     Running|^test result|panicked at|^error' "$work/stubs.log" | tail -n 40 || true
   echo "grade_all: on the stubs, the failing test binaries should be exactly the graders, in task order"
   echo "  failed:   $failed_targets"
   echo "  expected: ${graders[*]}"
-  grep -E '^     Running|^test result|panicked at|^error' "$work/stubs.log" | tail -n 60 || true
   exit 1
 fi
 # Each grader ran (its result line is there) and none of its tests passed.
