@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
 use lora_from_scratch::compute::device::pick_device;
+use lora_from_scratch::error::exit_code;
 use lora_from_scratch::inference::adapter::load_adapter_for_inference;
 use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
@@ -82,13 +83,7 @@ struct Args {
 
 /// An expected error ends with its message and causes and exit code 1, not a stack trace.
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run())
 }
 
 fn run() -> Result<()> {

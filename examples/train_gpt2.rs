@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use lora_from_scratch::compute::device::pick_device;
+use lora_from_scratch::error::exit_code;
 use lora_from_scratch::experiments::e2e_bleu::e2e_bleu;
 use lora_from_scratch::experiments::heldout::{heldout_prompts, run_heldout, summary_table, write_side_by_side};
 use lora_from_scratch::inference::export::save_pretrained;
@@ -124,16 +125,9 @@ struct Args {
 /// The main job's default model, on the Hub.
 const DEFAULT_MODEL: &str = "openai-community/gpt2";
 
-/// An expected error (no model, a bad flag, a bad file) ends the run with its message and causes,
-/// and exit code 1, without a stack trace.
+/// An expected error ends with its message and causes and exit code 1, not a stack trace.
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run())
 }
 
 /// `--model` if given; else GPT-2 from the Hub, or SmolLM2 offline when the Hub is out of reach.

@@ -101,3 +101,16 @@ impl LoraError {
         LoraError::Io { path: path.into(), source }
     }
 }
+
+/// How a command-line program ends: success, or the error with its causes on stderr (`{:#}`, which
+/// `anyhow` prints as "outer: inner") and exit code 1. An expected error (no model, a bad flag, a
+/// bad file) is a message for the user, not a stack trace, even with `RUST_BACKTRACE` set.
+pub fn exit_code<E: fmt::Display>(result: std::result::Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
