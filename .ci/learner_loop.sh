@@ -5,6 +5,9 @@
 # Builds in target/copies (or $CARGO_TARGET_DIR), never in ./target: a copy of the package shares
 # artifact names with the original, and its build would later pass for fresh there.
 set -euo pipefail
+# The English checks run in an English locale whatever the CI's is; the Chinese ones set theirs.
+export LC_ALL=C.UTF-8 LANG=C.UTF-8
+unset LC_MESSAGES
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/copies}"
@@ -55,5 +58,25 @@ for t in tests/t[0-9][0-9]_*.rs; do
     || { cat "$work/hint.log"; echo "learner loop: progress --hint 3 --task $name failed"; exit 1; }
   grep -qE "^Hints for: $name " "$work/hint.log" && grep -qE '^  hint 3/3: ' "$work/hint.log" \
     || { cat "$work/hint.log"; echo "learner loop: no third hint for $name"; exit 1; }
+done
+# In Chinese, by the locale alone (as a reader with a Chinese system has it) and by --lang zh.
+zh_expect() {
+  grep -qP "$2" "$1" || { cat "$1"; echo "learner loop: Chinese progress output lacks /$2/"; exit 1; }
+}
+LC_ALL= LANG=zh_CN.UTF-8 cargo run --locked --quiet --example progress >"$work/zh.log" 2>&1 \
+  || { cat "$work/zh.log"; echo "learner loop: LANG=zh_CN.UTF-8 progress failed"; exit 1; }
+cat "$work/zh.log"
+zh_expect "$work/zh.log" '^进度: .* 1/[0-9]+ 个任务已完成'
+zh_expect "$work/zh.log" '^  todo  t02_linear_with_lora .*项评分通过 .*\p{Han}'
+zh_expect "$work/zh.log" '^下一个: t02_linear_with_lora '
+zh_expect "$work/zh.log" 'book/zh/src/t02_linear_with_lora.md'
+zh_expect "$work/zh.log" '^  提示 1/3: .*\p{Han}'
+zh_expect "$work/zh.log" 'cargo run --example progress -- --hint 2$'
+for t in tests/t[0-9][0-9]_*.rs; do
+  name=$(basename "$t" .rs)
+  cargo run --locked --quiet --example progress -- --lang zh --hint 3 --task "$name" >"$work/zh_hint.log" 2>&1 \
+    || { cat "$work/zh_hint.log"; echo "learner loop: progress --lang zh --hint 3 --task $name failed"; exit 1; }
+  zh_expect "$work/zh_hint.log" "^任务提示: $name .*\p{Han}"
+  zh_expect "$work/zh_hint.log" '^  提示 3/3: .*\p{Han}'
 done
 echo "learner loop: ok"

@@ -4,6 +4,8 @@
 //! `cargo run --example progress`: the table and the next task, with its first hint
 //! `cargo run --example progress -- --hint 2`: the next task's hints up to level 2 (of 3)
 //! `cargo run --example progress -- --hint 3 --task t03_inject`: another task's hints
+//! `cargo run --example progress -- --lang zh`: in Chinese (also when `LANG`/`LC_ALL` starts with
+//! `zh`), with the Chinese book's chapters
 //!
 //! The graders are compiled once (`cargo test --features exercises --no-run`) and each test
 //! binary is then run directly, so checking all tasks costs one build.
@@ -12,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use clap::Parser;
+use lora_from_scratch::tasks::lang::Lang;
 use lora_from_scratch::tasks::manifest::{Task, TASKS};
 
 #[derive(Parser, Debug)]
@@ -23,7 +26,62 @@ struct Args {
     /// The task whose hints to show (its name, `t03_inject`, or number, `t03`); default: the next.
     #[arg(long)]
     task: Option<String>,
+    /// `en` or `zh`; default: from LC_ALL / LC_MESSAGES / LANG (`zh_CN.UTF-8` gives Chinese).
+    #[arg(long, value_parser = Lang::parse)]
+    lang: Option<Lang>,
 }
+
+/// The few sentences this program says, in both languages.
+struct Words {
+    building: &'static str,
+    not_compiling: &'static str,
+    progress: &'static str,
+    tasks_done: &'static str,
+    graders_pass: &'static str,
+    next: &'static str,
+    hints_for: &'static str,
+    task: &'static str,
+    exercise: &'static str,
+    book: &'static str,
+    grade: &'static str,
+    hint: &'static str,
+    more: &'static str,
+    all_done: &'static str,
+}
+
+const EN: Words = Words {
+    building: "Building the graders against your exercises...",
+    not_compiling: "\nYour exercises do not compile yet: fix the errors above, then run this again.",
+    progress: "Progress",
+    tasks_done: "tasks done",
+    graders_pass: "graders pass",
+    next: "Next",
+    hints_for: "Hints for",
+    task: "task",
+    exercise: "exercise:",
+    book: "book:    ",
+    grade: "grade:   ",
+    hint: "hint",
+    more: "more:    ",
+    all_done: "Every task is done. Well done! Compare your code with solutions/ and read on in the book.",
+};
+
+const ZH: Words = Words {
+    building: "正在用你的练习编译评分测试……",
+    not_compiling: "\n你的练习还不能编译：先修好上面的错误，再运行一次。",
+    progress: "进度",
+    tasks_done: "个任务已完成",
+    graders_pass: "项评分通过",
+    next: "下一个",
+    hints_for: "任务提示",
+    task: "任务",
+    exercise: "练习：",
+    book: "书：  ",
+    grade: "评分：",
+    hint: "提示",
+    more: "更多：",
+    all_done: "所有任务都完成了，干得好！把你的代码和 solutions/ 对照一下，再接着读书的后面几章。",
+};
 
 /// Build every task's grader with `--features exercises` and return the test binaries, in
 /// manifest order. `None` if the build fails (cargo has printed why).
@@ -90,23 +148,34 @@ fn bar(done: usize, total: usize, width: usize) -> String {
 
 /// A task's files, grading command and hints up to `level`; `chosen` when `--task` named it, so
 /// that the command for the next hint names it too.
-fn describe(task: &Task, heading: &str, level: usize, chosen: bool) {
-    println!("\n{heading}: {} (task {}): {}", task.name, task.number, task.title);
-    println!("  exercise: {}", task.exercise());
-    println!("  book:     {}", task.chapter());
-    println!("  grade:    {}", task.grade_command());
-    let shown = level.clamp(1, task.hints.len());
-    for (i, hint) in task.hints.iter().take(shown).enumerate() {
-        println!("  hint {}/{}: {hint}", i + 1, task.hints.len());
+fn describe(task: &Task, heading: &str, level: usize, chosen: bool, lang: Lang, words: &Words) {
+    println!("\n{heading}: {} ({} {}): {}", task.name, words.task, task.number, task.title_in(lang));
+    println!("  {} {}", words.exercise, task.exercise());
+    println!("  {} {}", words.book, task.chapter_in(lang));
+    println!("  {} {}", words.grade, task.grade_command());
+    let hints = task.hints_in(lang);
+    let shown = level.clamp(1, hints.len());
+    for (i, hint) in hints.iter().take(shown).enumerate() {
+        println!("  {} {}/{}: {hint}", words.hint, i + 1, hints.len());
     }
-    if shown < task.hints.len() {
+    if shown < hints.len() {
         let task_flag = if chosen { format!(" --task {}", task.name) } else { String::new() };
-        println!("  more:     cargo run --example progress -- --hint {}{task_flag}", shown + 1);
+        // The flag only when the locale would not choose the same language by itself.
+        let lang_flag = match lang {
+            Lang::Zh if Lang::from_env() != Lang::Zh => " --lang zh",
+            _ => "",
+        };
+        println!("  {} cargo run --example progress -- --hint {}{task_flag}{lang_flag}", words.more, shown + 1);
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let lang = args.lang.unwrap_or_else(Lang::from_env);
+    let words = match lang {
+        Lang::En => &EN,
+        Lang::Zh => &ZH,
+    };
     let chosen = match &args.task {
         Some(name) => match TASKS.iter().find(|t| t.name == name || t.name.split('_').next() == Some(name)) {
             Some(task) => Some(task),
@@ -123,25 +192,30 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    println!("Building the graders against your exercises...");
+    println!("{}", words.building);
     let Some(binaries) = build_graders(root) else {
-        eprintln!("\nYour exercises do not compile yet: fix the errors above, then run this again.");
+        eprintln!("{}", words.not_compiling);
         return ExitCode::FAILURE;
     };
     let results: Vec<(usize, usize)> = binaries.iter().map(|exe| run_grader(exe)).collect();
     let done = results.iter().filter(|(p, t)| *t > 0 && p == t).count();
-    println!("\nProgress: {} {done}/{} tasks done\n", bar(done, TASKS.len(), 30), TASKS.len());
+    println!("\n{}: {} {done}/{} {}\n", words.progress, bar(done, TASKS.len(), 30), TASKS.len(), words.tasks_done);
     for (task, (passed, total)) in TASKS.iter().zip(&results) {
         let mark = if *total > 0 && passed == total { "done" } else { "todo" };
-        println!("  {mark}  {:<22} {:>3}/{:<3} graders pass   {}", task.name, passed, total, task.title);
+        println!(
+            "  {mark}  {:<22} {:>3}/{:<3} {}   {}",
+            task.name,
+            passed,
+            total,
+            words.graders_pass,
+            task.title_in(lang)
+        );
     }
     let next = TASKS.iter().zip(&results).find(|(_, (p, t))| *t == 0 || p != t).map(|(task, _)| task);
     match (chosen, next) {
-        (Some(task), _) => describe(task, "Hints for", args.hint, true),
-        (None, Some(task)) => describe(task, "Next", args.hint, false),
-        (None, None) => {
-            println!("\nEvery task is done. Well done! Compare your code with solutions/ and read on in the book.")
-        }
+        (Some(task), _) => describe(task, words.hints_for, args.hint, true, lang, words),
+        (None, Some(task)) => describe(task, words.next, args.hint, false, lang, words),
+        (None, None) => println!("\n{}", words.all_done),
     }
     ExitCode::SUCCESS
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build the book with the pinned mdBook and fail on any warning or error.
+# Build both editions of the book, English (book/) and Chinese (book/zh/), with the pinned mdBook,
+# and fail on any warning or error.
 #
 # mdBook logs a missing include file as an ERROR and still exits 0, and renders a missing anchor
-# as an empty block; tests/book_includes.rs catches the anchors, this script everything mdBook
-# itself reports. mdBook is installed with `cargo install` at the pinned version when the one on
-# PATH is another (or none): about a minute on two cores, without its `serve`/`watch` features.
+# as an empty block; tests/book_includes.rs catches the anchors, tests/book_parity.rs keeps the
+# two editions in step, and this script fails on everything mdBook itself reports. mdBook is
+# installed with `cargo install` at the pinned version when the one on PATH is another (or none):
+# about a minute on two cores, without its `serve`/`watch` features.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +14,17 @@ MDBOOK_VERSION=0.5.4
 if ! mdbook --version 2>/dev/null | grep -qx "mdbook v$MDBOOK_VERSION"; then
     cargo install mdbook --version "$MDBOOK_VERSION" --locked --no-default-features --features search
 fi
-log=$(mdbook build book 2>&1)
-echo "$log"
-if grep -E 'WARN|ERROR' <<<"$log" >/dev/null; then
-    echo "error: mdbook build reported the warnings or errors above" >&2
-    exit 1
-fi
-echo "book written to book/book/index.html"
+for book in book book/zh; do
+    log=$(mdbook build "$book" 2>&1)
+    echo "$log"
+    if grep -E 'WARN|ERROR' <<<"$log" >/dev/null; then
+        echo "error: mdbook build $book reported the warnings or errors above" >&2
+        exit 1
+    fi
+    # The Chinese edition shares worked/, experiments/, qlora/ and images/ with the English one
+    # through symlinks; an image that did not reach the output would be a silent hole.
+    for img in $(grep -rhoE '!\[[^]]*\]\([^)]+\)' "$book/src"/*.md | sed -E 's/.*\(([^)]+)\)/\1/'); do
+        [ -f "$book/book/$img" ] || { echo "error: $book/book/$img is missing from the built book" >&2; exit 1; }
+    done
+    echo "book written to $book/book/index.html"
+done

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use lora_from_scratch::tasks::lang::Lang;
 use lora_from_scratch::tasks::manifest::TASKS;
 
 fn root() -> &'static Path {
@@ -73,6 +74,41 @@ fn every_task_has_hints_in_levels_that_point_into_its_chapter() {
             "{}: the first hint should name a section of {} in quotes, one of {headings:?}",
             task.name,
             task.chapter()
+        );
+    }
+}
+
+/// The Chinese titles and hints match the English ones level for level: as many hints, each
+/// longer than the last, written in Chinese, and the first names a section of the Chinese
+/// chapter (book/zh/src) by its heading, in 「」.
+#[test]
+fn every_task_has_chinese_hints_that_point_into_its_chinese_chapter() {
+    let han = |s: &str| s.chars().filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c)).count();
+    for task in TASKS {
+        assert!(han(task.title_zh) >= 2, "{}: title_zh {:?} is not Chinese", task.name, task.title_zh);
+        let hints = task.hints_in(Lang::Zh);
+        assert_eq!(
+            hints.len(),
+            task.hints.len(),
+            "{}: {} Chinese hints for {} English",
+            task.name,
+            hints.len(),
+            task.hints.len()
+        );
+        for (i, hint) in hints.iter().enumerate() {
+            assert!(han(hint) >= 10, "{}: Chinese hint {} is not Chinese: {hint}", task.name, i + 1);
+        }
+        for pair in hints.windows(2) {
+            assert!(pair[1].chars().count() > pair[0].chars().count(), "{}: a later Chinese hint says less", task.name);
+        }
+        let chapter = std::fs::read_to_string(root().join(task.chapter_in(Lang::Zh))).unwrap();
+        let headings: Vec<&str> = chapter.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+        let quoted: Vec<&str> = hints[0].split(['「', '」']).skip(1).step_by(2).collect();
+        assert!(
+            quoted.iter().any(|q| headings.contains(q)),
+            "{}: the first Chinese hint should name a section of {} in 「」, one of {headings:?}",
+            task.name,
+            task.chapter_in(Lang::Zh)
         );
     }
 }

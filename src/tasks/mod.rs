@@ -3,6 +3,7 @@
 //! (`crate::tasks::t03_inject::inject_lora`), so the dependency shows at the use site; the
 //! [`manifest`] lists the tasks in order with their titles and hints.
 
+pub mod lang;
 pub mod manifest;
 
 #[cfg(feature = "exercises")]

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use lora_from_scratch::models::tiny::{TinyConfig, TinyLm};
+use lora_from_scratch::tasks::lang::{book_pointer, Lang};
 use lora_from_scratch::{LinearSlot, LoraModel, Param};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -141,15 +142,16 @@ pub fn base_weight_bits(model: &dyn LoraModel) -> Vec<(String, Vec<u32>)> {
 }
 
 thread_local! {
-    /// The book section of the test running on this thread, whether it was already shown, and
-    /// the panic locations already reported on this thread.
-    static SECTION: std::cell::RefCell<(Option<String>, bool, Vec<String>)> =
+    /// The book section (chapter, heading) of the test running on this thread, whether it was
+    /// already shown, and the panic locations already reported on this thread.
+    static SECTION: std::cell::RefCell<(Option<(String, String)>, bool, Vec<String>)> =
         const { std::cell::RefCell::new((None, false, Vec::new())) };
 }
 
 /// Name the book section that explains the property this test checks. If the test fails, the
-/// failure output ends with a pointer to it. proptest re-runs a failing body many times while it
-/// shrinks the input; each distinct panic is reported once, and the pointer once.
+/// failure output ends with a pointer to it, in the reader's language: the Chinese chapter's
+/// section when `LANG` / `LC_ALL` starts with `zh`. proptest re-runs a failing body many times
+/// while it shrinks the input; each distinct panic is reported once, and the pointer once.
 pub fn book(chapter: &str, heading: &str) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
@@ -162,18 +164,18 @@ pub fn book(chapter: &str, heading: &str) {
                     seen.push(location);
                     default(info);
                 }
-                if let (Some(section), false) = (section.as_ref(), *shown) {
-                    eprintln!("\n  -> the book explains this property: {section}\n");
+                if let (Some((chapter, heading)), false) = (section.as_ref(), *shown) {
+                    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+                    eprintln!("\n  -> {}\n", book_pointer(root, Lang::from_env(), chapter, heading));
                     *shown = true;
                 }
             });
         }));
     });
-    let section = format!("book/src/{chapter}.md, section \"{heading}\"");
     SECTION.with(|s| {
         let mut s = s.borrow_mut();
-        if s.0.as_deref() != Some(section.as_str()) {
-            *s = (Some(section), false, Vec::new());
+        if s.0.as_ref().is_none_or(|(c, h)| c != chapter || h != heading) {
+            *s = (Some((chapter.to_string(), heading.to_string())), false, Vec::new());
         }
     });
 }
