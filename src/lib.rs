@@ -25,7 +25,7 @@
 //! | [`inference`] | generation, BLEU, export |
 //! | [`qlora`], [`serving`] | slot kinds and tools of the challenges (t09, t10) |
 //! | [`experiments`] | run specs, runs, metrics and reports of the experiments |
-//! | [`tasks`] | the learner's tasks t01-t11, from `exercises/` or `solutions/`, and their manifest |
+//! | [`tasks`] | the learner's tasks t01-t11, from `exercises/` or `solutions/`, their manifest and the reader's language (English or Chinese) |
 
 pub mod compute;
 pub mod error;

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use lora_from_scratch::tasks::lang::Lang;
+use lora_from_scratch::tasks::lang::{heading_in, Lang};
 
 /// Both editions: the folder of the chapters and the heading of a task chapter's last section.
 const EDITIONS: [(Lang, &str); 2] = [(Lang::En, "Grade it"), (Lang::Zh, "评分")];
@@ -74,7 +74,8 @@ fn every_book_include_resolves_to_code() {
 }
 
 /// Graders point a failing learner to a book section with `book("chapter", "Heading")`; every such
-/// pointer must name a `## Heading` that exists in `book/src/chapter.md`.
+/// pointer must name a `## Heading` that exists in `book/src/chapter.md`, and one that the
+/// Chinese chapter has at the same place (where a Chinese locale's pointer goes).
 #[test]
 fn every_grader_points_to_a_real_book_section() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -94,6 +95,9 @@ fn every_grader_points_to_a_real_book_section() {
             let md = fs::read_to_string(root.join("book/src").join(format!("{chapter}.md"))).unwrap_or_default();
             if !md.lines().any(|l| l.trim() == format!("## {heading}")) {
                 problems.push(format!("{}: book/src/{chapter}.md has no section \"{heading}\"", path.display()));
+            } else if heading_in(root, Lang::Zh, chapter, heading).is_none() {
+                // A reader with a Chinese locale is pointed at the same section of book/zh/src.
+                problems.push(format!("{}: book/zh/src/{chapter}.md has no section for \"{heading}\"", path.display()));
             }
         }
     }

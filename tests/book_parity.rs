@@ -426,7 +426,7 @@ fn an_include_changed_in_one_book_is_found() {
     let problems = planted(|zh| {
         let text = zh.chapters.get_mut("t02_linear_with_lora.md").unwrap();
         let anchor = text.find("{{#include ../../../solutions/t02_linear_with_lora.rs:").unwrap();
-        text.insert_str(anchor + "{{#include ../../../solutions/t02_linear_with_lora.rs:".len(), "x");
+        text.insert(anchor + "{{#include ../../../solutions/t02_linear_with_lora.rs:".len(), 'x');
     });
     assert!(problems.iter().any(|p| p.starts_with("t02_linear_with_lora.md: the includes differ")), "{problems:?}");
 }

@@ -141,10 +141,12 @@ pub fn base_weight_bits(model: &dyn LoraModel) -> Vec<(String, Vec<u32>)> {
     out
 }
 
+/// The book section (chapter, heading) of the test running on this thread, whether it was
+/// already shown, and the panic locations already reported on this thread.
+type Section = (Option<(String, String)>, bool, Vec<String>);
+
 thread_local! {
-    /// The book section (chapter, heading) of the test running on this thread, whether it was
-    /// already shown, and the panic locations already reported on this thread.
-    static SECTION: std::cell::RefCell<(Option<(String, String)>, bool, Vec<String>)> =
+    static SECTION: std::cell::RefCell<Section> =
         const { std::cell::RefCell::new((None, false, Vec::new())) };
 }
 
