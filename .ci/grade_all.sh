@@ -21,7 +21,7 @@ echo "the README's grading command: $command"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-git ls-files -z | xargs -0 cp --parents -t "$work"
+git ls-files -z | xargs -0 cp -P --parents -t "$work"
 graders=()
 for t in tests/t[0-9][0-9]_*.rs; do graders+=("$(basename "$t" .rs)"); done
 

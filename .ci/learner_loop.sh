@@ -13,7 +13,7 @@ root=$(pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/copies}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-git ls-files -z | xargs -0 cp --parents -t "$work"
+git ls-files -z | xargs -0 cp -P --parents -t "$work"
 cd "$work"
 
 # The learner solves t01.

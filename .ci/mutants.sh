@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/copies}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/tree"
-git ls-files -z | xargs -0 cp --parents -t "$work/tree"
+git ls-files -z | xargs -0 cp -P --parents -t "$work/tree"
 cp solutions/t[0-9][0-9]_*.rs "$work/tree/exercises/"
 
 declare -A total caught

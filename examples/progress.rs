@@ -149,7 +149,12 @@ fn bar(done: usize, total: usize, width: usize) -> String {
 /// A task's files, grading command and hints up to `level`; `chosen` when `--task` named it, so
 /// that the command for the next hint names it too.
 fn describe(task: &Task, heading: &str, level: usize, chosen: bool, lang: Lang, words: &Words) {
-    println!("\n{heading}: {} ({} {}): {}", task.name, words.task, task.number, task.title_in(lang));
+    // The challenges are "task ch. N" in English, 挑战 N in Chinese.
+    let label = match (lang, task.number.strip_prefix("ch. ")) {
+        (Lang::Zh, Some(n)) => format!("挑战 {n}"),
+        _ => format!("{} {}", words.task, task.number),
+    };
+    println!("\n{heading}: {} ({label}): {}", task.name, task.title_in(lang));
     println!("  {} {}", words.exercise, task.exercise());
     println!("  {} {}", words.book, task.chapter_in(lang));
     println!("  {} {}", words.grade, task.grade_command());

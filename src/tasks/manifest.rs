@@ -84,7 +84,7 @@ pub const TASKS: &[Task] = &[
         ],
         title_zh: "LoraLayer：A [r, in]、B [out, r]，缩放因子 alpha / r",
         hints_zh: &[
-            "先写 lora_scaling，再依次写 from_tensors、new 和 forward；重读第 t01 章中的「为什么是 alpha / r」「A 如何初始化」和「前向传播」。",
+            "先写 lora_scaling，再依次写 from_tensors、new 和 forward；重读 t01 章中的「为什么是 alpha / r」「A 如何初始化」和「前向传播」。",
             "缩放因子是 alpha / r（使用 rsLoRA 时为 alpha / sqrt(r)）；A 是 [r, in]，从 rng 中采样（在 [-1/sqrt(in), 1/sqrt(in)] 上均匀分布，或标准差为 1/r 的正态分布），B 是全零的 [out, r]；forward 是 scaling * (x A^T) B^T，dropout 作用在 x 上、位于 A 之前，且只在训练时启用。",
             "from_tensors：先 config.validate()?，再用 a.dims2() 和 b.dims2() 对照 config.r 检查（否则返回 LoraError::shape(\"lora_A\", ...) 或 \"lora_B\"），把两者都用 Param::trainable 包装，并取 lora_scaling(config.alpha, r, config.use_rslora)；new：Uniform::new(-bound, bound) 或 Normal::new(0.0, 1.0 / r as f32)，dist.sample_iter(rng).take(r * in).collect()，Tensor::from_vec(values, (r, in), device)?.to_dtype(dtype)?，Tensor::zeros((out, r), dtype, device)?，最后调用 Self::from_tensors。forward：检查 x.dims().last()，把 x 转成 A 的数据类型，若 train && dropout > 0 则调用 candle_nn::ops::dropout，然后 h.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?，乘以 self.scaling，再转回 x 的数据类型。",
         ],
@@ -100,7 +100,7 @@ pub const TASKS: &[Task] = &[
         ],
         title_zh: "LinearWithLora：冻结的基座层加上适配器",
         hints_zh: &[
-            "重读第 t02 章中的「冻结在 candle 中意味着什么」：对 candle 来说，冻结的权重就是一个不是 Var 的张量。",
+            "重读 t02 章中的「冻结在 candle 中意味着什么」：对 candle 来说，冻结的权重就是一个不是 Var 的张量。",
             "new 用 lora.out_features() 和 lora.in_features() 检查 weight.dims2() == (out, in)，并检查偏置是否为 [out]，然后保存 detach 之后的副本；forward 是基座输出 x W0^T + b 加上适配器的输出。",
             "在 new 中保存 weight.detach() 和 bias.map(Tensor::detach)（偏置不对时返回 LoraError::shape(\"base bias\", ...)）；forward 是 Ok((linear_forward(x, &self.weight, self.bias.as_ref())? + self.lora.forward(x, train)?)?)，其中 linear_forward 来自 crate::compute::ops。",
         ],
@@ -194,7 +194,7 @@ pub const TASKS: &[Task] = &[
             "The update is scaling * B A in f32, [out, in]; merging is W + update, back in W's dtype and checked finite, after which each adapted slot becomes a plain frozen Linear; unmerging subtracts the same update and wraps W in a LinearWithLora again.",
             "lora_delta is (b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * lora.scaling())?. merge_lora_weights collects (name, new_w) over model.linears() from slot.base_weight()?, tests new_w.to_dtype(DType::F64)?.abs()?.sum_all()? for finiteness, then in model.linears_mut() keeps slot.adapter() cloned and sets *slot = LinearSlot::Linear(Linear::frozen(&w, slot.base_bias())?). verify_merge compares model.forward(ids, None, false)? before and after in f64 (max_all of the absolute difference) and calls unmerge_lora_weights when the check fails.",
         ],
-        title_zh: "merge_lora_weights、unmerge_lora_weights 与 verify_merge",
+        title_zh: "合并与验证：merge_lora_weights、unmerge_lora_weights 与 verify_merge",
         hints_zh: &[
             "重读 t08 章的「适配器所代表的更新」和「合并」两节：先把一切都算好并检查，最后才改动槽位。",
             "更新是在 f32 下计算的 scaling * B A，形状为 [out, in]；合并就是 W + update，转回 W 的数据类型并检查是否为有限值，之后每个带适配器的槽位变成一个普通的冻结 Linear；拆分时减去同样的更新，再把 W 重新包进一个 LinearWithLora。",
