@@ -4,8 +4,8 @@
 //! `cargo run --example progress`: the table and the next task, with its first hint
 //! `cargo run --example progress -- --hint 2`: the next task's hints up to level 2 (of 3)
 //! `cargo run --example progress -- --hint 3 --task t03_inject`: another task's hints
-//! `cargo run --example progress -- --lang zh`: in Chinese (also when `LANG`/`LC_ALL` starts with
-//! `zh`), with the Chinese book's chapters
+//! `cargo run --example progress -- --lang zh`: in Chinese (also when `LORA_LANG=zh`, or the
+//! locale, `LC_ALL` / `LC_MESSAGES` / `LANG`, starts with `zh`), with the Chinese book's chapters
 //!
 //! The graders are compiled once (`cargo test --features exercises --no-run`) and each test
 //! binary is then run directly, so checking all tasks costs one build.
@@ -26,7 +26,7 @@ struct Args {
     /// The task whose hints to show (its name, `t03_inject`, or number, `t03`); default: the next.
     #[arg(long)]
     task: Option<String>,
-    /// `en` or `zh`; default: from LC_ALL / LC_MESSAGES / LANG (`zh_CN.UTF-8` gives Chinese).
+    /// `en` or `zh`; default: LORA_LANG, else LC_ALL / LC_MESSAGES / LANG (`zh_CN.UTF-8` gives Chinese).
     #[arg(long, value_parser = Lang::parse)]
     lang: Option<Lang>,
 }
@@ -157,7 +157,9 @@ fn describe(task: &Task, heading: &str, level: usize, chosen: bool, lang: Lang, 
     println!("\n{heading}: {} ({label}): {}", task.name, task.title_in(lang));
     println!("  {} {}", words.exercise, task.exercise());
     println!("  {} {}", words.book, task.chapter_in(lang));
-    println!("  {} {}", words.grade, task.grade_command());
+    // The graders' pointer into the book follows LORA_LANG or the locale, not this flag.
+    let env_prefix = if lang == Lang::from_env() { String::new() } else { format!("LORA_LANG={} ", lang.code()) };
+    println!("  {} {env_prefix}{}", words.grade, task.grade_command());
     let hints = task.hints_in(lang);
     let shown = level.clamp(1, hints.len());
     for (i, hint) in hints.iter().take(shown).enumerate() {
@@ -165,11 +167,8 @@ fn describe(task: &Task, heading: &str, level: usize, chosen: bool, lang: Lang, 
     }
     if shown < hints.len() {
         let task_flag = if chosen { format!(" --task {}", task.name) } else { String::new() };
-        // The flag only when the locale would not choose the same language by itself.
-        let lang_flag = match lang {
-            Lang::Zh if Lang::from_env() != Lang::Zh => " --lang zh",
-            _ => "",
-        };
+        // The flag only when the environment would not choose the same language by itself.
+        let lang_flag = if lang == Lang::from_env() { String::new() } else { format!(" --lang {}", lang.code()) };
         println!("  {} cargo run --example progress -- --hint {}{task_flag}{lang_flag}", words.more, shown + 1);
     }
 }

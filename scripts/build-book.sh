@@ -15,16 +15,16 @@ if ! mdbook --version 2>/dev/null | grep -qx "mdbook v$MDBOOK_VERSION"; then
     cargo install mdbook --version "$MDBOOK_VERSION" --locked --no-default-features --features search
 fi
 for book in book book/zh; do
-    log=$(mdbook build "$book" 2>&1)
+    log=$(mdbook build "$book" 2>&1) || { echo "$log"; echo "error: mdbook build $book failed" >&2; exit 1; }
     echo "$log"
     if grep -E 'WARN|ERROR' <<<"$log" >/dev/null; then
         echo "error: mdbook build $book reported the warnings or errors above" >&2
         exit 1
     fi
-    # The Chinese edition shares worked/, experiments/, qlora/ and images/ with the English one
-    # through symlinks; an image that did not reach the output would be a silent hole.
-    for img in $(grep -rhoE '!\[[^]]*\]\([^)]+\)' "$book/src"/*.md | sed -E 's/.*\(([^)]+)\)/\1/'); do
+    # mdBook does not fail on an image that is not there; an image missing from the output
+    # would be a silent hole (the Chinese edition keeps copies of the English figures).
+    while read -r img; do
         [ -f "$book/book/$img" ] || { echo "error: $book/book/$img is missing from the built book" >&2; exit 1; }
-    done
+    done < <(grep -hoE '!\[[^]]*\]\([^)]+\)' "$book"/src/*.md | sed -E 's/.*\(([^)]+)\)/\1/')
     echo "book written to $book/book/index.html"
 done

@@ -10,7 +10,10 @@
 //!   deeper, so `../../solutions` there is `../../../solutions`);
 //! - the same images, the same `<details>` folds, links to the same chapters, and anchors that
 //!   name a heading of the linked chapter in the same edition;
-//! - the same tables: as many, each with as many rows and columns, and the same numbers row by row.
+//! - the same tables: as many, each with as many rows and columns, and the same numbers row by row;
+//! - the same outline: paragraphs, list items (and their nesting), tables and HTML blocks in the
+//!   same order, so that a paragraph or list item added to one edition only, as a block of its
+//!   own, is found (a sentence added inside a paragraph is not: that is for review).
 //!
 //! A chapter changed in one language and not the other fails here, naming the chapter and what
 //! differs; the planted tests at the end show that each rule fails when it should.
@@ -92,8 +95,9 @@ fn normalize(base: &str, path: &str) -> String {
     parts.join("/")
 }
 
-/// The includes of a chapter as (file, anchor), the file named from the repository root, or
-/// from the book's own folder (`book:worked/t01.txt`) for the folders the editions share.
+/// The includes of a chapter as (file, anchor), the file named from the repository root. The
+/// Chinese chapters include the English book's worked examples and tables
+/// (`../../src/worked/t01_lora_layer.txt`): one file, shown by both editions.
 fn includes(book: &Book, markdown: &str) -> Vec<String> {
     let mut out = Vec::new();
     for directive in ["{{#include ", "{{#rustdoc_include "] {
@@ -101,10 +105,6 @@ fn includes(book: &Book, markdown: &str) -> Vec<String> {
             let inc = inc.trim();
             let (file, anchor) = inc.split_once(':').unwrap_or((inc, ""));
             let path = normalize(book.dir, file);
-            let path = match path.strip_prefix(&format!("{}/", book.dir)) {
-                Some(inside) => format!("book:{inside}"),
-                None => path,
-            };
             out.push(format!("{}{path}:{anchor}", directive.trim_start_matches("{{#")));
         }
     }
@@ -219,6 +219,61 @@ fn math(prose: &[&str]) -> Vec<String> {
     out
 }
 
+/// The outline of a chapter's prose, block by block: `h` a heading, `p` a paragraph, `t` a table,
+/// `x` an HTML block, `c` a code block, and `l<depth>` each list item (so a list with one item
+/// more, or nested deeper, differs). A paragraph added to one edition only changes it.
+fn outline(markdown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut in_code, mut in_block) = (false, false);
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") {
+            if !in_code {
+                out.push("c".to_string());
+            }
+            in_code = !in_code;
+            in_block = false;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        if trimmed.is_empty() {
+            in_block = false;
+            continue;
+        }
+        // A heading is a block of one line, as `lang::headings` reads it.
+        if !headings(line).is_empty() {
+            out.push("h".to_string());
+            in_block = false;
+            continue;
+        }
+        let numbered =
+            trimmed.split_once(". ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if numbered || trimmed.starts_with("- ") || trimmed.starts_with("* ") {
+            out.push(format!("l{}", (line.len() - trimmed.len()) / 2));
+            in_block = true;
+            continue;
+        }
+        if !in_block {
+            let html =
+                ["<details", "</details", "<summary", "<div", "</div", "<!--"].iter().any(|t| trimmed.starts_with(t));
+            out.push(
+                if trimmed.starts_with('|') {
+                    "t"
+                } else if html {
+                    "x"
+                } else {
+                    "p"
+                }
+                .to_string(),
+            );
+            in_block = true;
+        }
+    }
+    out
+}
+
 /// Everything that differs between the two editions, one line each, naming chapter and rule.
 fn differences(en: &Book, zh: &Book) -> Vec<String> {
     let mut problems = Vec::new();
@@ -247,6 +302,23 @@ fn differences(en: &Book, zh: &Book) -> Vec<String> {
                     at + 1,
                     hen.get(at),
                     hzh.get(at)
+                ),
+            );
+        }
+
+        let (oen, ozh) = (outline(en_text), outline(zh_text));
+        if oen != ozh {
+            let at = (0..oen.len().max(ozh.len())).find(|&i| oen.get(i) != ozh.get(i)).unwrap_or(0);
+            differ(
+                "the paragraphs, lists and blocks",
+                format!(
+                    "{} blocks in English, {} in Chinese; from block {} on: {} / {} \
+                     (h heading, p paragraph, l list item, t table, c code, x html)",
+                    oen.len(),
+                    ozh.len(),
+                    at + 1,
+                    oen[at.min(oen.len())..].iter().take(6).cloned().collect::<Vec<_>>().join(" "),
+                    ozh[at.min(ozh.len())..].iter().take(6).cloned().collect::<Vec<_>>().join(" ")
                 ),
             );
         }
@@ -372,26 +444,110 @@ fn the_two_books_have_the_same_structure() {
     );
 }
 
+/// The anchor links of a book, in order, as (chapter, linked file, index of the heading named).
+fn anchor_targets(book: &Book) -> Vec<(String, String, Option<usize>)> {
+    let mut out = Vec::new();
+    for (name, text) in &book.chapters {
+        for (_, target) in links(&split_code(text).0) {
+            let Some((file, id)) = target.split_once('#') else { continue };
+            if file.starts_with("http") {
+                continue;
+            }
+            let file = if file.is_empty() { name.clone() } else { file.to_string() };
+            let index = book.chapters.get(&file).and_then(|t| headings(t).iter().position(|h| heading_id(&h.1) == id));
+            out.push((name.clone(), file, index));
+        }
+    }
+    out
+}
+
 #[test]
 fn every_anchor_link_names_a_heading_in_its_own_edition() {
-    let problems: Vec<String> = [load(Lang::En), load(Lang::Zh)].iter().flat_map(broken_anchors).collect();
+    let (en, zh) = (load(Lang::En), load(Lang::Zh));
+    let problems: Vec<String> = [&en, &zh].into_iter().flat_map(broken_anchors).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // And the same section in both: a heading's place in its chapter is the same in both books.
+    assert_eq!(anchor_targets(&en), anchor_targets(&zh), "anchor links name different sections in the two books");
+}
+
+/// Prose blocks (paragraphs and list items) of the Chinese book that hold 25 or more Latin
+/// letters and not one Chinese character, once code, math and link targets are taken out:
+/// English left untranslated.
+fn untranslated(text: &str) -> Vec<String> {
+    let mut blocks: Vec<String> = vec![String::new()];
+    for line in split_code(text).0 {
+        let trimmed = line.trim_start();
+        let starts_item = trimmed.starts_with("- ")
+            || trimmed.split_once(". ").is_some_and(|(n, _)| n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty());
+        if trimmed.is_empty() || trimmed.starts_with('|') || trimmed.starts_with("{{#") || starts_item {
+            blocks.push(String::new());
+        }
+        if !trimmed.starts_with('|') && !trimmed.starts_with("{{#") {
+            let last = blocks.last_mut().unwrap();
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    let strip = |mut text: String, open: &str, close: &str| {
+        while let Some(i) = text.find(open) {
+            let Some(j) = text[i + open.len()..].find(close) else { break };
+            text.replace_range(i..i + open.len() + j + close.len(), " ");
+        }
+        text
+    };
+    blocks
+        .into_iter()
+        .filter(|block| {
+            let mut t = strip(block.clone(), "\\\\(", "\\\\)");
+            t = strip(t, "\\\\[", "\\\\]");
+            t = strip(t, "`", "`");
+            t = strip(t, "](", ")");
+            let latin = t.chars().filter(|c| c.is_ascii_alphabetic()).count();
+            let han = t.chars().filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c)).count();
+            latin >= 25 && han == 0
+        })
+        .map(|b| b.trim().chars().take(100).collect())
+        .collect()
 }
 
 #[test]
 fn the_chinese_book_is_chinese() {
-    // A chapter copied in English and never translated would pass every structural rule.
+    // A paragraph copied in English and never translated would pass every structural rule.
     let zh = load(Lang::Zh);
+    let mut problems = Vec::new();
     for (name, text) in &zh.chapters {
-        let prose = split_code(text).0.join("\n");
-        let han = prose.chars().filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c)).count();
-        let letters = prose.chars().filter(|c| c.is_ascii_alphabetic()).count();
-        assert!(
-            han * 3 >= letters.min(han * 3 + 1) || han >= 200,
-            "{}/{name}: {han} Chinese characters for {letters} Latin letters; is it translated?",
-            zh.dir
-        );
+        for block in untranslated(text) {
+            problems.push(format!("{}/{name}: not translated: {block}", zh.dir));
+        }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Planted: an English paragraph in the Chinese t01 chapter is found.
+    let planted = format!(
+        "{}\n\nThis paragraph was copied from the English chapter and never translated.\n",
+        zh.chapters["t01_lora_layer.md"]
+    );
+    assert_eq!(untranslated(&planted).len(), 1);
+}
+
+/// The Chinese edition shows the English book's figures, as byte-identical copies (mdBook serves
+/// only what is under a book's own `src/`): a figure redrawn in one book only fails here.
+#[test]
+fn the_chinese_book_shows_the_english_figures() {
+    let zh = load(Lang::Zh);
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (name, text) in &zh.chapters {
+        for (_, target) in links(&split_code(text).0).into_iter().filter(|l| l.0) {
+            checked += 1;
+            let (en_file, zh_file) = (root().join("book/src").join(&target), root().join("book/zh/src").join(&target));
+            match (std::fs::read(&en_file), std::fs::read(&zh_file)) {
+                (Ok(a), Ok(b)) if a == b => {}
+                _ => problems.push(format!("{}/{name}: {target} differs from the English figure or is missing; run `cp book/src/{target} book/zh/src/{target}`", zh.dir)),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(checked >= 8, "only {checked} figures in the Chinese book");
 }
 
 // Planted differences: each must be found, and named.
@@ -458,6 +614,26 @@ fn a_heading_code_table_or_order_change_in_one_book_is_found() {
 }
 
 #[test]
+fn a_paragraph_or_list_item_added_to_one_book_is_found() {
+    // A paragraph written in English only (here: added to the Chinese chapter) moves no heading,
+    // code block or number, but changes the outline.
+    let problems = planted(|zh| edit(zh, "t06_train.md", "\n## ", "\n新加的一段，英文版没有。\n\n## "));
+    assert!(
+        problems.iter().any(|p| p.starts_with("t06_train.md: the paragraphs, lists and blocks differ")),
+        "{problems:?}"
+    );
+    let problems = planted(|zh| {
+        let text = zh.chapters.get_mut("t01_lora_layer.md").unwrap();
+        let item = text.find("\n1. ").expect("t01 has a numbered list");
+        text.insert_str(item, "\n- 多出来的一项");
+    });
+    assert!(
+        problems.iter().any(|p| p.starts_with("t01_lora_layer.md: the paragraphs, lists and blocks differ")),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn the_helpers_read_markdown_as_md_book_does() {
     assert_eq!(
         numbers("r (576 + 576) = 9,216 at 1.3x, 0.02 and 1e-4."),
@@ -467,6 +643,12 @@ fn the_helpers_read_markdown_as_md_book_does() {
     assert_eq!(heading_id("What freezing means in candle"), "what-freezing-means-in-candle");
     assert_eq!(normalize("book/zh/src", "../../../solutions/t01.rs"), "solutions/t01.rs");
     assert_eq!(normalize("book/src", "../../solutions/t01.rs"), "solutions/t01.rs");
+    assert_eq!(
+        outline(
+            "# T\n\nA para\ngraph.\n\n- one\n  - two\n1. three\n\n| a |\n|---|\n\n```text\nx\n\ny\n```\n<details>\n"
+        ),
+        ["h", "p", "l0", "l1", "l0", "t", "c", "x"]
+    );
     let t = tables(&["| a | `x|y` | 3 |", "|---|---|---|", "| 1,000 | b \\| c | 2.5 |", "", "| z |"]);
     assert_eq!(t.len(), 2);
     assert_eq!(t[0][0], (3, vec!["3".to_string()]));

@@ -24,9 +24,14 @@ impl Lang {
         }
     }
 
-    /// The language of this process's locale. POSIX decides messages by `LC_ALL`, then
-    /// `LC_MESSAGES`, then `LANG`: the first of them that is set and not empty.
+    /// The reader's language: `LORA_LANG` (`zh` or `en`) when it is set, which works the same on
+    /// every system and for the graders as for the progress command; otherwise the locale, which
+    /// POSIX decides by `LC_ALL`, then `LC_MESSAGES`, then `LANG`: the first of them that is set
+    /// and not empty.
     pub fn from_env() -> Lang {
+        if let Some(lang) = std::env::var("LORA_LANG").ok().and_then(|v| Lang::parse(&v).ok()) {
+            return lang;
+        }
         let locale = ["LC_ALL", "LC_MESSAGES", "LANG"]
             .iter()
             .filter_map(|key| std::env::var(key).ok())
@@ -41,6 +46,14 @@ impl Lang {
             v if v.starts_with("zh") => Ok(Lang::Zh),
             v if v.starts_with("en") => Ok(Lang::En),
             _ => Err(format!("--lang {value}: expected `en` or `zh`")),
+        }
+    }
+
+    /// The value `--lang` and `LORA_LANG` take for this language.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh",
         }
     }
 

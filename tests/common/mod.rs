@@ -152,7 +152,7 @@ thread_local! {
 
 /// Name the book section that explains the property this test checks. If the test fails, the
 /// failure output ends with a pointer to it, in the reader's language: the Chinese chapter's
-/// section when `LANG` / `LC_ALL` starts with `zh`. proptest re-runs a failing body many times
+/// section when `LORA_LANG=zh` or the locale is Chinese (`tasks::lang::Lang::from_env`). proptest re-runs a failing body many times
 /// while it shrinks the input; each distinct panic is reported once, and the pointer once.
 pub fn book(chapter: &str, heading: &str) {
     static HOOK: std::sync::Once = std::sync::Once::new();
