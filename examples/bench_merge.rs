@@ -43,7 +43,11 @@ fn speed(model: &dyn CausalLm, prompt: &[u32], n: usize) -> Result<(f64, Vec<u32
     Ok((out.ids.len() as f64 / t.elapsed().as_secs_f64(), out.ids))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    lora_from_scratch::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     lora_from_scratch::compute::alloc::keep_freed_memory();
     lora_from_scratch::compute::threads::pin_thread_count();

@@ -107,7 +107,11 @@ fn bench_frozen_linear(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    lora_from_scratch::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
     // Freed activations stay mapped for the next step instead of being refaulted (src/alloc.rs).
     let alloc_tuned = lora_from_scratch::compute::alloc::keep_freed_memory();
     lora_from_scratch::compute::threads::pin_thread_count();

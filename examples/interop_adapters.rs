@@ -40,7 +40,11 @@ fn adapted(fixture: &str, targets: &[&str], split_qkv: bool, seed: u64) -> Resul
     Ok((m, cfg))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    lora_from_scratch::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
     let root = std::path::Path::new("tests/fixtures");
     for (fixture, targets) in
         [("tiny-gpt2", vec!["c_attn", "mlp.c_proj"]), ("tiny-llama", vec!["q_proj", "v_proj", "down_proj"])]

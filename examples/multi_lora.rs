@@ -98,7 +98,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    lora_from_scratch::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
     lora_from_scratch::compute::alloc::keep_freed_memory();
     lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();

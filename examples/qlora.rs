@@ -74,7 +74,11 @@ struct Args {
     merged_dtype: String,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    lora_from_scratch::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
     lora_from_scratch::compute::alloc::keep_freed_memory();
     lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();

@@ -16,7 +16,11 @@ use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
 use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
 use lora_from_scratch::LoraConfig;
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    lora_from_scratch::error::exit_code(run())
+}
+
+fn run() -> Result<()> {
     let out = std::env::args()
         .skip_while(|a| a != "--out")
         .nth(1)

@@ -36,7 +36,7 @@ use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weigh
 use lora_from_scratch::tasks::t06_train::{train_lora, Decay, Schedule, TrainConfig};
 use lora_from_scratch::tasks::t07_eval::perplexity;
 use lora_from_scratch::tasks::t08_merge::verify_merge;
-use lora_from_scratch::train::checkpoint::best_adapter_dir;
+use lora_from_scratch::train::checkpoint::{best_adapter_dir, read_checkpoint_state};
 use lora_from_scratch::train::data::{self, Sample, Template};
 use lora_from_scratch::LoraConfig;
 use lora_from_scratch::LoraError;
@@ -193,13 +193,26 @@ fn run() -> Result<()> {
         let records = if args.dataset == "ml" {
             data::embedded_instructions()
         } else {
-            data::load_instructions(args.dataset.as_ref())?
+            let file = data::read_instructions(args.dataset.as_ref())?;
+            if file.blank_lines > 0 {
+                println!("{}: {} records, {} blank lines skipped", args.dataset, file.records.len(), file.blank_lines);
+            }
+            file.records
         };
         let samples: Vec<Sample> = records.iter().map(|r| template.sample(r)).collect();
         let (train_s, val_s) = data::split(&samples, 0.1, args.seed);
         let (train, cut) = data::encode_samples(&tok, &train_s, eos, args.max_len)?;
         if cut.examples_cut > 0 {
-            println!("truncation cut {} tokens from {} examples", cut.tokens_cut, cut.examples_cut);
+            println!(
+                "truncation to --max-len {} cut {} tokens from {} examples (the longest has {} tokens)",
+                args.max_len, cut.tokens_cut, cut.examples_cut, cut.longest
+            );
+        }
+        if cut.examples_without_answer > 0 {
+            println!(
+                "warning: {} examples lost their whole answer to --max-len {} and teach nothing",
+                cut.examples_without_answer, args.max_len
+            );
         }
         (train, data::encode_samples(&tok, &val_s, eos, args.max_len)?.0, Vec::new())
     };
@@ -277,6 +290,17 @@ fn run() -> Result<()> {
         stop_after: None,
         progress: true,
     };
+    // A resumed run says where it picks up, and counts its speed over its own steps only.
+    let resumed_at = match args.resume {
+        true => read_checkpoint_state(&args.out)?.map_or(0, |(step, _)| step),
+        false => 0,
+    };
+    if args.resume {
+        match resumed_at {
+            0 => println!("--resume: no checkpoint in {}, starting at step 1", args.out.display()),
+            s => println!("--resume: continuing from the checkpoint at step {s} of {}", args.steps),
+        }
+    }
     // ANCHOR: train
     let sample_prompt = template.prompt(&heldout[0].prompt, "");
     let t0 = std::time::Instant::now();
@@ -292,10 +316,15 @@ fn run() -> Result<()> {
     // ANCHOR_END: train
     eprintln!("validation perplexity after training ({} examples)", val.len());
     let ppl_after = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
-    let tokens: usize = history.train.iter().map(|r| r.tokens).sum();
+    let this_run: Vec<_> = history.train.iter().filter(|r| r.step > resumed_at).collect();
+    let tokens: usize = this_run.iter().map(|r| r.tokens).sum();
+    let resumed = match resumed_at {
+        0 => String::new(),
+        s => format!(" after resuming at step {s}"),
+    };
     println!(
-        "\ntrained {} steps in {train_s:.0} s ({:.0} supervised tokens/s)",
-        history.train.len(),
+        "\ntrained {} steps{resumed} in {train_s:.0} s ({:.0} supervised tokens/s)",
+        this_run.len(),
         tokens as f64 / train_s
     );
     if let Some((step, loss)) = history.best {

@@ -48,8 +48,8 @@ pub enum LoraError {
 
     #[error(
         "target module `{target}` matches no linear layer of the model; \
-         a target matches a full module name or a dotted suffix of one. The model's linear layers are:\n  {}",
-        available.join("\n  ")
+         a target matches a full module name or a dotted suffix of one. {}",
+        target_names(available)
     )]
     UnknownTarget { target: String, available: Vec<String> },
 
@@ -102,15 +102,92 @@ impl LoraError {
     }
 }
 
-/// How a command-line program ends: success, or the error with its causes on stderr (`{:#}`, which
-/// `anyhow` prints as "outer: inner") and exit code 1. An expected error (no model, a bad flag, a
-/// bad file) is a message for the user, not a stack trace, even with `RUST_BACKTRACE` set.
-pub fn exit_code<E: fmt::Display>(result: std::result::Result<(), E>) -> std::process::ExitCode {
+/// The targets a model offers, for the unknown-target error: the distinct short names (the last
+/// part of each module name, what a user types as a target) in model order, then how many layers
+/// there are and one full name, not all 210 of SmolLM2's.
+fn target_names(available: &[String]) -> String {
+    let mut short: Vec<&str> = Vec::new();
+    for name in available {
+        let last = name.rsplit('.').next().unwrap_or(name);
+        if !short.contains(&last) {
+            short.push(last);
+        }
+    }
+    match available.first() {
+        Some(first) => format!(
+            "The model's linear layers end in: {} ({} layers, such as `{first}`)",
+            short.join(", "),
+            available.len()
+        ),
+        None => "The model has no linear layers.".to_string(),
+    }
+}
+
+/// How a command-line program ends: success, or the error with its causes on stderr and exit
+/// code 1. An expected error (no model, a bad flag, a bad file) is a message for the user, not a
+/// stack trace, even with `RUST_BACKTRACE` set.
+pub fn exit_code<E>(result: std::result::Result<(), E>) -> std::process::ExitCode
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", with_causes(e.into().as_ref()));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its chain of causes on one line, "outer: inner", each said once: an error that
+/// already shows its cause (`LoraError::Io` prints "path: the I/O error") does not get it again.
+pub fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        // LoraError::Io shows its I/O error and also returns it as the source.
+        let io = LoraError::io("runs/out/adapter_config.json", std::io::Error::other("disk full"));
+        assert_eq!(with_causes(&io), "runs/out/adapter_config.json: disk full");
+        // A context over it (as the examples add with anyhow) keeps both, once each.
+        let err: Box<dyn std::error::Error + Send + Sync> =
+            anyhow::Error::new(io).context("saving the adapter to runs/out").into();
+        assert_eq!(
+            with_causes(err.as_ref()),
+            "saving the adapter to runs/out: runs/out/adapter_config.json: disk full"
+        );
+    }
+
+    #[test]
+    fn an_unknown_target_lists_the_short_names_once() {
+        let available: Vec<String> = (0..30)
+            .flat_map(|i| {
+                ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"].map(|m| format!("model.layers.{i}.{m}"))
+            })
+            .chain(["lm_head".to_string()])
+            .collect();
+        let msg = LoraError::UnknownTarget { target: "q_prj".into(), available }.to_string();
+        assert!(msg.contains("`q_prj`"), "{msg}");
+        assert!(
+            msg.ends_with(
+                "end in: q_proj, v_proj, up_proj, lm_head (91 layers, such as `model.layers.0.self_attn.q_proj`)"
+            ),
+            "{msg}"
+        );
     }
 }

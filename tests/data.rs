@@ -8,8 +8,8 @@ use std::path::Path;
 
 use lora_from_scratch::experiments::heldout::heldout_prompts;
 use lora_from_scratch::train::data::{
-    e2e_references, e2e_sample, embedded_instructions, epoch_batches, load_e2e, load_instructions, split_e2e_by_mr,
-    InstructionRecord, Template,
+    e2e_references, e2e_sample, embedded_instructions, encode_samples, epoch_batches, load_e2e, load_instructions,
+    read_instructions, split_e2e_by_mr, InstructionRecord, Sample, Template,
 };
 use lora_from_scratch::train::download::{extract_e2e_zip, E2E_FILES};
 use proptest::prelude::*;
@@ -127,6 +127,21 @@ fn bad_dataset_files_are_named() {
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "\n").unwrap();
     assert!(load_instructions(&empty).unwrap_err().to_string().contains("no records"));
+    // A bad byte is named by its line, not only the file.
+    let latin1 = dir.path().join("latin1.jsonl");
+    std::fs::write(
+        &latin1,
+        b"{\"instruction\": \"q\", \"output\": \"a\"}\n{\"instruction\": \"caf\xe9\", \"output\": \"a\"}\n",
+    )
+    .unwrap();
+    let err = load_instructions(&latin1).unwrap_err().to_string();
+    assert!(err.contains("latin1.jsonl") && err.contains("line 2: not UTF-8") && err.contains("0xe9"), "{err}");
+    // Blank lines are skipped and counted; the final newline is not a blank line.
+    let gaps = dir.path().join("gaps.jsonl");
+    let record = "{\"instruction\": \"q\", \"output\": \"a\"}";
+    std::fs::write(&gaps, format!("{record}\n\n{record}\r\n  \n{record}\n")).unwrap();
+    let file = read_instructions(&gaps).unwrap();
+    assert_eq!((file.records.len(), file.blank_lines), (3, 2));
     let csv = dir.path().join("e2e.csv");
     std::fs::write(&csv, "mr,ref\n").unwrap();
     assert!(load_e2e(&csv).unwrap_err().to_string().contains("no E2E rows"));
@@ -151,4 +166,34 @@ fn the_e2e_release_zip_unpacks_its_csvs() {
     assert_eq!(written.len(), 3);
     assert_eq!(load_e2e(&dir.path().join("devset.csv")).unwrap()[0].mr, "name[devset.csv]");
     assert!(extract_e2e_zip(b"not a zip", dir.path()).is_err());
+}
+
+/// A word-level tokenizer over a few words (the tokenizers crate's own WordLevel model), enough
+/// to count tokens without a model's files.
+fn word_tokenizer() -> tokenizers::Tokenizer {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    let vocab = ["[UNK]", "q", "a", "b", "</s>"].iter().enumerate().map(|(i, w)| (w.to_string(), i as u32)).collect();
+    let model = WordLevel::builder().vocab(vocab).unk_token("[UNK]".into()).build().unwrap();
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    tok
+}
+
+/// A max_len that cuts every example before its answer leaves nothing to train on: the error
+/// says so when the data is prepared, names `--max-len` and suggests a length that fits.
+#[test]
+#[cfg_attr(feature = "exercises", ignore = "runs t05's tokenize_example")]
+fn a_max_len_that_cuts_every_answer_is_refused_with_a_length_that_fits() {
+    let tok = word_tokenizer();
+    let sample = |prompt: &str| Sample { prompt: prompt.into(), response: "a b".into() };
+    let samples = vec![sample("q q q q q"), sample("q q q")];
+    // The longest: 5 prompt + 2 answer + end = 8 tokens. At 3 both answers are cut away.
+    let msg = encode_samples(&tok, &samples, 4, 3).unwrap_err().to_string();
+    assert!(msg.contains("--max-len") && msg.contains("all 2 examples") && msg.contains("8 tokens"), "{msg}");
+    assert!(msg.contains("try --max-len 64"), "{msg}");
+    // At 4 the short one keeps the first token of its answer: counted, not refused.
+    let (examples, cut) = encode_samples(&tok, &samples, 4, 4).unwrap();
+    assert_eq!(examples.len(), 2);
+    assert_eq!((cut.examples_cut, cut.examples_without_answer, cut.longest), (2, 1, 8));
 }

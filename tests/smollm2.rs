@@ -2,7 +2,7 @@
 //! Hugging Face transformers reading the same file (fixtures from `scripts/make_fixtures.py`):
 //! tokenizer ids, logits, and greedy generations, plain and through the chat template.
 //!
-//! Without the model these tests say so and pass, unless `LORA_FROM_SCRATCH_REQUIRE_MODELS=1`
+//! Without the model these tests say so (a line `cargo test` shows) and pass, unless `LORA_FROM_SCRATCH_REQUIRE_MODELS=1`
 //! (set by CI), which makes a missing model a failure.
 
 mod common;
@@ -16,14 +16,7 @@ use lora_from_scratch::models::load::{load_gguf, smollm2_gguf, LoadOptions, Load
 use lora_from_scratch::models::tokenizer::{decode, encode, smollm2_chat_prompt, token_id, ChatMessage};
 
 fn smollm2() -> Option<LoadedModel> {
-    let Some(path) = smollm2_gguf() else {
-        let msg = "SmolLM2-135M-Instruct is not fetched: run scripts/fetch-smollm2.sh";
-        if std::env::var("LORA_FROM_SCRATCH_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("skipped: {msg}");
-        return None;
-    };
+    let path = common::smollm2_or_skip()?;
     Some(load_gguf(&path, "HuggingFaceTB/SmolLM2-135M-Instruct", &LoadOptions::default()).unwrap())
 }
 

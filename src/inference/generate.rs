@@ -47,7 +47,7 @@ pub enum StopReason {
     Eos,
     /// `max_new_tokens` were produced.
     Budget,
-    /// The model's context is full (GPT-2's 1024 positions).
+    /// The model's context is full (GPT-2's 1024 positions, SmolLM2's 8192).
     Context,
 }
 

@@ -96,6 +96,7 @@ impl GgufFile {
             hidden_act: "silu".into(),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id").map(serde_json::Value::from),
+            max_position_embeddings: self.meta_usize("llama.context_length").ok(),
         })
     }
 

@@ -68,6 +68,12 @@ pub struct LlamaConfig {
     /// One id or a list, as configs write it.
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    /// The longest sequence the model was trained on (GGUF: `llama.context_length`). RoPE has no
+    /// table to run out of, so nothing would stop a longer one but memory: attention past it is
+    /// untrained, and its scores grow with the square of the length (10,000 tokens into SmolLM2
+    /// asked for 3.6 GB and aborted). Sequences longer than this are an error naming both numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn default_eps() -> f64 {
@@ -237,7 +243,7 @@ impl Llama {
 impl CausalLm for Llama {
     fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        let (b, t) = check_ids(ids, self.config.vocab_size, offset, None)?;
+        let (b, t) = check_ids(ids, self.config.vocab_size, offset, self.config.max_position_embeddings)?;
         let (nh, nkv, eps) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.rms_norm_eps);
         let mut h = embedding(ids, &self.embedding_table()?)?;
         let (cos, sin) = self.rope_tables(offset, t, h.dtype())?;
@@ -291,7 +297,7 @@ impl CausalLm for Llama {
     }
 
     fn max_positions(&self) -> Option<usize> {
-        None
+        self.config.max_position_embeddings
     }
 
     fn device(&self) -> &Device {

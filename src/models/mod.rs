@@ -98,7 +98,8 @@ pub trait CausalLm: LoraModel {
     /// Size of the vocabulary.
     fn vocab_size(&self) -> usize;
 
-    /// The longest sequence the model can take (GPT-2's learned positions), if there is a limit.
+    /// The longest sequence the model can take: GPT-2's learned positions, a Llama's
+    /// `max_position_embeddings`; `None` when its config names no limit.
     fn max_positions(&self) -> Option<usize>;
 
     /// The device the weights live on.

@@ -36,19 +36,48 @@ const EMBEDDED: &str = include_str!("../../data/ml_instructions.jsonl");
 
 /// The default dataset: 153 questions and answers about machine learning, in English and Chinese.
 pub fn embedded_instructions() -> Vec<InstructionRecord> {
-    parse_jsonl(EMBEDDED, Path::new("data/ml_instructions.jsonl")).expect("the embedded dataset parses")
+    parse_jsonl(EMBEDDED, Path::new("data/ml_instructions.jsonl")).expect("the embedded dataset parses").records
 }
 
 /// Instruction records from a JSONL file (one object per line; blank lines skipped).
 pub fn load_instructions(path: &Path) -> Result<Vec<InstructionRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoraError::io(path, e))?;
-    parse_jsonl(&text, path)
+    Ok(read_instructions(path)?.records)
 }
 
-fn parse_jsonl(text: &str, path: &Path) -> Result<Vec<InstructionRecord>> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+/// The records of a JSONL file, and how many blank lines it skipped (a count the user sees, so a
+/// file cut into pieces by stray empty lines does not pass unnoticed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstructionFile {
+    pub records: Vec<InstructionRecord>,
+    pub blank_lines: usize,
+}
+
+/// Read a JSONL file of instruction records. A line that is not UTF-8 or not a record is an
+/// error naming the file and the line.
+pub fn read_instructions(path: &Path) -> Result<InstructionFile> {
+    let bytes = std::fs::read(path).map_err(|e| LoraError::io(path, e))?;
+    let mut lines = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(line).map_err(|e| {
+            let at = e.valid_up_to();
+            LoraError::file(
+                path,
+                format!("line {}: not UTF-8 (byte {} of the line is 0x{:02x})", i + 1, at + 1, line[at]),
+            )
+        })?;
+        lines.push(line);
+    }
+    parse_jsonl(&lines.join("\n"), path)
+}
+
+fn parse_jsonl(text: &str, path: &Path) -> Result<InstructionFile> {
+    let mut records = Vec::new();
+    let mut blank_lines = 0;
+    // The last line of a file that ends in a newline is not a blank line of the file.
+    let lines: Vec<&str> = text.strip_suffix('\n').unwrap_or(text).split('\n').collect();
+    for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
+            blank_lines += 1;
             continue;
         }
         let r: InstructionRecord = serde_json::from_str(line).map_err(|e| {
@@ -57,12 +86,12 @@ fn parse_jsonl(text: &str, path: &Path) -> Result<Vec<InstructionRecord>> {
                 format!("line {}: not an instruction record (instruction, input, output): {e}", i + 1),
             )
         })?;
-        out.push(r);
+        records.push(r);
     }
-    if out.is_empty() {
+    if records.is_empty() {
         return Err(LoraError::file(path, "has no records"));
     }
-    Ok(out)
+    Ok(InstructionFile { records, blank_lines })
 }
 
 /// One E2E NLG pair: a meaning representation and one human reference text for it.
@@ -162,10 +191,15 @@ impl Template {
 pub struct Truncation {
     pub examples_cut: usize,
     pub tokens_cut: usize,
+    /// Examples cut before their answer: nothing of them is trained on.
+    pub examples_without_answer: usize,
+    /// The longest example before truncation (prompt, answer and end token).
+    pub longest: usize,
 }
 
 /// Tokenize samples into training examples (task 2.1's `tokenize_example`), at most `max_len`
-/// tokens each, reporting what truncation cut.
+/// tokens each, reporting what truncation cut. When truncation leaves no example anything to
+/// train on, the error says so and suggests a `max_len` that keeps the longest whole.
 pub fn encode_samples(
     tok: &Tokenizer,
     samples: &[Sample],
@@ -179,11 +213,27 @@ pub fn encode_samples(
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
         let e = tokenize_example(&encode(tok, &s.prompt)?, &encode(tok, &s.response)?, eos_id, max_len)?;
+        cut.longest = cut.longest.max(e.input_ids.len() + e.truncated);
         if e.truncated > 0 {
             cut.examples_cut += 1;
             cut.tokens_cut += e.truncated;
         }
+        if e.labels.iter().all(|&l| l == crate::tasks::t05_data::IGNORE_INDEX) {
+            cut.examples_without_answer += 1;
+        }
         out.push(e);
+    }
+    if cut.examples_without_answer == samples.len() {
+        return Err(LoraError::config(
+            "max_len (--max-len)",
+            format!(
+                "{max_len} tokens cut all {} examples before their answer, so there are no supervised tokens \
+                 to train on; the longest example has {} tokens: try --max-len {}",
+                samples.len(),
+                cut.longest,
+                cut.longest.div_ceil(64) * 64
+            ),
+        ));
     }
     Ok((out, cut))
 }

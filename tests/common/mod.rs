@@ -194,3 +194,22 @@ pub fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
         ..Default::default()
     }
 }
+
+/// SmolLM2-135M-Instruct's GGUF, or `None` with a line that `cargo test` shows: a skipped test
+/// passes, so the reason is written past libtest's capture of `eprintln!`, straight to the
+/// process's stderr. Under `LORA_FROM_SCRATCH_REQUIRE_MODELS=1` (CI) a missing model fails.
+#[allow(dead_code)] // not every test binary that includes `common` uses it
+pub fn smollm2_or_skip() -> Option<std::path::PathBuf> {
+    use std::io::Write;
+    if let Some(path) = lora_from_scratch::models::load::smollm2_gguf() {
+        return Some(path);
+    }
+    let msg = "SmolLM2-135M-Instruct is not fetched: run scripts/fetch-smollm2.sh";
+    if std::env::var("LORA_FROM_SCRATCH_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    // libtest runs each test on a thread named after it.
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    let _ = writeln!(std::io::stderr().lock(), "{test}: skipped, {msg}");
+    None
+}
