@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::{SafeTensors, View};
 
 use crate::error::{LoraError, Result, TensorProblem};
-use crate::io::{crc32_hex, read_file, write_atomic};
+use crate::io::{crc32_hex, read_file, write_atomic, write_dir_atomic};
 use crate::lora::config::LoraConfig;
 use crate::peft::format::{AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 
@@ -25,8 +25,10 @@ use crate::peft::format::{AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FI
 pub const CRC_PREFIX: &str = "lora_from_scratch.crc32.";
 
 // ANCHOR: write
-/// Write `tensors` (PEFT keys) and `config` into folder `dir` as PEFT does, each file atomically
-/// (a temporary file, then a rename), with every tensor's checksum in the metadata.
+/// Write `tensors` (PEFT keys) and `config` into folder `dir` as PEFT does, with every tensor's
+/// checksum in the metadata. The folder is written as a whole (`write_dir_atomic`): a run killed
+/// mid-save leaves the previous adapter or the new one, never the weights of one beside the
+/// config of the other.
 pub fn write_adapter(dir: &Path, config: &AdapterConfig, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
     // transformers reads "format": "pt"; the checksums let a reader name a damaged tensor.
@@ -40,9 +42,10 @@ pub fn write_adapter(dir: &Path, config: &AdapterConfig, tensors: &BTreeMap<Stri
     let bytes = safetensors::serialize(&contiguous, Some(metadata))
         .map_err(|e| LoraError::file(&weights_path, format!("cannot serialize: {e}")))?;
     let json = serde_json::to_string_pretty(config).expect("AdapterConfig always serializes");
-    std::fs::create_dir_all(dir).map_err(|e| LoraError::io(dir, e))?;
-    write_atomic(&weights_path, &bytes)?;
-    write_atomic(&dir.join(ADAPTER_CONFIG_FILE), json.as_bytes())
+    write_dir_atomic(dir, |tmp| {
+        write_atomic(&tmp.join(ADAPTER_WEIGHTS_FILE), &bytes)?;
+        write_atomic(&tmp.join(ADAPTER_CONFIG_FILE), json.as_bytes())
+    })
 }
 // ANCHOR_END: write
 

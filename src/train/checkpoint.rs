@@ -9,7 +9,7 @@ use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LoraError, Result};
-use crate::io::write_atomic;
+use crate::io::{write_atomic, write_dir_atomic};
 use crate::lora::param::Param;
 use crate::models::CausalLm;
 use crate::train::history::TrainHistory;
@@ -25,13 +25,16 @@ pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
     out_dir.join("checkpoint")
 }
 
+const OPTIMIZER_STATE_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "trainer_state.json";
+
 /// The optimizer's state file inside a checkpoint.
 pub fn optimizer_state_path(out_dir: &Path) -> PathBuf {
-    checkpoint_dir(out_dir).join("optimizer.safetensors")
+    checkpoint_dir(out_dir).join(OPTIMIZER_STATE_FILE)
 }
 
 fn state_path(out_dir: &Path) -> PathBuf {
-    checkpoint_dir(out_dir).join("trainer_state.json")
+    checkpoint_dir(out_dir).join(STATE_FILE)
 }
 
 /// The step a checkpoint was written at and the history so far.
@@ -42,8 +45,9 @@ struct TrainerState {
 }
 
 /// Write a checkpoint of the run in `out_dir`: the trained weights (`save_weights` writes them
-/// into the folder it is given), the optimizer's moments, and last the step and history. A
-/// checkpoint counts only once that state file names its step.
+/// into the folder it is given), the optimizer's moments, and the step and history, as one
+/// folder written as a whole (`write_dir_atomic`): a run killed mid-save resumes from the
+/// previous checkpoint or the new one, never from an old step with newer weights.
 pub fn save_checkpoint(
     opt: &AdamW,
     step: usize,
@@ -51,10 +55,12 @@ pub fn save_checkpoint(
     out_dir: &Path,
     save_weights: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    save_weights(&checkpoint_dir(out_dir))?;
-    opt.save_state(&optimizer_state_path(out_dir))?;
     let json = serde_json::to_string(&TrainerState { step, history: history.clone() }).expect("state serializes");
-    write_atomic(&state_path(out_dir), json.as_bytes())
+    write_dir_atomic(&checkpoint_dir(out_dir), |tmp| {
+        save_weights(tmp)?;
+        opt.save_state(&tmp.join(OPTIMIZER_STATE_FILE))?;
+        write_atomic(&tmp.join(STATE_FILE), json.as_bytes())
+    })
 }
 
 /// The (step, history) of the checkpoint in `out_dir`, or `None` if there is none.
