@@ -23,6 +23,7 @@ use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
 use lora_from_scratch::tasks::t05_data::Batch;
 use lora_from_scratch::tasks::t06_train::causal_lm_loss;
 use lora_from_scratch::train::optim::{AdamW, AdamWParams};
+use lora_from_scratch::train::settings;
 use lora_from_scratch::LoraConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,10 +41,10 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 128)]
     seq: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = settings::at_least_one)]
     rank: usize,
     /// LoRA alpha; the baseline script's default is 2 * rank.
-    #[arg(long)]
+    #[arg(long, value_parser = settings::positive)]
     alpha: Option<f64>,
     /// Comma-separated target modules (`all-linear` for every linear layer but the head).
     #[arg(long, default_value = "q_proj,v_proj")]
@@ -52,7 +53,7 @@ struct Args {
     #[arg(long)]
     full_ft: bool,
     /// Timed steps (the median is reported) after the warm-up steps.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = settings::at_least_one)]
     steps: usize,
     #[arg(long, default_value_t = 2)]
     warmup: usize,

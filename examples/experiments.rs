@@ -23,6 +23,7 @@ use lora_from_scratch::experiments::spec::{run_cached, Method, ModuleNames, RunR
 use lora_from_scratch::inference::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::train::data::E2eTask;
+use lora_from_scratch::train::settings;
 
 #[derive(Parser, Debug)]
 #[command(about = "LoRA experiments on E2E NLG: exp1 (full FT vs LoRA), exp2 (target modules), exp3 (ranks)")]
@@ -34,23 +35,23 @@ struct Args {
     model: String,
     #[arg(long, default_value = "data/e2e/devset.csv")]
     e2e_csv: PathBuf,
-    #[arg(long, default_value = "runs/experiments")]
+    #[arg(long, default_value = "runs/experiments", value_parser = settings::out_dir)]
     out: PathBuf,
     /// Optimizer steps per run.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, value_parser = settings::at_least_one)]
     steps: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = settings::at_least_one)]
     batch_size: usize,
     /// LoRA learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = settings::learning_rate)]
     lr: f64,
     /// Full fine-tuning's learning rate (every weight moves, so a tenth of LoRA's).
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 5e-5, value_parser = settings::learning_rate)]
     full_lr: f64,
     /// LoRA alpha, fixed across ranks as in the paper (scaling alpha / r).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = 16.0, value_parser = settings::positive)]
     alpha: f64,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = settings::at_least_one)]
     eval_every: usize,
     /// Validation examples for the loss curves (0: all 482).
     #[arg(long, default_value_t = 160)]
@@ -61,7 +62,7 @@ struct Args {
     /// Validation MRs scored with BLEU after training.
     #[arg(long, default_value_t = 30)]
     eval_mrs: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = settings::at_least_one)]
     max_len: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,

@@ -26,6 +26,7 @@ use lora_from_scratch::tasks::t06_train::{train_lora, Decay, Schedule, TrainConf
 use lora_from_scratch::tasks::t10_multi_lora::AdapterSet;
 use lora_from_scratch::train::checkpoint::best_adapter_dir;
 use lora_from_scratch::train::data::{self, E2eTask, Template};
+use lora_from_scratch::train::settings;
 use lora_from_scratch::LoraConfig;
 
 #[derive(Parser, Debug)]
@@ -36,10 +37,10 @@ struct Args {
     #[arg(long, default_value = "data/e2e/devset.csv")]
     e2e_csv: PathBuf,
     /// Where the two adapters are trained (once) and kept.
-    #[arg(long, default_value = "runs/multi_lora")]
+    #[arg(long, default_value = "runs/multi_lora", value_parser = settings::out_dir)]
     out: PathBuf,
     /// Training steps for each adapter.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = settings::at_least_one)]
     steps: usize,
     /// New tokens per answer.
     #[arg(long, default_value_t = 40)]

@@ -30,6 +30,7 @@ use lora_from_scratch::tasks::t06_train::evaluate_loss;
 use lora_from_scratch::tasks::t08_merge::verify_merge;
 use lora_from_scratch::train::checkpoint::best_adapter_dir;
 use lora_from_scratch::train::data::E2eTask;
+use lora_from_scratch::train::settings;
 
 #[derive(Parser, Debug)]
 #[command(about = "QLoRA on E2E NLG: f32 LoRA against NF4 and Q4_1 bases, then merging into the quantized base")]
@@ -39,24 +40,24 @@ struct Args {
     model: String,
     #[arg(long, default_value = "data/e2e/devset.csv")]
     e2e_csv: PathBuf,
-    #[arg(long, default_value = "runs/qlora")]
+    #[arg(long, default_value = "runs/qlora", value_parser = settings::out_dir)]
     out: PathBuf,
     /// The bases to compare, comma-separated: f32, nf4, gguf.
     #[arg(long, default_value = "f32,nf4,gguf")]
     bases: String,
     #[arg(long, default_value = "q_proj,v_proj")]
     targets: String,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = settings::at_least_one)]
     rank: usize,
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = 16.0, value_parser = settings::positive)]
     alpha: f64,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = settings::learning_rate)]
     lr: f64,
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, value_parser = settings::at_least_one)]
     steps: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = settings::at_least_one)]
     batch_size: usize,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = settings::at_least_one)]
     eval_every: usize,
     /// Validation examples (0: all).
     #[arg(long, default_value_t = 160)]
@@ -64,7 +65,7 @@ struct Args {
     /// Validation MRs scored with BLEU.
     #[arg(long, default_value_t = 30)]
     eval_mrs: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = settings::at_least_one)]
     max_len: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,

@@ -38,6 +38,7 @@ use lora_from_scratch::tasks::t07_eval::perplexity;
 use lora_from_scratch::tasks::t08_merge::verify_merge;
 use lora_from_scratch::train::checkpoint::{best_adapter_dir, read_checkpoint_state};
 use lora_from_scratch::train::data::{self, Sample, Template};
+use lora_from_scratch::train::settings::{self, check_adapter_fits};
 use lora_from_scratch::LoraConfig;
 use lora_from_scratch::LoraError;
 
@@ -63,45 +64,45 @@ struct Args {
     #[arg(long)]
     targets: Option<String>,
     /// LoRA rank r.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = settings::at_least_one)]
     rank: usize,
     /// LoRA alpha; scaling = alpha / r.
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = 32.0, value_parser = settings::positive)]
     alpha: f64,
     /// LoRA dropout on the adapter's input, in training only (PEFT's `lora_dropout`; the paper
     /// used 0.1 for GPT-2 on E2E). A remedy for overfitting on small datasets.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = settings::dropout)]
     dropout: f32,
     /// AdamW's decoupled weight decay on the adapters (the paper: 0.01 for GPT-2).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = settings::non_negative)]
     weight_decay: f64,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 2e-4, value_parser = settings::learning_rate)]
     lr: f64,
     /// Linear warmup steps.
     #[arg(long, default_value_t = 10)]
     warmup: usize,
     /// `cosine` or `constant` after warmup.
-    #[arg(long, default_value = "cosine")]
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant"])]
     decay: String,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = settings::at_least_one)]
     steps: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = settings::at_least_one)]
     batch_size: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = settings::at_least_one)]
     grad_accum: usize,
     /// Longest training sequence in tokens (longer examples are cut and counted).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = settings::at_least_one)]
     max_len: usize,
     /// Validate, keep the best adapter and checkpoint every this many steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = settings::at_least_one)]
     eval_every: usize,
     /// E2E meaning representations to score with BLEU before and after.
     #[arg(long, default_value_t = 20)]
     eval_mrs: usize,
     /// Where best/, checkpoint/, the history and generations go.
-    #[arg(long, default_value = "runs/train_gpt2")]
+    #[arg(long, default_value = "runs/train_gpt2", value_parser = settings::out_dir)]
     out: PathBuf,
     /// Continue from --out/checkpoint.
     #[arg(long)]
@@ -176,6 +177,23 @@ fn run() -> Result<()> {
     let template = Template::for_architecture(&loaded.architecture);
     println!("model {model_name} ({}), template {template:?}, eos id {eos}", loaded.architecture);
 
+    // ANCHOR: inject
+    let default_targets = if loaded.architecture == "gpt2" { "c_attn" } else { "q_proj,v_proj" };
+    let targets: Vec<String> =
+        args.targets.as_deref().unwrap_or(default_targets).split(',').map(str::to_string).collect();
+    let lora = LoraConfig {
+        target_modules: targets,
+        seed: args.seed,
+        dropout: args.dropout,
+        ..LoraConfig::new(args.rank, args.alpha, &[])
+    };
+    // Every setting that depends on the model (targets, rank, length) is checked before anything
+    // is generated or trained.
+    check_adapter_fits(loaded.model.as_ref(), &lora, args.max_len, loaded.model.max_positions())?;
+    inject_lora(loaded.model.as_mut(), &lora)?;
+    print_trainable_parameters(loaded.model.as_ref());
+    // ANCHOR_END: inject
+
     // Data: (prompt, response) samples, split so validation is unseen.
     let e2e = args.dataset == "e2e";
     let (train, val, val_refs) = if e2e {
@@ -240,22 +258,9 @@ fn run() -> Result<()> {
         Ok(result)
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
+    // The adapters are in, but B = 0: the model still answers exactly as the base does.
     let heldout_before = if e2e { None } else { Some(answer_heldout(loaded.model.as_mut(), "before")?) };
 
-    // ANCHOR: inject
-    let default_targets = if loaded.architecture == "gpt2" { "c_attn" } else { "q_proj,v_proj" };
-    let targets: Vec<String> =
-        args.targets.as_deref().unwrap_or(default_targets).split(',').map(str::to_string).collect();
-    let lora = LoraConfig {
-        target_modules: targets,
-        seed: args.seed,
-        dropout: args.dropout,
-        ..LoraConfig::new(args.rank, args.alpha, &[])
-    };
-    inject_lora(loaded.model.as_mut(), &lora)?;
-    println!();
-    print_trainable_parameters(loaded.model.as_ref());
-    // ANCHOR_END: inject
     eprintln!("validation perplexity before training ({} examples)", val.len());
     let ppl_before = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let bleu = |model: &dyn CausalLm, name: &str| -> Result<f64> {

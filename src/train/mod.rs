@@ -12,4 +12,5 @@ pub mod download;
 pub mod history;
 pub mod optim;
 pub mod progress_bar;
+pub mod settings;
 pub mod trainee;
