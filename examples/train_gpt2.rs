@@ -316,6 +316,13 @@ fn run() -> Result<()> {
     })?;
     let train_s = t0.elapsed().as_secs_f64();
     save_lora_weights(loaded.model.as_ref(), &lora, &args.out.join("final"))?;
+    if let Some((0, start)) = history.best {
+        bail!(
+            "no validation beat the model you started from (validation loss {start:.4} at step 0), so nothing \
+             was saved as best and nothing is merged; try another --lr or more --steps (the last weights are in {})",
+            args.out.join("final").display()
+        );
+    }
     // The rest of the run uses the best adapter, as the tutorial does.
     load_lora_weights(loaded.model.as_mut(), &best_adapter_dir(&args.out))?;
     // ANCHOR_END: train

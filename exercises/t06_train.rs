@@ -169,7 +169,11 @@ pub fn train(
     //   `epoch_batches` and continuing across epochs (k micro-batches of 1 = one batch of k),
     //   averages their gradients, clips them to cfg.max_grad_norm and steps; its StepRecord holds
     //   the mean loss and the norm before clipping;
-    // - a non-finite loss stops the run with an error naming the step;
+    // - before the first step of a fresh run, the validation loss at step 0 (the base model) is
+    //   recorded and is the first best: weights that never beat it are never saved as best;
+    // - a non-finite loss stops the run with an error naming the step and the learning rate;
+    // - after every step `DivergenceGuard::after_step`, after every validation (and saving the
+    //   best) `DivergenceGuard::after_eval`: their error stops the run (src/train/guard.rs);
     // - every eval_every steps and after the last: the validation loss; when the trainee keeps
     //   files, the best weights in best_adapter_dir(out_dir) and a checkpoint (`save_checkpoint`);
     //   then on_eval;
@@ -177,6 +181,6 @@ pub fn train(
     //   uninterrupted run would (the trainee's `load` replaces the Vars: the optimizer comes after
     //   it); cfg.stop_after stops early as if interrupted;
     // - training_history.json and .png end up in out_dir, and the history is returned.
-    // Book: "The training loop", "Resuming a run", "When the loss is NaN".
+    // Book: "The training loop", "Resuming a run", "When the loss is NaN", "When training diverges".
     todo!("t06: train")
 }

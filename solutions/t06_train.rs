@@ -25,6 +25,7 @@ use crate::train::checkpoint::{
     with_frozen_adapters,
 };
 use crate::train::data::epoch_batches;
+use crate::train::guard::DivergenceGuard;
 use crate::train::history::{EvalRecord, StepRecord, TrainHistory};
 use crate::train::optim::{AdamW, AdamWParams, ParamGroup};
 use crate::train::trainee::Trainee;
@@ -215,6 +216,14 @@ pub fn train(
         opt.load_state(&optimizer_state_path(&cfg.out_dir))?;
     }
     let vars: Vec<Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
+    if start == 0 {
+        // The starting point is the first best: a run whose weights never beat the base model
+        // saves nothing as best. (A resumed run's history has its checkpoint's validation.)
+        let val_loss = evaluate_loss(model, val, cfg.batch_size, pad_id)?;
+        history.val.push(EvalRecord { step: 0, val_loss });
+        history.best = Some((0, val_loss));
+    }
+    let mut guard = DivergenceGuard::new(cfg.schedule.peak_lr);
     let per_epoch = epoch_batches(train_set.len(), cfg.batch_size, cfg.seed, 0).len();
     let total = cfg.schedule.total_steps;
     let bar = crate::train::progress_bar::bar(total, start, cfg.progress);
@@ -237,7 +246,14 @@ pub fn train(
                     true => format!(" (the best weights so far are in {})", best_adapter_dir(&cfg.out_dir).display()),
                     false => String::new(),
                 };
-                return Err(LoraError::config("loss", format!("is {value} at step {}; stopped{kept}", step + 1)));
+                return Err(LoraError::config(
+                    "loss",
+                    format!(
+                        "is {value} at step {}; stopped: the learning rate (peak {:e}) is the likely cause{kept}",
+                        step + 1,
+                        cfg.schedule.peak_lr
+                    ),
+                ));
             }
             loss_sum += value;
             tokens += n;
@@ -262,6 +278,7 @@ pub fn train(
         }
         let grad_norm = clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
         opt.step(&grads)?;
+        guard.after_step(step + 1, grad_norm, history.best)?;
         let loss = loss_sum / cfg.grad_accum.max(1) as f64;
         let secs = t0.elapsed().as_secs_f64();
         history.train.push(StepRecord {
@@ -281,10 +298,12 @@ pub fn train(
             if best {
                 history.best = Some((step + 1, val_loss));
             }
+            if trainee.keeps_files() && best {
+                trainee.save(model, &best_adapter_dir(&cfg.out_dir))?;
+            }
+            // A run that diverges stops here, before its checkpoint: the last good one stays.
+            guard.after_eval(step + 1, val_loss, history.best)?;
             if trainee.keeps_files() {
-                if best {
-                    trainee.save(model, &best_adapter_dir(&cfg.out_dir))?;
-                }
                 save_checkpoint(&opt, step + 1, &history, &cfg.out_dir, |dir| trainee.save(model, dir))?;
             }
             bar.println(format!("step {}: train loss {loss:.4}, validation loss {val_loss:.4}", step + 1));

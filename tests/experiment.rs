@@ -127,7 +127,7 @@ fn full_fine_tuning_lowers_the_loss() {
     let cfg = tiny_config(dir.path(), 12, 4);
     let h = lora_from_scratch::experiments::full::train_full(loaded.model.as_mut(), &train, &train, 0, &cfg).unwrap();
     assert_eq!(h.train.len(), 12);
-    assert_eq!(h.val.iter().map(|v| v.step).collect::<Vec<_>>(), vec![4, 8, 12]);
+    assert_eq!(h.val.iter().map(|v| v.step).collect::<Vec<_>>(), vec![0, 4, 8, 12], "the start, then every 4 steps");
     let (first, last) = (h.train[0].loss, h.train[11].loss);
     assert!(last < 0.5 * first, "loss {first} -> {last}: full fine-tuning did not learn");
     let counts = lora_from_scratch::tasks::t03_inject::count_parameters(loaded.model.as_ref());

@@ -181,7 +181,10 @@ fn the_best_adapter_is_kept() {
     let (train, val) = (examples(2, 6), examples(3, 3));
     let h = train_lora(m.model.as_mut(), &lora(), &train, &val, PAD, &config(dir.path(), 12, 5e-2), &mut |_, _| {})
         .unwrap();
-    assert_eq!(h.val.len(), 6, "validation every 2 steps");
+    assert_eq!(h.val.len(), 7, "validation before the first step, then every 2 steps");
+    assert_eq!(h.val[0].step, 0, "the first validation is of the starting point, at step 0");
+    let start = evaluate_loss(model().model.as_mut(), &val, 3, PAD).unwrap();
+    assert!((h.val[0].val_loss - start).abs() < 1e-6, "step 0's validation loss is the base model's, {start}");
     let best = h.val.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
     let (best_step, best_loss) = h.best.unwrap();
     assert_eq!(best_loss, best, "history.best is the lowest validation loss");
@@ -241,6 +244,49 @@ fn a_nan_loss_stops_the_run_and_keeps_the_best_adapter() {
     // The best adapter from step 2 is intact (loading refuses non-finite values).
     let mut fresh = model();
     load_lora_weights(fresh.model.as_mut(), &dir.path().join("best")).unwrap();
+}
+
+#[test]
+fn a_run_that_diverges_stops_with_an_error_and_keeps_nothing_worse_than_the_start() {
+    book("t06_train", "When training diverges");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model();
+    let (train, val) = (examples(2, 6), examples(3, 3));
+    let start = evaluate_loss(model().model.as_mut(), &val, 3, PAD).unwrap();
+    let err = train_lora(m.model.as_mut(), &lora(), &train, &val, PAD, &config(dir.path(), 30, 1e6), &mut |_, _| {})
+        .expect_err("a learning rate of 1e6 must not end in success");
+    assert!(err.to_string().contains("learning rate"), "the error should name the likely cause: {err}");
+    // Whatever was saved as best is better than where the run started.
+    let best = dir.path().join("best");
+    if best.exists() {
+        let mut fresh = model();
+        load_lora_weights(fresh.model.as_mut(), &best).unwrap();
+        let kept = evaluate_loss(fresh.model.as_mut(), &val, 3, PAD).unwrap();
+        assert!(kept < start, "best/ holds an adapter with validation loss {kept}, worse than the base's {start}");
+    }
+}
+
+#[test]
+fn a_validation_loss_that_jumps_and_stays_up_stops_the_run() {
+    book("t06_train", "When training diverges");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model();
+    let (train, val) = (examples(2, 6), examples(3, 3));
+    // After the validation at step 2, throw every A and B far off: the next validations are far above
+    // the best, and at a learning rate of 1e-6 they stay there.
+    let mut jump = |model: &dyn lora_from_scratch::models::CausalLm, step: usize| {
+        if step == 2 {
+            for (_, v) in get_lora_parameters(model) {
+                // Large and varied (a constant would shift every logit alike, changing nothing).
+                let far: Vec<f32> = (0..v.elem_count()).map(|i| 3.0 * (i as f32 * 1.7).sin()).collect();
+                v.set(&Tensor::from_vec(far, v.dims(), &CPU).unwrap()).unwrap();
+            }
+        }
+    };
+    let err = train_lora(m.model.as_mut(), &lora(), &train, &val, PAD, &config(dir.path(), 12, 1e-6), &mut jump)
+        .expect_err("a validation loss far above the best for two evaluations must stop the run");
+    let msg = err.to_string();
+    assert!(msg.contains("learning rate") && msg.contains("at step 6"), "stopped at step 6, naming the cause: {msg}");
 }
 
 /// One example, `n` times: every batch of it has the same gradient, whatever the batch order.
