@@ -130,6 +130,7 @@ fn run() -> Result<()> {
         lora_from_scratch::experiments::full::unfreeze_all(loaded.model.as_mut())?
     } else {
         let cfg = LoraConfig::new(args.rank, args.alpha.unwrap_or(2.0 * args.rank as f64), &targets);
+        lora_from_scratch::train::settings::check_adapter_fits(loaded.model.as_ref(), &cfg)?;
         inject_lora(loaded.model.as_mut(), &cfg)?;
         get_lora_parameters(loaded.model.as_ref())
     };

@@ -154,6 +154,7 @@ fn run() -> Result<()> {
     let opts = LoadOptions { split_qkv: gpt2, ..Default::default() };
     // The data once: the tokenizer does not depend on the run.
     let first = load_model(&args.model, &opts).with_context(|| format!("loading {}", args.model))?;
+    settings::check_length_fits(args.max_len, first.model.max_positions())?;
     let tok = first.tokenizer()?.clone();
     let eos = *first.eos_ids.first().context("the model config names no end-of-sequence token")?;
     let stop_ids = first.eos_ids.clone();

@@ -84,6 +84,7 @@ fn run() -> Result<()> {
     lora_from_scratch::compute::threads::pin_thread_count();
     let args = Args::parse();
     let first = load_model(&args.model, &LoadOptions::default()).with_context(|| format!("loading {}", args.model))?;
+    settings::check_length_fits(args.max_len, first.model.max_positions())?;
     let tok = first.tokenizer()?.clone();
     let eos = *first.eos_ids.first().context("the model config names no end-of-sequence token")?;
     let stop_ids = first.eos_ids.clone();

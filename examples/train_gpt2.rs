@@ -38,7 +38,7 @@ use lora_from_scratch::tasks::t07_eval::perplexity;
 use lora_from_scratch::tasks::t08_merge::verify_merge;
 use lora_from_scratch::train::checkpoint::{best_adapter_dir, read_checkpoint_state};
 use lora_from_scratch::train::data::{self, Sample, Template};
-use lora_from_scratch::train::settings::{self, check_adapter_fits};
+use lora_from_scratch::train::settings::{self, check_adapter_fits, check_length_fits};
 use lora_from_scratch::LoraConfig;
 use lora_from_scratch::LoraError;
 
@@ -189,7 +189,8 @@ fn run() -> Result<()> {
     };
     // Every setting that depends on the model (targets, rank, length) is checked before anything
     // is generated or trained.
-    check_adapter_fits(loaded.model.as_ref(), &lora, args.max_len, loaded.model.max_positions())?;
+    check_adapter_fits(loaded.model.as_ref(), &lora)?;
+    check_length_fits(args.max_len, loaded.model.max_positions())?;
     inject_lora(loaded.model.as_mut(), &lora)?;
     print_trainable_parameters(loaded.model.as_ref());
     // ANCHOR_END: inject

@@ -109,6 +109,7 @@ pub fn run_e2e(ctx: &E2eContext, spec: &RunSpec) -> Result<RunResult> {
         Method::Lora { targets, rank, alpha } => {
             let lora =
                 LoraConfig { target_modules: targets.clone(), seed: spec.seed, ..LoraConfig::new(*rank, *alpha, &[]) };
+            crate::train::settings::check_adapter_fits(loaded.model.as_ref(), &lora)?;
             inject_lora(loaded.model.as_mut(), &lora)?;
             let trainable = count_parameters(loaded.model.as_ref()).trainable;
             let history = train_lora(loaded.model.as_mut(), &lora, ctx.train, ctx.val, ctx.eos, &cfg, &mut |_, _| {})?;
@@ -125,6 +126,7 @@ pub fn run_e2e(ctx: &E2eContext, spec: &RunSpec) -> Result<RunResult> {
         Method::Mixed { targets, rank, alpha, modules_to_save, loraplus_ratio, full_scale } => {
             let lora =
                 LoraConfig { target_modules: targets.clone(), seed: spec.seed, ..LoraConfig::new(*rank, *alpha, &[]) };
+            crate::train::settings::check_adapter_fits(loaded.model.as_ref(), &lora)?;
             inject_lora(loaded.model.as_mut(), &lora)?;
             let (m, r, s) = (modules_to_save, *loraplus_ratio, *full_scale);
             let history = crate::tasks::t11_mixed::train_mixed(

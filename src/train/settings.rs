@@ -1,8 +1,9 @@
 //! The settings a training command takes, checked before anything loads or runs: one place for
 //! every example. The parsers plug into clap (`#[arg(long, value_parser = settings::learning_rate)]`),
 //! so a learning rate of -1e-3 or a batch size of 0 is refused at the command line, with the
-//! flag and the rule, in milliseconds; [`check_adapter_fits`] runs right after the model loads,
-//! before any generation or training, for what depends on the model (targets, rank, length).
+//! flag and the rule, in milliseconds; [`check_adapter_fits`] and [`check_length_fits`] run right
+//! after the model loads, before any generation or training, for what depends on the model
+//! (targets, rank, length).
 
 use std::path::PathBuf;
 
@@ -82,14 +83,9 @@ pub fn out_dir(s: &str) -> std::result::Result<PathBuf, String> {
 }
 
 /// What depends on the model, checked right after it loads: the LoRA settings are valid, every
-/// target names layers of this model, the rank fits every targeted layer (r <= min(in, out): a
-/// larger r adds parameters but no rank), and the training length fits the model's positions.
-pub fn check_adapter_fits(
-    model: &dyn LoraModel,
-    config: &LoraConfig,
-    max_len: usize,
-    max_positions: Option<usize>,
-) -> Result<()> {
+/// target names layers of this model, and the rank fits every targeted layer (r <= min(in, out):
+/// a larger r adds parameters but no rank).
+pub fn check_adapter_fits(model: &dyn LoraModel, config: &LoraConfig) -> Result<()> {
     config.validate()?;
     let targets = crate::tasks::t03_inject::find_target_modules(model, &config.target_modules)?;
     // (name, in, out) of every targeted layer whose min(in, out) is below the rank.
@@ -112,15 +108,18 @@ pub fn check_adapter_fits(
             ),
         ));
     }
-    if let Some(limit) = max_positions {
-        if max_len > limit {
-            return Err(LoraError::config(
-                "max_len (--max-len)",
-                format!("{max_len} tokens is longer than the model's {limit} positions"),
-            ));
-        }
-    }
     Ok(())
+}
+
+/// The longest training sequence fits the model's positions (`CausalLm::max_positions`).
+pub fn check_length_fits(max_len: usize, max_positions: Option<usize>) -> Result<()> {
+    match max_positions {
+        Some(limit) if max_len > limit => Err(LoraError::config(
+            "max_len (--max-len)",
+            format!("{max_len} tokens is longer than the model's {limit} positions"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
