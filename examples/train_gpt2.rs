@@ -319,8 +319,9 @@ fn run() -> Result<()> {
     save_lora_weights(loaded.model.as_ref(), &lora, &args.out.join("final"))?;
     if let Some((0, start)) = history.best {
         bail!(
-            "no validation beat the model you started from (validation loss {start:.4} at step 0), so nothing \
-             was saved as best and nothing is merged; try another --lr or more --steps (the last weights are in {})",
+            "no validation beat the model you started from (validation loss {start:.4} at step 0), so best/ holds \
+             the starting adapter (B = 0) and nothing is merged; try another --lr or more --steps (the last weights \
+             are in {})",
             args.out.join("final").display()
         );
     }

@@ -27,6 +27,7 @@ use crate::train::checkpoint::{
     with_frozen_adapters,
 };
 use crate::train::data::epoch_batches;
+use crate::train::guard::DivergenceGuard;
 use crate::train::history::{EvalRecord, StepRecord, TrainHistory};
 use crate::train::optim::{AdamW, AdamWParams, ParamGroup};
 use crate::train::trainee::Trainee;
@@ -170,10 +171,11 @@ pub fn train(
     //   averages their gradients, clips them to cfg.max_grad_norm and steps; its StepRecord holds
     //   the mean loss and the norm before clipping;
     // - before the first step of a fresh run, the validation loss at step 0 (the base model) is
-    //   recorded and is the first best: weights that never beat it are never saved as best;
+    //   recorded and is the first best, saved as best: weights that never beat it never replace it;
     // - a non-finite loss stops the run with an error naming the step and the learning rate;
-    // - after every step `DivergenceGuard::after_step`, after every validation (and saving the
-    //   best) `DivergenceGuard::after_eval`: their error stops the run (src/train/guard.rs);
+    // - a `DivergenceGuard::from_history` checks the run (src/train/guard.rs): `after_step` after
+    //   every step, `after_eval` after every validation (and saving the best); their error stops
+    //   the run, and no checkpoint is written while `guard.suspect()`;
     // - every eval_every steps and after the last: the validation loss; when the trainee keeps
     //   files, the best weights in best_adapter_dir(out_dir) and a checkpoint (`save_checkpoint`);
     //   then on_eval;

@@ -217,13 +217,17 @@ pub fn train(
     }
     let vars: Vec<Var> = opt.vars().iter().map(|(_, v)| v.clone()).collect();
     if start == 0 {
-        // The starting point is the first best: a run whose weights never beat the base model
-        // saves nothing as best. (A resumed run's history has its checkpoint's validation.)
+        // The starting point is the first best (for LoRA, B = 0: the base model), saved as such,
+        // so weights that never beat it never replace it. (A resumed run's history has its
+        // checkpoint's validation.)
         let val_loss = evaluate_loss(model, val, cfg.batch_size, pad_id)?;
         history.val.push(EvalRecord { step: 0, val_loss });
         history.best = Some((0, val_loss));
+        if trainee.keeps_files() {
+            trainee.save(model, &best_adapter_dir(&cfg.out_dir))?;
+        }
     }
-    let mut guard = DivergenceGuard::new(cfg.schedule.peak_lr);
+    let mut guard = DivergenceGuard::from_history(cfg.schedule.peak_lr, &history);
     let per_epoch = epoch_batches(train_set.len(), cfg.batch_size, cfg.seed, 0).len();
     let total = cfg.schedule.total_steps;
     let bar = crate::train::progress_bar::bar(total, start, cfg.progress);
@@ -278,8 +282,8 @@ pub fn train(
         }
         let grad_norm = clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
         opt.step(&grads)?;
-        guard.after_step(step + 1, grad_norm, history.best)?;
         let loss = loss_sum / cfg.grad_accum.max(1) as f64;
+        guard.after_step(step + 1, loss, grad_norm, history.best)?;
         let secs = t0.elapsed().as_secs_f64();
         history.train.push(StepRecord {
             step: step + 1,
@@ -301,9 +305,10 @@ pub fn train(
             if trainee.keeps_files() && best {
                 trainee.save(model, &best_adapter_dir(&cfg.out_dir))?;
             }
-            // A run that diverges stops here, before its checkpoint: the last good one stays.
+            // A run that diverges stops here; while it may be diverging (one validation far
+            // above the best) it writes no checkpoint, so the last good one stays.
             guard.after_eval(step + 1, val_loss, history.best)?;
-            if trainee.keeps_files() {
+            if trainee.keeps_files() && !guard.suspect() {
                 save_checkpoint(&opt, step + 1, &history, &cfg.out_dir, |dir| trainee.save(model, dir))?;
             }
             bar.println(format!("step {}: train loss {loss:.4}, validation loss {val_loss:.4}", step + 1));

@@ -52,9 +52,11 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
         return Err(LoraError::file(dir, "exists and is not a folder"));
     }
     fs::create_dir_all(&parent).map_err(|e| LoraError::io(&parent, e))?;
+    recover_moved_aside(dir, &parent, &name);
     remove_stale_temporaries(&parent, &name);
     let tmp = parent.join(format!(".{name}.tmp-{}", unique_suffix()));
     fs::create_dir(&tmp).map_err(|e| LoraError::io(&tmp, e))?;
+    in_flight(&tmp, true);
     let result = fill(&tmp).and_then(|()| {
         if dir.is_dir() {
             link_missing(dir, &tmp)?;
@@ -65,19 +67,57 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
+    in_flight(&tmp, false);
     sync_dir(&parent);
     result
 }
 
-/// `{pid}-{n}`: unique among the saves of this process (tests save from many threads) and of
-/// other processes.
+/// `{pid}-{nanoseconds}-{n}`: unique among the saves of this process (tests save from many
+/// threads), of other processes, and of an earlier process that had the same pid (a container
+/// restarted after a kill runs as pid 1 again).
 fn unique_suffix() -> String {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
-/// Remove `.NAME.tmp-PID-N` and `.NAME.old-PID-N` beside a folder, left by a save that was
-/// killed, unless that process is still running (on Linux, where /proc says so).
+/// The temporaries this process is writing now: of those that carry our pid, only these are live.
+static LIVE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn in_flight(tmp: &Path, add: bool) {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if add {
+        live.push(tmp.to_path_buf());
+    } else {
+        live.retain(|p| p != tmp);
+    }
+}
+
+/// Whether `path` is a temporary this process is writing now.
+fn is_in_flight(path: &Path) -> bool {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p == path)
+}
+
+/// A save killed between "old folder aside" and "new folder in" (where no exchange exists) left
+/// the folder missing and the last good copy at `.NAME.old-...`: put the newest back first.
+fn recover_moved_aside(dir: &Path, parent: &Path, name: &str) {
+    if dir.exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    let newest = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!(".{name}.old-")))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max();
+    if let Some((_, old)) = newest {
+        let _ = fs::rename(old, dir);
+    }
+}
+
+/// Remove `.NAME.tmp-PID-...` and `.NAME.old-PID-...` beside a folder, left by a save that was
+/// killed: those of a process that is gone (on Linux, where /proc says so) and those of our own
+/// pid that this process is not writing (an earlier process with the same pid).
 fn remove_stale_temporaries(parent: &Path, name: &str) {
     let Ok(entries) = fs::read_dir(parent) else { return };
     let own = std::process::id().to_string();
@@ -93,8 +133,18 @@ fn remove_stale_temporaries(parent: &Path, name: &str) {
         else {
             continue;
         };
-        let pid = rest.split('-').next().unwrap_or("");
-        let alive = pid == own || (cfg!(target_os = "linux") && Path::new("/proc").join(pid).exists());
+        // Only names this module writes: `PID-NANOS-N`, then possibly a nested temporary's name.
+        let id = rest.split('.').next().unwrap_or("");
+        if id.split('-').count() != 3 || !id.split('-').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let pid = id.split('-').next().unwrap_or("");
+        let alive = if pid == own {
+            is_in_flight(&entry.path())
+        } else {
+            cfg!(target_os = "linux") && Path::new("/proc").join(pid).exists()
+        };
         if !alive {
             let path = entry.path();
             let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
@@ -109,7 +159,15 @@ fn link_missing(from: &Path, to: &Path) -> Result<()> {
         if dst.exists() {
             continue;
         }
-        if src.is_dir() {
+        let kind = entry.file_type().map_err(|e| LoraError::io(&src, e))?;
+        if kind.is_symlink() {
+            // A link stays a link (following it could copy a whole tree, or loop).
+            let target = fs::read_link(&src).map_err(|e| LoraError::io(&src, e))?;
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| LoraError::io(&dst, e))?;
+            #[cfg(not(unix))]
+            let _ = target;
+        } else if kind.is_dir() {
             fs::create_dir(&dst).map_err(|e| LoraError::io(&dst, e))?;
             link_missing(&src, &dst)?;
         } else {
@@ -240,13 +298,18 @@ mod tests {
         fs::create_dir(dir.join("notes")).unwrap();
         fs::write(dir.join("notes/n.txt"), "kept").unwrap();
         // A save killed earlier by another process (a pid that cannot be running).
-        fs::create_dir(root.path().join(".best.tmp-4294967295-0")).unwrap();
-        fs::create_dir(root.path().join(".best.old-4294967295-3")).unwrap();
+        fs::create_dir(root.path().join(".best.tmp-4294967295-17-0")).unwrap();
+        fs::create_dir(root.path().join(".best.old-4294967295-17-3")).unwrap();
+        // One with our own pid that this process is not writing: left by an earlier process that
+        // had the same pid (a restarted container).
+        fs::create_dir(root.path().join(format!(".best.tmp-{}-5-0", std::process::id()))).unwrap();
+        // A user's file that only looks alike is never touched.
+        fs::write(root.path().join(".best.tmp-backup"), "mine").unwrap();
         write_dir_atomic(&dir, |t| write_atomic(&t.join("a"), b"2")).unwrap();
         assert_eq!(fs::read(dir.join("a")).unwrap(), b"2");
         assert_eq!(fs::read_to_string(dir.join("README.md")).unwrap(), "mine");
         assert_eq!(fs::read_to_string(dir.join("notes/n.txt")).unwrap(), "kept");
-        assert_eq!(names(root.path()), ["best"], "no temporary left, stale ones removed");
+        assert_eq!(names(root.path()), [".best.tmp-backup", "best"], "no temporary left, stale ones removed");
     }
 
     #[test]
@@ -266,6 +329,19 @@ mod tests {
         fs::write(&file, "x").unwrap();
         let err = write_dir_atomic(&file, |_| Ok(())).unwrap_err().to_string();
         assert!(err.contains("is not a folder"), "{err}");
+    }
+
+    #[test]
+    fn a_save_killed_between_the_two_renames_is_recovered_by_the_next() {
+        // Where there is no exchange, a kill after "old folder aside" leaves only the aside copy.
+        let root = tempfile::tempdir().unwrap();
+        let aside = root.path().join(".best.old-4294967295-9-0");
+        fs::create_dir(&aside).unwrap();
+        fs::write(aside.join("a"), "good").unwrap();
+        write_dir_atomic(&root.path().join("best"), |t| write_atomic(&t.join("b"), b"new")).unwrap();
+        assert_eq!(fs::read_to_string(root.path().join("best/a")).unwrap(), "good", "the last good copy is back");
+        assert_eq!(fs::read_to_string(root.path().join("best/b")).unwrap(), "new");
+        assert_eq!(names(root.path()), ["best"]);
     }
 
     #[test]

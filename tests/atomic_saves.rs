@@ -91,7 +91,9 @@ fn child_saver() {
 fn kill_repeatedly(dir: &Path, mode: &str, check: impl Fn() -> usize) -> BTreeSet<usize> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut seen = BTreeSet::new();
+    let progress = || std::fs::read_to_string(dir.join("next")).unwrap_or_default();
     for _ in 0..KILLS {
+        let before = progress();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "child_saver", "--test-threads=1"])
             .env(CHILD_DIR, dir)
@@ -100,7 +102,13 @@ fn kill_repeatedly(dir: &Path, mode: &str, check: impl Fn() -> usize) -> BTreeSe
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..150)));
+        // Once the child has finished a save (a slow machine may take a while to start it), kill
+        // it at a random moment of the saves that follow.
+        let started = std::time::Instant::now();
+        while progress() == before && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..40)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         seen.insert(check());

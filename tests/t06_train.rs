@@ -184,7 +184,7 @@ fn the_best_adapter_is_kept() {
     assert_eq!(h.val.len(), 7, "validation before the first step, then every 2 steps");
     assert_eq!(h.val[0].step, 0, "the first validation is of the starting point, at step 0");
     let start = evaluate_loss(model().model.as_mut(), &val, 3, PAD).unwrap();
-    assert!((h.val[0].val_loss - start).abs() < 1e-6, "step 0's validation loss is the base model's, {start}");
+    assert!((h.val[0].val_loss - start).abs() < 1e-5, "step 0's validation loss is the base model's, {start}");
     let best = h.val.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
     let (best_step, best_loss) = h.best.unwrap();
     assert_eq!(best_loss, best, "history.best is the lowest validation loss");
@@ -256,13 +256,16 @@ fn a_run_that_diverges_stops_with_an_error_and_keeps_nothing_worse_than_the_star
     let err = train_lora(m.model.as_mut(), &lora(), &train, &val, PAD, &config(dir.path(), 30, 1e6), &mut |_, _| {})
         .expect_err("a learning rate of 1e6 must not end in success");
     assert!(err.to_string().contains("learning rate"), "the error should name the likely cause: {err}");
-    // Whatever was saved as best is better than where the run started.
+    // Whatever was saved as best is no worse than where the run started.
     let best = dir.path().join("best");
     if best.exists() {
         let mut fresh = model();
         load_lora_weights(fresh.model.as_mut(), &best).unwrap();
         let kept = evaluate_loss(fresh.model.as_mut(), &val, 3, PAD).unwrap();
-        assert!(kept < start, "best/ holds an adapter with validation loss {kept}, worse than the base's {start}");
+        assert!(
+            kept <= start + 1e-5,
+            "best/ holds an adapter with validation loss {kept}, worse than the base's {start}"
+        );
     }
 }
 

@@ -71,8 +71,9 @@ pub fn dropout(s: &str) -> std::result::Result<f32, String> {
     }
 }
 
-/// An output folder: created now if it is missing, so a path that cannot be a folder (a file,
-/// a read-only place) is found before a run's first save, not 50 seconds into it.
+/// An output folder: created now if it is missing, so a path that cannot be a folder (a file, a
+/// path under a file, a place where folders cannot be made) is found before a run's first save,
+/// not 50 seconds into it.
 pub fn out_dir(s: &str) -> std::result::Result<PathBuf, String> {
     let path = PathBuf::from(s);
     if path.exists() && !path.is_dir() {
