@@ -57,6 +57,10 @@ struct Args {
     steps: usize,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Keep the base model in bf16 (adapters, norms and activations f32; on the CPU the bf16
+    /// matmul of `compute::bf16`).
+    #[arg(long)]
+    bf16: bool,
     /// Instead: time forward + backward of one GPT-2-sized linear layer (768 -> 3072 at
     /// batch x seq tokens), frozen-linear op against candle's matmul of a detached weight.
     #[arg(long)]
@@ -122,7 +126,7 @@ fn run() -> Result<()> {
     }
     let t0 = Instant::now();
     let device = lora_from_scratch::compute::device::pick_device(args.cpu)?;
-    let mut loaded = load_model(&args.model, &LoadOptions { device, ..Default::default() })?;
+    let mut loaded = load_model(&args.model, &LoadOptions { device, dtype: if args.bf16 { DType::BF16 } else { DType::F32 }, ..Default::default() })?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mib();
     let targets: Vec<&str> = args.targets.split(',').collect();
@@ -178,7 +182,7 @@ fn run() -> Result<()> {
     let line = json!({
         "impl": "lora-from-scratch", "device": if loaded.model.device().is_cuda() { "cuda" } else { "cpu" }, "model": args.model, "batch": args.batch, "seq": args.seq,
         "mode": if args.full_ft { "full_ft" } else { "lora" }, "rank": args.rank, "targets": targets,
-        "dtype": "float32", "trainable_params": trainable,
+        "dtype": if args.bf16 { "bfloat16" } else { "float32" }, "bf16_kernel": args.bf16 && lora_from_scratch::compute::bf16::kernel_in_use(), "trainable_params": trainable,
         "load_s": load_s, "rss_after_load_mib": rss_after_load,
         "forward_tokens_per_s": tokens / forward_s,
         "step_s_median": step_s, "tokens_per_s": tokens / step_s, "loss": last_loss,

@@ -6,8 +6,10 @@
 //! May use: `error` only.
 
 pub mod alloc;
+pub mod bf16;
 pub mod device;
 pub mod fused;
+pub mod matmul;
 pub mod ops;
 pub mod quantized;
 pub mod threads;

@@ -35,7 +35,7 @@ pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
     // A weight that is (or comes from) a `Var` is being trained and takes candle's matmul, whose
     // backward computes both gradients. A frozen weight takes `frozen_linear`, which skips the
     // weight's gradient.
-    let y = if weight.track_op() { x.broadcast_matmul(&weight.t()?)? } else { frozen_linear(x, weight)? };
+    let y = if weight.track_op() { x.broadcast_matmul(&weight.to_dtype(x.dtype())?.t()?)? } else { frozen_linear(x, weight)? };
     // ANCHOR_END: dispatch
     Ok(match bias {
         Some(b) => y.broadcast_add(b)?,
@@ -48,11 +48,12 @@ pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
 /// throws away).
 pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let weight = weight.detach();
-    if fused::usable(&[x, &weight]) {
+    if fused::usable_with_weight(&[x], &weight) {
         let weight = weight.contiguous()?;
         return Ok(fused::frozen_linear::frozen_linear(x, fused::FrozenWeight::Dense(weight))?);
     }
-    Ok(x.broadcast_matmul(&weight.t()?)?)
+    // A bf16 weight beside f32 activations (the CPU's `--bf16`) is widened for candle's matmul.
+    Ok(x.broadcast_matmul(&weight.to_dtype(x.dtype())?.t()?)?)
 }
 
 /// `x W^T` for a quantized frozen weight W [out, in] (QLoRA, t09). On the CPU one op dequantizes
@@ -152,7 +153,7 @@ pub fn self_attention(
 /// [`fused::cross_entropy`]); elsewhere they are computed in f32 and go through
 /// [`cross_entropy`].
 pub fn head_cross_entropy(h: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    if fused::usable(&[h, weight]) {
+    if fused::usable_with_weight(&[h], weight) {
         return Ok(fused::cross_entropy::head_cross_entropy(h, weight, targets)?);
     }
     let logits = linear_forward(h, weight, None)?.to_dtype(DType::F32)?;
@@ -228,10 +229,17 @@ pub mod composed {
 }
 
 /// Row `i` of `table` [vocab, dim] for every id in `ids` [batch, seq]: [batch, seq, dim].
+///
+/// On the CPU a half-precision table gives f32 rows: there the base is stored in bf16 but the
+/// activations are f32 (see [`crate::compute::bf16`]).
 pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let dim = table.dim(1)?;
-    Ok(table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, dim))?)
+    let rows = table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, dim))?;
+    Ok(match rows.dtype() {
+        DType::BF16 | DType::F16 if rows.device().is_cpu() => rows.to_dtype(DType::F32)?,
+        _ => rows,
+    })
 }
 
 /// Causal self-attention for `q` [batch, heads, seq, head_dim] and `k`, `v` [batch, kv_heads,

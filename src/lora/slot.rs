@@ -106,9 +106,9 @@ impl LinearSlot {
             LinearSlot::Linear(l) => {
                 let (w, b) = (l.weight.tensor(), l.bias.as_ref().map(|b| b.tensor()));
                 let frozen = !w.track_op() && !b.is_some_and(|b| b.track_op());
-                let mut all = vec![residual, x, w];
-                all.extend(b);
-                if frozen && crate::compute::fused::usable(&all) {
+                let mut acts = vec![residual, x];
+                acts.extend(b);
+                if frozen && crate::compute::fused::usable_with_weight(&acts, w) {
                     return Ok(crate::compute::fused::residual_linear::residual_linear(residual, x, w, b)?);
                 }
                 Ok((residual + l.forward(x)?)?)
@@ -284,7 +284,7 @@ impl LinearSlot {
 fn fused_lora_forward(l: &LinearWithLora, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
     let lora = l.lora();
     let (a, b) = (lora.a().tensor(), lora.b().tensor());
-    if (train && lora.dropout() > 0.0) || !crate::compute::fused::usable(&[x, l.weight(), a, b]) {
+    if (train && lora.dropout() > 0.0) || !crate::compute::fused::usable_with_weight(&[x, a, b], l.weight()) {
         return Ok(None);
     }
     if l.bias().is_some_and(|b| !crate::compute::fused::usable(&[x, b])) {

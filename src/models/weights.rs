@@ -25,11 +25,29 @@ pub struct Weights {
     dtype: DType,
 }
 
+/// The dtype a floating-point weight is kept in for a model loaded as `dtype`: `dtype`, except
+/// that on the CPU a half-precision model keeps its vectors (norm weights, biases) in f32. There
+/// the activations stay f32 and only the matrices, which hold the memory and the matmul time, are
+/// half precision (see `compute::bf16`).
+fn stored_dtype(t: &Tensor, dtype: DType) -> DType {
+    let half = matches!(dtype, DType::BF16 | DType::F16);
+    if half && t.device().is_cpu() && t.rank() < 2 {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 impl Weights {
     /// Wrap tensors read elsewhere (the GGUF reader), converting them to `dtype`.
     pub fn from_tensors(tensors: HashMap<String, Tensor>, source: &Path, dtype: DType) -> Result<Self> {
-        let tensors =
-            tensors.into_iter().map(|(n, t)| Ok((n, t.to_dtype(dtype)?))).collect::<Result<HashMap<_, _>>>()?;
+        let tensors = tensors
+            .into_iter()
+            .map(|(n, t)| {
+                let to = stored_dtype(&t, dtype);
+                Ok((n, t.to_dtype(to)?))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
         Ok(Weights { tensors, source: source.to_path_buf(), dtype })
     }
 
@@ -61,7 +79,7 @@ impl Weights {
         let tensors = tensors
             .into_iter()
             .map(|(n, t)| {
-                let t = if t.dtype().is_float() { t.to_dtype(dtype)? } else { t };
+                let t = if t.dtype().is_float() { t.to_dtype(stored_dtype(&t, dtype))? } else { t };
                 Ok((n, t))
             })
             .collect::<Result<HashMap<_, _>>>()?;

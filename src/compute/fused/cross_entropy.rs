@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{by_dtype, matmul, owned, storage_slice, tensor, Float, Mat};
+use super::{by_dtype, matmul, matmul_packed, owned, storage_slice, tensor, Float, FrozenWeight, Mat, Product};
 
 /// Rows of logits computed at a time: 128 x 49,152 f32 is 25 MB.
 const CHUNK_ROWS: usize = 128;
@@ -32,6 +32,18 @@ pub struct HeadCrossEntropy {
     want_dw: bool,
     /// (dh, dW) of the loss itself (upstream gradient 1).
     grads: Mutex<(Option<Tensor>, Option<Tensor>)>,
+    /// The head weight when it is bf16 beside f32 hidden rows (`--bf16` on the CPU): held here
+    /// and multiplied as stored; it is frozen, so it gets no gradient.
+    frozen: Option<FrozenWeight>,
+}
+
+/// The head weight as the forward reads it.
+#[derive(Clone, Copy)]
+enum HeadWeight<'a, T> {
+    /// [vocab, d] of the hidden rows' dtype.
+    Slice(&'a [T]),
+    /// A frozen bf16 weight.
+    Frozen(&'a FrozenWeight),
 }
 
 fn check(vocab: usize, targets: &[u32], h: &[usize], w: &[usize]) -> candle_core::Result<()> {
@@ -50,17 +62,37 @@ fn check(vocab: usize, targets: &[u32], h: &[usize], w: &[usize]) -> candle_core
 
 impl HeadCrossEntropy {
     /// The mean loss; with `want_dh` / `want_dw`, also its gradients, stored for the backward.
-    fn forward<T: Float>(&self, h: &[T], w: &[T], d: usize) -> candle_core::Result<T> {
-        let (n, vocab) = (self.targets.len(), w.len() / d);
+    fn forward<T: Float>(&self, h: &[T], w: HeadWeight<T>, d: usize) -> candle_core::Result<T> {
+        let n = self.targets.len();
+        let vocab = match w {
+            HeadWeight::Slice(w) => w.len() / d,
+            HeadWeight::Frozen(w) => w.dims()?.0,
+        };
         let coef = <T as candle_core::WithDType>::from_f64(1.0 / n as f64);
         let mut total = 0f64;
         let mut dh = self.want_dh.then(|| vec![T::zero(); n * d]);
         let mut dw = self.want_dw.then(|| vec![T::zero(); vocab * d]);
         let mut logits = vec![T::zero(); CHUNK_ROWS.min(n) * vocab];
+        // A bf16 head is packed for the kernel once here, not once per chunk.
+        let (packed_fwd, packed_bwd) = match w {
+            HeadWeight::Frozen(w) => {
+                (w.pack_bf16::<T>(Product::XWt)?, if self.want_dh { w.pack_bf16::<T>(Product::XW)? } else { None })
+            }
+            HeadWeight::Slice(_) => (None, None),
+        };
         for start in (0..n).step_by(CHUNK_ROWS) {
             let rows = CHUNK_ROWS.min(n - start);
             let logits = &mut logits[..rows * vocab];
-            matmul(logits, vocab, (rows, vocab, d), Mat::rows(&h[start * d..], d), Mat::rows(w, d).t(), false, true);
+            let hs = &h[start * d..(start + rows) * d];
+            match w {
+                HeadWeight::Slice(w) => {
+                    matmul(logits, vocab, (rows, vocab, d), Mat::rows(hs, d), Mat::rows(w, d).t(), false, true)
+                }
+                HeadWeight::Frozen(w) => match &packed_fwd {
+                    Some(p) => matmul_packed(logits, vocab, hs, rows, p, false),
+                    None => w.matmul_into(logits, hs, rows, Product::XWt, false)?,
+                },
+            }
             let targets = &self.targets[start..start + rows];
             let mut losses = vec![0f64; rows];
             let grad = self.want_dh || self.want_dw;
@@ -80,15 +112,20 @@ impl HeadCrossEntropy {
             // Summed in row order, so the loss does not depend on how rayon split the work.
             total += losses.iter().sum::<f64>();
             if let Some(dh) = &mut dh {
-                matmul(
-                    &mut dh[start * d..],
-                    d,
-                    (rows, d, vocab),
-                    Mat::rows(logits, vocab),
-                    Mat::rows(w, d),
-                    false,
-                    true,
-                );
+                let dh = &mut dh[start * d..(start + rows) * d];
+                match w {
+                    HeadWeight::Slice(w) => {
+                        matmul(dh, d, (rows, d, vocab), Mat::rows(logits, vocab), Mat::rows(w, d), false, true)
+                    }
+                    HeadWeight::Frozen(w) => match &packed_bwd {
+                        Some(p) => matmul_packed(dh, d, logits, rows, p, false),
+                        None => w.matmul_into(dh, logits, rows, Product::XW, false)?,
+                    },
+                }
+            }
+            if let (Some(dw), HeadWeight::Frozen(_)) = (&dw, w) {
+                let _ = dw;
+                candle_core::bail!("head cross-entropy: a gradient for a head weight held frozen");
             }
             if let Some(dw) = &mut dw {
                 matmul(
@@ -117,7 +154,11 @@ fn fwd<T: Float>(
     wl: &Layout,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
     check(wl.dims()[0], &op.targets, hl.dims(), wl.dims())?;
-    let loss = op.forward(storage_slice::<T>(h, hl)?, storage_slice::<T>(w, wl)?, wl.dims()[1])?;
+    let weight = match &op.frozen {
+        Some(frozen) => HeadWeight::Frozen(frozen),
+        None => HeadWeight::Slice(storage_slice::<T>(w, wl)?),
+    };
+    let loss = op.forward(storage_slice::<T>(h, hl)?, weight, wl.dims()[1])?;
     Ok((owned(vec![loss]), Shape::from(())))
 }
 
@@ -158,11 +199,26 @@ impl CustomOp2 for HeadCrossEntropy {
 /// Mean cross-entropy of the logits `h W^T` (`h` [n, d], `W` [vocab, d]) against `targets` [n],
 /// without materializing the logits. Gradients are formed for whichever of `h` and `W` track one.
 pub fn head_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    // A bf16 head beside f32 rows is multiplied as stored; it cannot be trained that way.
+    let frozen = if w.dtype() != h.dtype() {
+        if w.track_op() {
+            candle_core::bail!(
+                "head cross-entropy: the head weight is {:?} and trained, beside {:?} hidden rows; train it in {:?}",
+                w.dtype(),
+                h.dtype(),
+                h.dtype()
+            );
+        }
+        Some(FrozenWeight::dense_from(w)?)
+    } else {
+        None
+    };
     let op = HeadCrossEntropy {
         targets: targets.to_vec(),
         want_dh: h.track_op(),
         want_dw: w.track_op(),
         grads: Mutex::new((None, None)),
+        frozen,
     };
     h.contiguous()?.apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(op)))
 }

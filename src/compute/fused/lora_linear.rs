@@ -12,7 +12,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, FrozenWeight, Mat};
+use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, FrozenWeight, Mat, Product};
 
 /// The frozen part of the layer and the adapter's scaling.
 #[derive(Clone, Debug)]
@@ -51,9 +51,7 @@ impl LoraLinear {
         (m, in_f, out_f, r): (usize, usize, usize, usize),
     ) -> candle_core::Result<Vec<T>> {
         let mut y = vec![T::zero(); m * out_f];
-        with_slice::<T, _>(&self.weight.dense(T::DTYPE)?, |w| {
-            matmul(&mut y, out_f, (m, out_f, in_f), Mat::rows(x, in_f), Mat::rows(w, in_f).t(), false, true)
-        })?;
+        self.weight.matmul_into(&mut y, x, m, Product::XWt, false)?;
         if let Some(bias) = &self.bias {
             with_slice::<T, _>(bias, |bias| {
                 for row in y.chunks_mut(out_f) {
@@ -82,8 +80,7 @@ impl LoraLinear {
         let (dx, da, db) = with_slice::<T, _>(x, |x| {
             with_slice::<T, _>(a, |a| {
                 with_slice::<T, _>(b, |b| {
-                    with_slice::<T, _>(&dy, |dy| {
-                        with_slice::<T, _>(&self.weight.dense(T::DTYPE)?, |w| {
+                    with_slice::<T, _>(&dy, |dy| -> candle_core::Result<_> {
                             // ANCHOR: backward
                             let mut z = vec![T::zero(); m * r];
                             matmul(&mut z, r, (m, r, in_f), Mat::rows(x, in_f), Mat::rows(a, in_f).t(), false, true);
@@ -100,19 +97,10 @@ impl LoraLinear {
                             matmul(&mut da, in_f, (r, in_f, m), Mat::rows(&dz, r).t(), Mat::rows(x, in_f), false, true);
                             // dx = dY W0 + dz A
                             let mut dx = vec![T::zero(); m * in_f];
-                            matmul(
-                                &mut dx,
-                                in_f,
-                                (m, in_f, out_f),
-                                Mat::rows(dy, out_f),
-                                Mat::rows(w, in_f),
-                                false,
-                                true,
-                            );
+                            self.weight.matmul_into(&mut dx, dy, m, Product::XW, false)?;
                             matmul(&mut dx, in_f, (m, in_f, r), Mat::rows(&dz, r), Mat::rows(a, in_f), true, true);
                             // ANCHOR_END: backward
-                            (dx, da, db)
-                        })
+                            Ok((dx, da, db))
                     })
                 })
             })

@@ -12,8 +12,10 @@
 //! falls back to the composed candle version otherwise (CUDA, half precision); the two are
 //! checked equal, and each fused op against finite differences, in `tests/fused_ops.rs`.
 
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
-use gemm::Parallelism;
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+pub use crate::compute::bf16::Product;
+pub use crate::compute::matmul::Float;
+pub(crate) use crate::compute::matmul::{matmul, Mat};
 
 pub mod adamw;
 pub mod attention;
@@ -25,10 +27,6 @@ pub mod norm;
 pub mod residual_linear;
 pub mod rope;
 
-/// The element types the fused kernels are written for.
-pub trait Float: WithDType + num_traits::Float + std::iter::Sum + Send + Sync + 'static {}
-impl Float for f32 {}
-impl Float for f64 {}
 
 /// Set by [`set_enabled`]: the fused ops are off and every op takes its composed version.
 static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -49,6 +47,15 @@ pub fn usable(tensors: &[&Tensor]) -> bool {
     let Some(first) = tensors.first() else { return false };
     let dtype = first.dtype();
     matches!(dtype, DType::F32 | DType::F64) && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == dtype)
+}
+
+/// [`usable`] for ops that hold a frozen weight: the tensors as [`usable`] asks, and the weight
+/// of their dtype or, beside f32 tensors, bf16 (the `--bf16` base on the CPU, multiplied by
+/// [`crate::compute::bf16`]).
+pub fn usable_with_weight(tensors: &[&Tensor], weight: &Tensor) -> bool {
+    usable(tensors)
+        && weight.device().is_cpu()
+        && (weight.dtype() == tensors[0].dtype() || (weight.dtype() == DType::BF16 && tensors[0].dtype() == DType::F32))
 }
 
 /// The contiguous elements of a CPU storage under `layout`.
@@ -90,90 +97,6 @@ macro_rules! by_dtype {
 }
 pub(crate) use by_dtype;
 
-/// A read-only matrix view: element (i, j) is `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'a, T> {
-    pub data: &'a [T],
-    pub rs: isize,
-    pub cs: isize,
-}
-
-impl<'a, T> Mat<'a, T> {
-    /// A row-major matrix with `cols` columns.
-    pub fn rows(data: &'a [T], cols: usize) -> Self {
-        Mat { data, rs: cols as isize, cs: 1 }
-    }
-
-    /// Row-major with rows `stride` apart (a column block of a wider matrix).
-    pub fn strided(data: &'a [T], stride: usize) -> Self {
-        Mat { data, rs: stride as isize, cs: 1 }
-    }
-
-    /// The transpose, for free: swap the strides.
-    pub fn t(self) -> Self {
-        Mat { data: self.data, rs: self.cs, cs: self.rs }
-    }
-}
-
-/// `c [m, n] = a [m, k] b [k, n]`, or `c += a b` with `accumulate`; `c` is row-major with rows
-/// `ldc` apart. `parallel` lets gemm use candle's thread count (off inside rayon tasks).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul<T: Float>(
-    c: &mut [T],
-    ldc: usize,
-    (m, n, k): (usize, usize, usize),
-    a: Mat<T>,
-    b: Mat<T>,
-    accumulate: bool,
-    parallel: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // Bounds: the last element each operand touches must be inside its slice.
-    let last = |x: Mat<T>, r: usize, q: usize| {
-        (r.saturating_sub(1) as isize * x.rs + q.saturating_sub(1) as isize * x.cs) as usize
-    };
-    assert!(k == 0 || last(a, m, k) < a.data.len(), "matmul: lhs out of bounds");
-    assert!(k == 0 || last(b, k, n) < b.data.len(), "matmul: rhs out of bounds");
-    assert!((m - 1) * ldc + n <= c.len(), "matmul: dst out of bounds");
-    let threads = threads();
-    let parallelism = if parallel && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    let (zero, one) = (T::zero(), T::one());
-    // SAFETY: the asserts above keep every access inside the three slices; `c` does not alias
-    // `a` or `b` (it is borrowed mutably).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs,
-            a.rs,
-            b.data.as_ptr(),
-            b.cs,
-            b.rs,
-            if accumulate { one } else { zero },
-            one,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
-/// candle's thread count, asked once: each call of `get_num_threads` may read /proc/cpuinfo
-/// (see [`crate::compute::threads`]).
-fn threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(candle_core::utils::get_num_threads)
-}
-
 /// A frozen weight [out, in] held inside a fused op: a dense contiguous tensor, or a quantized
 /// one (QLoRA, t09) that the op dequantizes where it uses it, in the forward and again in the
 /// backward, so that only the quantized form stays alive between the two.
@@ -197,6 +120,84 @@ impl FrozenWeight {
         }
     }
 
+    /// `c (+)= x W^T` ([`Product::XWt`], `c` [m, out]) or `x W` ([`Product::XW`], `c` [m, in]),
+    /// `x` row-major. A bf16 weight beside f32 activations is multiplied as it is stored
+    /// ([`crate::compute::bf16`]); any other is read as T (dequantized if quantized).
+    pub(crate) fn matmul_into<T: Float>(
+        &self,
+        c: &mut [T],
+        x: &[T],
+        m: usize,
+        product: Product,
+        accumulate: bool,
+    ) -> candle_core::Result<()> {
+        let (out_f, in_f) = self.dims()?;
+        if let (FrozenWeight::Dense(w), DType::F32) = (self, T::DTYPE) {
+            if w.dtype() == DType::BF16 {
+                let (storage, layout) = w.storage_and_layout();
+                let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("fused op: the weight is not on the CPU") };
+                let Some((start, end)) = layout.contiguous_offsets() else {
+                    candle_core::bail!("fused op: the weight is not contiguous")
+                };
+                let w = &cpu.as_slice::<half::bf16>()?[start..end];
+                // T is f32 (checked above), so these casts only change the name of the type.
+                let (c, x) = (bytemuck_f32_mut(c), bytemuck_f32(x));
+                crate::compute::bf16::matmul(c, c_ld(product, out_f, in_f), x, w, (m, out_f, in_f), product, accumulate);
+                return Ok(());
+            }
+        }
+        with_slice::<T, _>(&self.dense(T::DTYPE)?, |w| {
+            let (n, k, b) = match product {
+                Product::XWt => (out_f, in_f, Mat::rows(w, in_f).t()),
+                Product::XW => (in_f, out_f, Mat::rows(w, in_f)),
+            };
+            matmul(c, n, (m, n, k), Mat::rows(x, k), b, accumulate, true)
+        })
+    }
+
+    /// This bf16 weight packed once for the kernel ([`crate::compute::bf16::pack`]), when it is
+    /// one, `T` is f32 and the kernel is in use; else `None`.
+    pub(crate) fn pack_bf16<T: Float>(&self, product: Product) -> candle_core::Result<Option<crate::compute::bf16::Packed>> {
+        let FrozenWeight::Dense(w) = self else { return Ok(None) };
+        if w.dtype() != DType::BF16 || T::DTYPE != DType::F32 {
+            return Ok(None);
+        }
+        let dims = w.dims2()?;
+        let (storage, layout) = w.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("fused op: the weight is not on the CPU") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused op: the weight is not contiguous")
+        };
+        Ok(crate::compute::bf16::pack(&cpu.as_slice::<half::bf16>()?[start..end], dims, product))
+    }
+
+    /// Whether this is a dense bf16 weight (multiplied by [`crate::compute::bf16`] beside f32).
+    pub fn is_bf16(&self) -> bool {
+        matches!(self, FrozenWeight::Dense(w) if w.dtype() == DType::BF16)
+    }
+
+    /// `x W^T` or `x W` for f32 `x` [..., k] when this is a bf16 weight, by the bf16 kernel;
+    /// `None` otherwise (the caller multiplies in its own way).
+    pub fn bf16_times(&self, x: &Tensor, product: Product) -> candle_core::Result<Option<Tensor>> {
+        if !self.is_bf16() || x.dtype() != DType::F32 || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let (out_f, in_f) = self.dims()?;
+        let (k, n) = match product {
+            Product::XWt => (in_f, out_f),
+            Product::XW => (out_f, in_f),
+        };
+        if x.dims().last() != Some(&k) {
+            candle_core::bail!("bf16 matmul: expected x [..., {k}] for a [{out_f}, {in_f}] weight, got {:?}", x.dims());
+        }
+        let m = x.elem_count() / k.max(1);
+        let mut y = vec![0f32; m * n];
+        with_slice::<f32, _>(x, |x| self.matmul_into(&mut y, x, m, product, false))??;
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("x has a last dim") = n;
+        tensor(y, &dims).map(Some)
+    }
+
     /// The weight as a contiguous CPU tensor of `dtype` (dequantized if quantized).
     pub fn dense(&self, dtype: DType) -> candle_core::Result<Tensor> {
         match self {
@@ -207,4 +208,31 @@ impl FrozenWeight {
                 .to_dtype(dtype),
         }
     }
+}
+
+/// The row length of `c` for `product`: out for `XWt`, in for `XW`.
+fn c_ld(product: Product, out_f: usize, in_f: usize) -> usize {
+    match product {
+        Product::XWt => out_f,
+        Product::XW => in_f,
+    }
+}
+
+/// `s` as f32: only called where `T::DTYPE` is f32, so T is f32.
+fn bytemuck_f32<T: Float>(s: &[T]) -> &[f32] {
+    assert_eq!(T::DTYPE, DType::F32);
+    // SAFETY: T is f32 (asserted), so the slice is reinterpreted as itself.
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
+}
+
+/// [`bytemuck_f32`] for a mutable slice.
+fn bytemuck_f32_mut<T: Float>(s: &mut [T]) -> &mut [f32] {
+    assert_eq!(T::DTYPE, DType::F32);
+    // SAFETY: as in `bytemuck_f32`.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) }
+}
+
+/// `c (+)= x W^T` or `x W` with a weight packed by [`FrozenWeight::pack_bf16`] (T is f32 there).
+pub(crate) fn matmul_packed<T: Float>(c: &mut [T], ldc: usize, x: &[T], m: usize, w: &crate::compute::bf16::Packed, accumulate: bool) {
+    crate::compute::bf16::matmul_packed(bytemuck_f32_mut(c), ldc, bytemuck_f32(x), m, w, accumulate)
 }

@@ -8,7 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, FrozenWeight, Mat};
+use super::{by_dtype, owned, storage_slice, tensor, with_slice, Float, FrozenWeight, Product};
 
 /// The frozen weight [out, in] and bias [out].
 #[derive(Clone, Debug)]
@@ -36,13 +36,11 @@ fn fwd<T: Float>(
     h: &CpuStorage,
     hl: &Layout,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let (m, in_f, out_f) = op.dims(xl.dims(), hl.dims())?;
+    let (m, _, out_f) = op.dims(xl.dims(), hl.dims())?;
     let x = storage_slice::<T>(x, xl)?;
     // y starts as h and the matmul accumulates into it.
     let mut y = storage_slice::<T>(h, hl)?.to_vec();
-    with_slice::<T, _>(&op.weight.dense(T::DTYPE)?, |w| {
-        matmul(&mut y, out_f, (m, out_f, in_f), Mat::rows(x, in_f), Mat::rows(w, in_f).t(), true, true)
-    })?;
+    op.weight.matmul_into(&mut y, x, m, Product::XWt, true)?;
     if let Some(b) = &op.bias {
         with_slice::<T, _>(b, |b| {
             y.chunks_mut(out_f).for_each(|row| row.iter_mut().zip(b).for_each(|(y, &b)| *y += b))
@@ -52,14 +50,11 @@ fn fwd<T: Float>(
 }
 
 fn bwd<T: Float>(op: &ResidualLinear, x: &Tensor, h: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-    let (m, in_f, out_f) = op.dims(x.dims(), h.dims())?;
+    let (m, in_f, _) = op.dims(x.dims(), h.dims())?;
     let dy = dy.to_dtype(x.dtype())?.contiguous()?;
     let dx = with_slice::<T, _>(&dy, |dy| {
-        with_slice::<T, _>(&op.weight.dense(T::DTYPE)?, |w| {
-            let mut dx = vec![T::zero(); m * in_f];
-            matmul(&mut dx, in_f, (m, in_f, out_f), Mat::rows(dy, out_f), Mat::rows(w, in_f), false, true);
-            dx
-        })
+        let mut dx = vec![T::zero(); m * in_f];
+        op.weight.matmul_into(&mut dx, dy, m, Product::XW, false).map(|()| dx)
     })??;
     Ok((tensor(dx, x.dims())?, dy))
 }

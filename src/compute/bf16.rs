@@ -1,0 +1,397 @@
+//! `x W^T` and `dy W` for a frozen bf16 weight W and f32 activations, accumulated in f32.
+//!
+//! This is what `--bf16` means on the CPU: the base model's matrices are stored in bf16 (half the
+//! memory, half the bytes to read), while activations, adapters, norms and the loss stay f32. The
+//! matmuls with a frozen bf16 weight are most of a LoRA step's time. candle 0.11 has no bf16 CPU
+//! kernel (it widens both operands to f32 and multiplies there, at f32 speed), so this module has
+//! one: on CPUs with AVX512_BF16 (Zen 4 and later, Cooper Lake / Sapphire Rapids and later) the
+//! instruction `vdpbf16ps` multiplies 32 bf16 pairs and adds them into 16 f32 sums, twice the
+//! work of an f32 FMA per instruction. The activations are rounded to bf16 (round to nearest
+//! even) as they are packed, the products are summed in f32. Elsewhere the weight is widened to
+//! f32 and candle's gemm multiplies; the result is then slightly more exact than the kernel's
+//! (the activations are not rounded), within bf16 tolerance of it.
+//!
+//! The kernel is the classic blocked GEMM (Goto and van de Geijn 2008) cut down to what these
+//! shapes need: A (activations) is packed once per call into panels of `MR` rows holding bf16
+//! pairs along k; each thread takes a range of `NR`-column panels of B (the weight), packs one
+//! panel and one `KC` block of k at a time, and runs the `MR x NR` microkernel over every row
+//! panel. The packing costs O(mk + nk) against the O(mnk) multiply.
+
+use half::bf16;
+
+/// Rows of the microkernel's tile: 12 rows x 2 vectors of 16 = 24 accumulators of the 32 zmm.
+const MR: usize = 12;
+/// Columns of the tile: two 16-lane vectors.
+const NR: usize = 32;
+/// k pairs per block: a packed B panel of 384 pairs x 32 columns is 48 KiB, about L1 + L2-near.
+const KC: usize = 384;
+
+/// Which product: W is [out, in] row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Product {
+    /// `c [m, out] = x [m, in] W^T` (the forward of a linear layer).
+    XWt,
+    /// `c [m, in] = x [m, out] W` (the input gradient of a linear layer).
+    XW,
+}
+
+static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Use the portable path even where the CPU has AVX512_BF16 (`false`), or the kernel again
+/// (`true`): for testing the path other CPUs take.
+pub fn set_kernel_enabled(enabled: bool) {
+    FORCE_PORTABLE.store(!enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this CPU runs the AVX512_BF16 kernel (detected once, at run time).
+pub fn kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`matmul`] takes the AVX512_BF16 kernel now.
+pub fn kernel_in_use() -> bool {
+    kernel_available() && !FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `c (+)= x W^T` or `x W` ([`Product`]) for `x` [m, k] row-major f32, `w` [out, in] row-major
+/// bf16, `c` row-major with rows `ldc` apart; `accumulate` adds into `c` instead of overwriting
+/// it. `dims` is (m, out, in).
+pub fn matmul(
+    c: &mut [f32],
+    ldc: usize,
+    x: &[f32],
+    w: &[bf16],
+    (m, out_f, in_f): (usize, usize, usize),
+    product: Product,
+    accumulate: bool,
+) {
+    let (n, k) = match product {
+        Product::XWt => (out_f, in_f),
+        Product::XW => (in_f, out_f),
+    };
+    assert!(x.len() >= m * k, "bf16 matmul: x has {} elements, [{m}, {k}] needs {}", x.len(), m * k);
+    assert!(w.len() >= out_f * in_f, "bf16 matmul: W has {} elements, [{out_f}, {in_f}] needs more", w.len());
+    assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(), "bf16 matmul: c is too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel_in_use() {
+        // SAFETY: the CPU has avx512f, avx512bw and avx512bf16 (checked above); the asserts
+        // keep every access inside the slices.
+        unsafe { avx512::gemm_b(c, ldc, x, avx512::B::Raw(w, product), (m, n, k), accumulate) };
+        return;
+    }
+    portable(c, ldc, x, w, (m, n, k), product, accumulate);
+}
+
+/// A bf16 weight packed once for the kernel, for a weight multiplied many times in one op (the
+/// output head, chunk by chunk): packing per call would repeat O(out x in) work for every chunk.
+pub struct Packed {
+    #[cfg(target_arch = "x86_64")]
+    data: Vec<u32>,
+    /// (out, in) of the weight.
+    dims: (usize, usize),
+    product: Product,
+}
+
+/// `w` packed for `product`, or `None` where the kernel is not in use (then call [`matmul`]).
+pub fn pack(w: &[bf16], (out_f, in_f): (usize, usize), product: Product) -> Option<Packed> {
+    assert!(w.len() >= out_f * in_f, "bf16 pack: W has {} elements, [{out_f}, {in_f}] needs more", w.len());
+    #[cfg(target_arch = "x86_64")]
+    if kernel_in_use() {
+        let (n, k) = match product {
+            Product::XWt => (out_f, in_f),
+            Product::XW => (in_f, out_f),
+        };
+        return Some(Packed { data: avx512::pack_all(w, (n, k), product), dims: (out_f, in_f), product });
+    }
+    let _ = product;
+    None
+}
+
+/// [`matmul`] with a weight packed by [`pack`] (its product).
+pub fn matmul_packed(c: &mut [f32], ldc: usize, x: &[f32], m: usize, w: &Packed, accumulate: bool) {
+    let (out_f, in_f) = w.dims;
+    let (n, k) = match w.product {
+        Product::XWt => (out_f, in_f),
+        Product::XW => (in_f, out_f),
+    };
+    assert!(x.len() >= m * k, "bf16 matmul: x has {} elements, [{m}, {k}] needs {}", x.len(), m * k);
+    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "bf16 matmul: c is too small");
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate && k == 0 {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a `Packed` exists only where the kernel is in use (see `pack`).
+    unsafe {
+        avx512::gemm_b(c, ldc, x, avx512::B::Packed(&w.data), (m, n, k), accumulate)
+    };
+}
+
+/// Widen W to f32 and let candle's gemm multiply.
+fn portable(
+    c: &mut [f32],
+    ldc: usize,
+    x: &[f32],
+    w: &[bf16],
+    (m, n, k): (usize, usize, usize),
+    product: Product,
+    accumulate: bool,
+) {
+    use crate::compute::matmul::{matmul as f32_matmul, Mat};
+    let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    let b = match product {
+        // W is [n, k]: B = W^T.
+        Product::XWt => Mat::rows(&wide, k).t(),
+        // W is [k, n]: B = W.
+        Product::XW => Mat::rows(&wide, n),
+    };
+    f32_matmul(c, ldc, (m, n, k), Mat::rows(x, k), b, accumulate, true);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{bf16, Product, KC, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// A pointer shared by the threads, each writing its own columns of c.
+    #[derive(Clone, Copy)]
+    struct SharedMut(*mut f32);
+    // SAFETY: the threads write disjoint column ranges of c.
+    unsafe impl Send for SharedMut {}
+    unsafe impl Sync for SharedMut {}
+
+    /// `to_bf16` of two f32 values packed into one u32, the first in the low half: the layout
+    /// `vdpbf16ps` reads a pair in.
+    fn pair(lo: f32, hi: f32) -> u32 {
+        bf16::from_f32(lo).to_bits() as u32 | ((bf16::from_f32(hi).to_bits() as u32) << 16)
+    }
+
+    /// Where the microkernel's B panels come from.
+    pub(super) enum B<'a> {
+        /// The weight as stored; each thread packs the panel it is about to use.
+        Raw(&'a [bf16], Product),
+        /// Packed once by [`pack_all`]: [column panel][k pair][NR].
+        Packed(&'a [u32]),
+    }
+
+    /// Every column panel of B, packed: [column panel][k pair][NR].
+    pub(super) fn pack_all(w: &[bf16], (n, k): (usize, usize), product: Product) -> Vec<u32> {
+        use rayon::prelude::*;
+        let kp = k.div_ceil(2);
+        let mut data = vec![0u32; n.div_ceil(NR) * kp * NR];
+        data.par_chunks_mut(kp * NR).enumerate().for_each(|(jp, panel)| {
+            let j0 = jp * NR;
+            pack_b(w, (n, k), product, 0, kp, j0, NR.min(n - j0), panel);
+        });
+        data
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn gemm_b(
+        c: &mut [f32],
+        ldc: usize,
+        x: &[f32],
+        b: B,
+        (m, n, k): (usize, usize, usize),
+        accumulate: bool,
+    ) {
+        use rayon::prelude::*;
+        let kp = k.div_ceil(2);
+        let row_panels = m.div_ceil(MR);
+        let col_panels = n.div_ceil(NR);
+        // A packed: [row panel][k pair][MR] pairs; rows past m are zero. Row panels are packed
+        // in parallel, each thread its own.
+        let mut pa = vec![0u32; row_panels * MR * kp];
+        pa.par_chunks_mut(kp * MR).enumerate().for_each(|(ip, panel)| {
+            let rows = MR.min(m - ip * MR);
+            // SAFETY: the caller checked the CPU's features.
+            unsafe { pack_a(&x[ip * MR * k..(ip * MR + rows) * k], rows, k, panel) };
+        });
+        let threads = crate::compute::matmul::thread_count().min(col_panels).max(1);
+        let per = col_panels.div_ceil(threads);
+        let cp = SharedMut(c.as_mut_ptr());
+        let (pa, b) = (&pa, &b);
+        (0..threads).into_par_iter().for_each(move |t| {
+            let cp = cp;
+            let mut own = vec![0u32; if matches!(b, B::Raw(..)) { KC.min(kp) * NR } else { 0 }];
+            for jp in t * per..((t + 1) * per).min(col_panels) {
+                let j0 = jp * NR;
+                let cols = NR.min(n - j0);
+                let mut p0 = 0;
+                while p0 < kp {
+                    let pairs = KC.min(kp - p0);
+                    let pb: &[u32] = match b {
+                        B::Raw(w, product) => {
+                            pack_b(w, (n, k), *product, p0, pairs, j0, cols, &mut own);
+                            &own
+                        }
+                        B::Packed(data) => &data[(jp * kp + p0) * NR..(jp * kp + p0 + pairs) * NR],
+                    };
+                    for ip in 0..row_panels {
+                        let i0 = ip * MR;
+                        let rows = MR.min(m - i0);
+                        // SAFETY: the panel of A holds `pairs` pairs from p0 on, MR rows each.
+                        let a = unsafe { pa.as_ptr().add((ip * kp + p0) * MR) };
+                        // SAFETY: rows <= m - i0 and cols <= n - j0 keep the tile inside c; this
+                        // thread alone writes columns j0..j0 + cols.
+                        unsafe {
+                            micro(pairs, a, pb.as_ptr(), cp.0.add(i0 * ldc + j0), ldc, rows, cols, accumulate || p0 > 0)
+                        };
+                    }
+                    p0 += pairs;
+                }
+            }
+        });
+    }
+
+    /// `rows` rows of x [rows, k] f32 -> bf16 pairs in [pair][MR] order (rows past `rows` stay
+    /// zero): one row panel of A.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_a(x: &[f32], rows: usize, k: usize, panel: &mut [u32]) {
+        let kp = k.div_ceil(2);
+        let mut row = vec![0u32; kp];
+        for r in 0..rows {
+            let src = &x[r * k..(r + 1) * k];
+            let mut q = 0;
+            // 32 floats -> 16 pairs per step, rounded to nearest even.
+            while q + 32 <= k {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(q));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(q + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(row.as_mut_ptr().add(q / 2) as *mut __m512i, v);
+                q += 32;
+            }
+            while q < k {
+                row[q / 2] = pair(src[q], if q + 1 < k { src[q + 1] } else { 0.0 });
+                q += 2;
+            }
+            for (p, &v) in row.iter().enumerate() {
+                panel[p * MR + r] = v;
+            }
+        }
+    }
+
+    /// Pairs `p0..p0 + pairs` of columns `j0..j0 + cols` of B into [pair][NR] (zero-padded).
+    /// B [k, n] is W^T for `XWt` (W [n, k]) and W for `XW` (W [k, n]).
+    #[allow(clippy::too_many_arguments)]
+    fn pack_b(
+        w: &[bf16],
+        (n, k): (usize, usize),
+        product: Product,
+        p0: usize,
+        pairs: usize,
+        j0: usize,
+        cols: usize,
+        pb: &mut [u32],
+    ) {
+        let bits = |v: bf16| v.to_bits() as u32;
+        match product {
+            Product::XWt => {
+                for c in 0..NR {
+                    if c >= cols {
+                        (0..pairs).for_each(|p| pb[p * NR + c] = 0);
+                        continue;
+                    }
+                    // Column j of B is row j of W: its pairs along k are adjacent.
+                    let row = &w[(j0 + c) * k..(j0 + c + 1) * k];
+                    for p in 0..pairs {
+                        let kk = 2 * (p0 + p);
+                        let hi = if kk + 1 < k { bits(row[kk + 1]) } else { 0 };
+                        pb[p * NR + c] = bits(row[kk]) | (hi << 16);
+                    }
+                }
+            }
+            Product::XW => {
+                for p in 0..pairs {
+                    let kk = 2 * (p0 + p);
+                    let dst = &mut pb[p * NR..(p + 1) * NR];
+                    // A pair interleaves two rows of W.
+                    let r0 = &w[kk * n + j0..kk * n + j0 + cols];
+                    if kk + 1 < k {
+                        let r1 = &w[(kk + 1) * n + j0..(kk + 1) * n + j0 + cols];
+                        for c in 0..cols {
+                            dst[c] = bits(r0[c]) | (bits(r1[c]) << 16);
+                        }
+                    } else {
+                        for c in 0..cols {
+                            dst[c] = bits(r0[c]);
+                        }
+                    }
+                    dst[cols..].fill(0);
+                }
+            }
+        }
+    }
+
+    /// The `MR x NR` tile of c at `c` (+)= the packed A panel times the packed B panel over
+    /// `pairs` k pairs; only `rows x cols` of it are written.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn micro(
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..pairs {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const __m512i));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const __m512i));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // Row r's pair, in every lane: lane j gets a0 b0j + a1 b1j.
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        if rows == MR && cols == NR {
+            for (r, acc) in acc.iter().enumerate() {
+                let cr = c.add(r * ldc);
+                for (h, &v) in acc.iter().enumerate() {
+                    let v = if accumulate { _mm512_add_ps(_mm512_loadu_ps(cr.add(16 * h)), v) } else { v };
+                    _mm512_storeu_ps(cr.add(16 * h), v);
+                }
+            }
+        } else {
+            let mut tile = [0f32; NR];
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                _mm512_storeu_ps(tile.as_mut_ptr(), acc[0]);
+                _mm512_storeu_ps(tile.as_mut_ptr().add(16), acc[1]);
+                let cr = c.add(r * ldc);
+                for (j, &v) in tile.iter().enumerate().take(cols) {
+                    *cr.add(j) = if accumulate { *cr.add(j) + v } else { v };
+                }
+            }
+        }
+    }
+}
