@@ -1,16 +1,20 @@
 //! Throughput of SmolLM2-135M in this crate, in the shape of `../shared/bench/peft_baseline.py`
 //! so the two can be compared side by side: no-grad forward, and a training step (forward, loss,
 //! backward, AdamW) with LoRA on chosen modules, on seeded random token ids. Prints ONE JSON line:
-//! tokens/s, seconds per step (median), peak RSS.
+//! tokens/s, seconds per step (median), peak RSS, and where the figure comes from: the CPU
+//! (`host`), the matmul GFLOP/s measured here at the step's shapes, and the step's fraction of
+//! that roofline (its matmul FLOPs / that speed / its time).
 //!
 //! ```text
 //! scripts/fetch-smollm2.sh
 //! cargo run --release --example bench_smollm2 -- --batch 8 --seq 128 --rank 8 --targets q_proj,v_proj
+//! cargo run --release --example bench_smollm2 -- --bf16            # the base in bf16
 //! cargo run --release --example bench_smollm2 -- --frozen-linear   # the frozen-linear op alone
 //! ```
 //!
 //! Measure on an idle machine: on two cores, a build running beside it halves the figures.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -19,6 +23,7 @@ use clap::Parser;
 use lora_from_scratch::compute::ops::frozen_linear;
 use lora_from_scratch::experiments::memory::peak_rss_mib;
 use lora_from_scratch::models::load::{load_model, LoadOptions};
+use lora_from_scratch::models::CausalLm;
 use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
 use lora_from_scratch::tasks::t05_data::Batch;
 use lora_from_scratch::tasks::t06_train::causal_lm_loss;
@@ -112,6 +117,22 @@ fn bench_frozen_linear(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The matmul shapes (in, out) of the model's linear layers and how many of each, the output
+/// head included (the largest: the tied embedding table [vocab, d] for SmolLM2).
+fn matmul_shapes(model: &dyn CausalLm) -> Result<BTreeMap<(usize, usize), usize>> {
+    let mut shapes = BTreeMap::new();
+    for (_, slot) in model.linears() {
+        *shapes.entry(slot.features()).or_insert(0) += 1;
+    }
+    if model.output_head().is_none() {
+        if let Some(w) = model.head_weight()? {
+            let (vocab, d) = w.dims2()?;
+            *shapes.entry((d, vocab)).or_insert(0) += 1;
+        }
+    }
+    Ok(shapes)
+}
+
 fn main() -> std::process::ExitCode {
     lora_from_scratch::error::exit_code(run())
 }
@@ -179,6 +200,19 @@ fn run() -> Result<()> {
     let timed = &phases[phases.len() - args.steps..];
     let phase = |i: usize| median(timed.iter().map(|p| p[i]).collect());
     let tokens = (args.batch * args.seq) as f64;
+    // Where the figure comes from: this host's matmul speed at the step's shapes (the linear
+    // layers and the head), and the fraction of it the step reached. A LoRA step multiplies by
+    // every weight twice (forward, input gradient), full fine-tuning three times (+ the weight
+    // gradient); attention and the adapters' thin matmuls are not counted.
+    let host = lora_from_scratch::compute::host::Host::detect();
+    let shapes = matmul_shapes(model)?;
+    let step_flops = lora_from_scratch::compute::host::forward_flops(args.batch * args.seq, &shapes)
+        * if args.full_ft { 3.0 } else { 2.0 };
+    let gflops = if model.device().is_cpu() {
+        Some(lora_from_scratch::compute::host::matmul_gflops(args.batch * args.seq, &shapes, args.bf16))
+    } else {
+        None
+    };
     let line = json!({
         "impl": "lora-from-scratch", "device": if loaded.model.device().is_cuda() { "cuda" } else { "cpu" }, "model": args.model, "batch": args.batch, "seq": args.seq,
         "mode": if args.full_ft { "full_ft" } else { "lora" }, "rank": args.rank, "targets": targets,
@@ -189,6 +223,8 @@ fn run() -> Result<()> {
         "forward_s": phase(0), "backward_s": phase(1), "optimizer_s": phase(2),
         "peak_rss_mib": peak_rss_mib(),
         "threads": candle_core::utils::get_num_threads(), "alloc_tuned": alloc_tuned,
+        "host": host, "matmul_gflops": gflops, "step_matmul_gflop": step_flops / 1e9,
+        "roofline_fraction": gflops.map(|g| step_flops / (g * 1e9) / step_s),
     });
     println!("{line}");
     Ok(())

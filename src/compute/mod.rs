@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod bf16;
 pub mod device;
 pub mod fused;
+pub mod host;
 pub mod matmul;
 pub mod ops;
 pub mod quantized;

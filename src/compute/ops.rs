@@ -247,6 +247,12 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
 /// cache). Each group of `heads / kv_heads` query heads shares one key/value head (grouped-query
 /// attention, Ainslie et al. 2023); GPT-2 has `kv_heads == heads`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    causal_attention_masked(q, k, v, None)
+}
+
+/// [`causal_attention`] with an additive `key_mask` [batch, 1, 1, kv_len] added to every
+/// query's scores (the padding of a left-padded batch: see `models::KvCache::left_padded`).
+pub fn causal_attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, heads, seq, hd) = q.dims4()?;
     let (_, kv_heads, kv_len, _) = k.dims4()?;
     let groups = heads / kv_heads;
@@ -256,7 +262,11 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let q = q.reshape((b, kv_heads, groups * seq, hd))?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
     let mask = causal_mask(groups, seq, offset, q.dtype(), q.device())?;
-    let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
+    let mut scores = scores.broadcast_add(&mask)?;
+    if let Some(key_mask) = key_mask {
+        scores = scores.broadcast_add(key_mask)?;
+    }
+    let probs = softmax_last(&scores)?;
     Ok(probs.matmul(v)?.reshape((b, heads, seq, hd))?)
 }
 

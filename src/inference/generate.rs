@@ -139,11 +139,12 @@ pub fn pick(logits: &Tensor, s: &Sampling, rng: &mut StdRng) -> Result<u32> {
     Ok(*order.last().expect("at least one token is kept") as u32)
 }
 
-/// Greedy continuations of several prompts at once, one forward pass of the whole batch per
-/// new token (no KV cache: each step recomputes every position, so this is for a handful of
-/// short requests, as when a batch mixes adapters per row). Rows are padded on the right; with
-/// causal attention a real token never sees the padding after it, so each row's logits at its
-/// last real token are the ones it would get alone. A row stops at a stop id or after
+/// Greedy continuations of several prompts at once, decoded together with a KV cache: the
+/// prompts are padded on the left to one width and run as one batch, then every step feeds each
+/// row's newest token. The cache is left-padded ([`KvCache::left_padded`]): each row's tokens
+/// take the positions they would have alone and no query attends to padding, so each row
+/// continues as it would alone (tested). This is how a batch that mixes adapters per row is
+/// served (t10): the base's matmuls run once for all rows. A row stops at a stop id or after
 /// `max_new_tokens`; the stop id is not returned.
 pub fn greedy_batch(
     model: &dyn CausalLm,
@@ -154,31 +155,41 @@ pub fn greedy_batch(
     if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
         return Err(LoraError::config("prompts", "need at least one, each with at least one token"));
     }
-    let mut rows: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    if max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    // The padding's id does not matter (it is never attended to); a stop id is in the vocabulary.
+    let pad = stop_ids.first().copied().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let flat: Vec<u32> =
+        prompts.iter().flat_map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied())).collect();
+    let mut cache = model.new_cache().left_padded(pads)?;
+    let ids = Tensor::from_vec(flat, (prompts.len(), width), model.device())?;
+    // Only the last column's logits are needed: the head runs on one position per row.
+    let hidden = model.forward_hidden(&ids, Some(&mut cache), false)?;
+    let mut logits = model.logits(&hidden.narrow(1, width - 1, 1)?)?;
     let mut done = vec![false; prompts.len()];
-    for _ in 0..max_new_tokens {
-        if done.iter().all(|&d| d) {
-            break;
-        }
-        let width = rows.iter().map(Vec::len).max().unwrap_or(1);
-        let pad = stop_ids.first().copied().unwrap_or(0);
-        let flat: Vec<u32> =
-            rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(pad, width - r.len()))).collect();
-        let ids = Tensor::from_vec(flat, (rows.len(), width), model.device())?;
-        let logits = model.forward(&ids, None, false)?;
-        for (i, row) in rows.iter_mut().enumerate() {
+    for step in 0..max_new_tokens {
+        let next: Vec<u32> = logits.squeeze(1)?.to_dtype(DType::F32)?.argmax(1)?.to_vec1()?;
+        for (i, &id) in next.iter().enumerate() {
             if done[i] {
                 continue;
             }
-            let next = logits.get(i)?.get(row.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
-            if stop_ids.contains(&next) {
+            if stop_ids.contains(&id) {
                 done[i] = true;
             } else {
-                row.push(next);
-                out[i].push(next);
+                out[i].push(id);
             }
         }
+        if step + 1 == max_new_tokens || done.iter().all(|&d| d) {
+            break;
+        }
+        // A finished row keeps decoding its last token; its output is no longer read.
+        let feed: Vec<u32> = next.iter().zip(&done).map(|(&id, &d)| if d { pad } else { id }).collect();
+        let ids = Tensor::from_vec(feed, (prompts.len(), 1), model.device())?;
+        logits = model.forward(&ids, Some(&mut cache), false)?;
     }
     Ok(out)
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::compute::ops::linear_forward;
-use crate::compute::ops::{causal_attention, embedding, gelu_new, layer_norm, self_attention};
+use crate::compute::ops::{causal_attention_masked, embedding, gelu_new, layer_norm, self_attention};
 use crate::error::{LoraError, Result};
 use crate::lora::linear::Linear;
 use crate::lora::model::LoraModel;
@@ -200,8 +200,20 @@ impl CausalLm for Gpt2 {
     fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (b, t) = check_ids(ids, self.config.vocab_size, offset, Some(self.config.n_positions))?;
-        let positions = Tensor::arange(offset as u32, (offset + t) as u32, &self.device)?.unsqueeze(0)?;
+        // A left-padded batch gives each row its own positions and masks the padding keys.
+        let row_positions = match cache.as_deref() {
+            Some(c) => c.row_positions(b, t)?,
+            None => None,
+        };
+        let positions = match row_positions {
+            Some(rows) => Tensor::new(rows, &self.device)?,
+            None => Tensor::arange(offset as u32, (offset + t) as u32, &self.device)?.unsqueeze(0)?,
+        };
         let mut h = embedding(ids, self.wte.tensor())?.broadcast_add(&embedding(&positions, self.wpe.tensor())?)?;
+        let key_mask = match cache.as_deref() {
+            Some(c) => c.key_mask(offset + t, h.dtype(), &self.device)?,
+            None => None,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             let a = self.ln(&h, &block.ln_1)?;
             let d = self.config.n_embd;
@@ -219,7 +231,9 @@ impl CausalLm for Gpt2 {
                 Some(c) => {
                     let (q, k, v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
                     let (k, v) = c.append(i, k, v)?;
-                    causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, self.config.n_embd))?
+                    causal_attention_masked(&q, &k, &v, key_mask.as_ref())?
+                        .transpose(1, 2)?
+                        .reshape((b, t, self.config.n_embd))?
                 }
             };
             h = block.attn_proj.forward_residual(&h, &y, train)?;

@@ -13,7 +13,7 @@ use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::compute::ops::composed::split_heads;
 use crate::compute::ops::linear_forward;
-use crate::compute::ops::{causal_attention, embedding, rms_norm, rope, self_attention, swiglu};
+use crate::compute::ops::{causal_attention_masked, embedding, rms_norm, rope, self_attention, swiglu};
 use std::sync::Arc;
 
 use crate::compute::quantized::QuantizedWeight;
@@ -234,10 +234,26 @@ impl Llama {
 
     /// cos and sin [seq, head_dim / 2] for positions `offset..offset + seq`, in `dtype`.
     fn rope_tables(&self, offset: usize, seq: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let pos = Tensor::arange(offset as u32, (offset + seq) as u32, &self.device)?.to_dtype(DType::F32)?;
+        let pos = Tensor::arange(offset as u32, (offset + seq) as u32, &self.device)?;
+        self.rope_tables_at(&pos, dtype)
+    }
+
+    /// cos and sin [seq, head_dim / 2] for the positions `pos` [seq] (u32), in `dtype`.
+    fn rope_tables_at(&self, pos: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let pos = pos.to_dtype(DType::F32)?;
         let freqs = pos.unsqueeze(1)?.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
+}
+
+/// RoPE on `x` [batch, heads, seq, hd] with each row's own tables (a left-padded batch).
+fn rope_rows(x: &Tensor, tables: &[(Tensor, Tensor)]) -> Result<Tensor> {
+    let rows = tables
+        .iter()
+        .enumerate()
+        .map(|(i, (cos, sin))| rope(&x.narrow(0, i, 1)?, cos, sin))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
 }
 
 impl CausalLm for Llama {
@@ -247,6 +263,20 @@ impl CausalLm for Llama {
         let (nh, nkv, eps) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.rms_norm_eps);
         let mut h = embedding(ids, &self.embedding_table()?)?;
         let (cos, sin) = self.rope_tables(offset, t, h.dtype())?;
+        // A left-padded batch: each row's own positions and a mask over the padding keys.
+        let (row_tables, key_mask) = match cache.as_deref() {
+            Some(c) => match c.row_positions(b, t)? {
+                Some(rows) => {
+                    let tables = rows
+                        .iter()
+                        .map(|p| self.rope_tables_at(&Tensor::new(p.as_slice(), &self.device)?, h.dtype()))
+                        .collect::<Result<Vec<_>>>()?;
+                    (Some(tables), c.key_mask(offset + t, h.dtype(), &self.device)?)
+                }
+                None => (None, None),
+            },
+            None => (None, None),
+        };
         // ANCHOR: llama_layer
         for (i, layer) in self.layers.iter().enumerate() {
             let a = rms_norm(&h, layer.input_layernorm.tensor(), eps)?;
@@ -257,10 +287,13 @@ impl CausalLm for Llama {
                 None => self_attention(&q, &k, &v, nh, nkv, Some((&cos, &sin)))?,
                 // Generation: rotate, append to the cache, attend over everything cached.
                 Some(c) => {
-                    let q = rope(&split_heads(&q, nh)?, &cos, &sin)?;
-                    let k = rope(&split_heads(&k, nkv)?, &cos, &sin)?;
+                    let (q, k) = (split_heads(&q, nh)?, split_heads(&k, nkv)?);
+                    let (q, k) = match &row_tables {
+                        None => (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?),
+                        Some(tables) => (rope_rows(&q, tables)?, rope_rows(&k, tables)?),
+                    };
                     let (k, v) = c.append(i, k, split_heads(&v, nkv)?)?;
-                    causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, ()))?
+                    causal_attention_masked(&q, &k, &v, key_mask.as_ref())?.transpose(1, 2)?.reshape((b, t, ()))?
                 }
             };
             h = o.forward_residual(&h, &y, train)?;

@@ -24,15 +24,58 @@ use crate::lora::model::LoraModel;
 
 /// Keys and values of the positions seen so far, one entry per layer, so that generation feeds
 /// only the new token instead of the whole sequence at every step.
+///
+/// A cache can also describe a batch of prompts of different lengths padded on the left to one
+/// width ([`KvCache::left_padded`]): row i's first `pads[i]` columns are padding. The models then
+/// give each real token the position it would have alone (its column minus `pads[i]`) and let
+/// no query attend to a padding key, so that every row decodes as it would alone
+/// ([`crate::inference::generate::greedy_batch`]).
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Padding columns at the left of each row, for a left-padded batch.
+    left_pad: Option<Vec<usize>>,
 }
 
 impl KvCache {
     /// An empty cache for a model with `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers] }
+        KvCache { layers: vec![None; num_layers], left_pad: None }
+    }
+
+    /// This (empty) cache for a batch whose row i starts with `pads[i]` padding columns.
+    pub fn left_padded(mut self, pads: Vec<usize>) -> Result<Self> {
+        if !self.is_empty() {
+            return Err(crate::error::LoraError::config("KV cache", "padding is set before the first forward pass"));
+        }
+        self.left_pad = Some(pads);
+        Ok(self)
+    }
+
+    /// The padding of each row, for a left-padded batch.
+    pub fn left_pad(&self) -> Option<&[usize]> {
+        self.left_pad.as_deref()
+    }
+
+    /// For a left-padded batch: the position of each of the `t` new columns of each row
+    /// (column minus the row's padding; 0 on padding), [batch][t]. Checks the batch size.
+    pub(crate) fn row_positions(&self, batch: usize, t: usize) -> Result<Option<Vec<Vec<u32>>>> {
+        let Some(pads) = &self.left_pad else { return Ok(None) };
+        if pads.len() != batch {
+            return Err(crate::error::LoraError::shape("token ids of a left-padded batch", format!("[{}, seq]", pads.len()), &[batch, t]));
+        }
+        let offset = self.len();
+        Ok(Some(pads.iter().map(|&p| (offset..offset + t).map(|c| c.saturating_sub(p) as u32).collect()).collect()))
+    }
+
+    /// For a left-padded batch: an additive mask [batch, 1, 1, kv_len] over the keys, 0 for a
+    /// real token and -1e9 for padding. Finite, so that a padding query, which sees only
+    /// padding, averages it instead of producing NaN that its keys would carry on.
+    pub(crate) fn key_mask(&self, kv_len: usize, dtype: candle_core::DType, device: &Device) -> Result<Option<Tensor>> {
+        let Some(pads) = &self.left_pad else { return Ok(None) };
+        let mask: Vec<f32> =
+            pads.iter().flat_map(|&p| (0..kv_len).map(move |c| if c < p { -1e9 } else { 0.0 })).collect();
+        Ok(Some(Tensor::from_vec(mask, (pads.len(), 1, 1, kv_len), device)?.to_dtype(dtype)?))
     }
 
     /// How many positions are cached.

@@ -47,13 +47,12 @@ fn probs<T: Float>(q: &[T], k: &[T], seq: usize, hd: usize, scale: T) -> Vec<T> 
     let mut p = vec![T::zero(); seq * seq];
     matmul(&mut p, seq, (seq, seq, hd), Mat::rows(q, hd), Mat::rows(k, hd).t(), false, false);
     for (i, row) in p.chunks_mut(seq).enumerate() {
-        let max = row[..=i].iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v * scale));
-        let mut sum = T::zero();
-        for v in &mut row[..=i] {
-            *v = (*v * scale - max).exp();
-            sum += *v;
-        }
-        for v in &mut row[..=i] {
+        let seen = &mut row[..=i];
+        seen.iter_mut().for_each(|v| *v = *v * scale);
+        let max = seen.iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
+        super::exp::exp_scaled(seen, max, T::one());
+        let sum = seen.iter().copied().sum::<T>();
+        for v in seen.iter_mut() {
             *v /= sum;
         }
         row[i + 1..].iter_mut().for_each(|v| *v = T::zero());

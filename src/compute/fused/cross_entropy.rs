@@ -99,12 +99,12 @@ impl HeadCrossEntropy {
             logits.par_chunks_mut(vocab).zip(losses.par_iter_mut()).zip(targets.par_iter()).for_each(
                 |((row, loss), &t)| {
                     let max = row.iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
-                    let sum = row.iter().map(|&v| (v - max).exp()).sum::<T>();
+                    let sum = super::exp::sum_exp(row, max);
                     let lse = max + sum.ln();
                     *loss = <T as candle_core::WithDType>::to_f64(lse - row[t as usize]);
                     if grad {
                         // The row becomes d(loss) / d(logits) = (softmax - onehot) / n.
-                        row.iter_mut().for_each(|v| *v = (*v - lse).exp() * coef);
+                        super::exp::exp_scaled(row, lse, coef);
                         row[t as usize] -= coef;
                     }
                 },

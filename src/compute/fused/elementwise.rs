@@ -20,10 +20,6 @@ fn f<T: Float>(v: f64) -> T {
 /// Elements per rayon task: large enough that scheduling costs nothing.
 const CHUNK: usize = 1 << 14;
 
-fn sigmoid<T: Float>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
-
 /// `silu(g) * u` for `g`, `u` of one shape.
 pub struct SwiGlu;
 
@@ -39,8 +35,10 @@ fn swiglu_fwd<T: Float>(
     }
     let mut y = vec![T::zero(); g.len()];
     y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
+        // y holds e^-g first (vectorized), then silu(g) u = g / (1 + e^-g) u.
+        super::exp::exp_neg(g, y);
         for i in 0..y.len() {
-            y[i] = g[i] * sigmoid(g[i]) * u[i];
+            y[i] = g[i] / (T::one() + y[i]) * u[i];
         }
     });
     Ok((owned(y), gl.shape().clone()))
@@ -56,8 +54,10 @@ fn swiglu_bwd<T: Float>(g: &Tensor, u: &Tensor, dy: &Tensor) -> candle_core::Res
                     .zip(du.par_chunks_mut(CHUNK))
                     .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)))
                     .for_each(|((dg, du), ((g, u), dy))| {
+                        // du holds e^-g first (vectorized), then the gradient.
+                        super::exp::exp_neg(g, du);
                         for i in 0..dg.len() {
-                            let s = sigmoid(g[i]);
+                            let s = T::one() / (T::one() + du[i]);
                             du[i] = dy[i] * g[i] * s;
                             dg[i] = dy[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
                         }

@@ -21,6 +21,7 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
+mod exp;
 pub mod frozen_linear;
 pub mod lora_linear;
 pub mod norm;
@@ -219,14 +220,14 @@ fn c_ld(product: Product, out_f: usize, in_f: usize) -> usize {
 }
 
 /// `s` as f32: only called where `T::DTYPE` is f32, so T is f32.
-fn bytemuck_f32<T: Float>(s: &[T]) -> &[f32] {
+pub(crate) fn bytemuck_f32<T: Float>(s: &[T]) -> &[f32] {
     assert_eq!(T::DTYPE, DType::F32);
     // SAFETY: T is f32 (asserted), so the slice is reinterpreted as itself.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
 }
 
 /// [`bytemuck_f32`] for a mutable slice.
-fn bytemuck_f32_mut<T: Float>(s: &mut [T]) -> &mut [f32] {
+pub(crate) fn bytemuck_f32_mut<T: Float>(s: &mut [T]) -> &mut [f32] {
     assert_eq!(T::DTYPE, DType::F32);
     // SAFETY: as in `bytemuck_f32`.
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) }
