@@ -13,7 +13,8 @@
 # Usage: scripts/build-cuda.sh [cargo build arguments...]
 #   default: --release --examples     (binaries in target/cuda/release/examples/)
 # Environment: CUDA_COMPUTE_CAP (default 90: H100/H200), CUDA_WHEELS_VENV (default
-# target/cuda-toolkit/venv). Needs python3 with venv and pip, and PyPI; about 1.3 GB of wheels.
+# target/cuda-toolkit/venv), CUDA_NVCC_VERSION (default 13.5.37), CUDA_TARGET_DIR (default
+# target/cuda). Needs python3 with venv and pip, and PyPI; about 1.3 GB of wheels.
 # Measured on the project's 2-core machine: wheels about 1 min, then about 6 min for a
 # release build of candle-kernels, candle and this crate.
 set -euo pipefail
@@ -22,10 +23,13 @@ root=$(pwd)
 
 # CUDA 13.5's nvcc; cudarc 0.19.10 knows the bindings up to 13.4, which the 13.5 libraries serve
 # (the same major version keeps its ABI), so the bindings are chosen explicitly.
-NVCC_VERSION=13.5.37
+# CUDA_NVCC_VERSION picks another nvcc (scripts/gpu-check.sh builds with 13.0, the GPU machine's
+# version: its driver cannot load PTX from a newer nvcc); CUDA_TARGET_DIR another target folder.
+NVCC_VERSION="${CUDA_NVCC_VERSION:-13.5.37}"
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 venv="${CUDA_WHEELS_VENV:-$root/target/cuda-toolkit/venv}"
+target_dir="${CUDA_TARGET_DIR:-$root/target/cuda}"
 
 if [ ! -x "$venv/bin/pip" ]; then
     python3 -m venv "$venv"
@@ -66,5 +70,5 @@ fi
 if [ $# -eq 0 ]; then
     set -- --release --examples
 fi
-cargo build --locked --features cuda --target-dir "$root/target/cuda" "$@"
-echo "built with --features cuda (CUDA $NVCC_VERSION, compute capability $CUDA_COMPUTE_CAP) into target/cuda"
+cargo build --locked --features cuda --target-dir "$target_dir" "$@"
+echo "built with --features cuda (CUDA $NVCC_VERSION, compute capability $CUDA_COMPUTE_CAP) into $target_dir"

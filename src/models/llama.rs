@@ -246,14 +246,15 @@ impl Llama {
     }
 }
 
-/// RoPE on `x` [batch, heads, seq, hd] with each row's own tables (a left-padded batch).
-fn rope_rows(x: &Tensor, tables: &[(Tensor, Tensor)]) -> Result<Tensor> {
-    let rows = tables
-        .iter()
-        .enumerate()
-        .map(|(i, (cos, sin))| rope(&x.narrow(0, i, 1)?, cos, sin))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&rows, 0)?)
+/// RoPE on `x` [batch, heads, seq, hd] with each row's own tables `cos`, `sin` [batch, seq,
+/// hd / 2] (a left-padded batch; generation only, so candle's ops and their backward do).
+/// Hugging Face's "rotate half": `x cos + rotate_half(x) sin`, `rotate_half(x) = [-x2, x1]`.
+fn rope_rows(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+    let half = x.dim(3)? / 2;
+    let cos = Tensor::cat(&[cos, cos], 2)?.unsqueeze(1)?;
+    let sin = Tensor::cat(&[sin, sin], 2)?.unsqueeze(1)?;
+    let rotated = Tensor::cat(&[&x.narrow(3, half, half)?.neg()?, &x.narrow(3, 0, half)?], 3)?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 impl CausalLm for Llama {
@@ -267,10 +268,10 @@ impl CausalLm for Llama {
         let (row_tables, key_mask) = match cache.as_deref() {
             Some(c) => match c.row_positions(b, t)? {
                 Some(rows) => {
-                    let tables = rows
-                        .iter()
-                        .map(|p| self.rope_tables_at(&Tensor::new(p.as_slice(), &self.device)?, h.dtype()))
-                        .collect::<Result<Vec<_>>>()?;
+                    // [batch * t] positions -> tables [batch, t, hd / 2].
+                    let flat: Vec<u32> = rows.concat();
+                    let (cos, sin) = self.rope_tables_at(&Tensor::new(flat, &self.device)?, h.dtype())?;
+                    let tables = (cos.reshape((b, t, ()))?, sin.reshape((b, t, ()))?);
                     (Some(tables), c.key_mask(offset + t, h.dtype(), &self.device)?)
                 }
                 None => (None, None),

@@ -9,7 +9,7 @@
 //! [`crate::tasks::t10_multi_lora::per_row_lora`]; a model's linear layer holds one in its
 //! [`LinearSlot::Other`] while a mixed batch is served ([`PerRowServing::set_per_row`]).
 //!
-//! May use: `lora`, tasks t01-t10.
+//! May use: `compute` (its matmul), `lora`, tasks t01-t10.
 
 use std::any::Any;
 
@@ -36,6 +36,19 @@ pub struct PerRowLinear {
     /// The adapter of each row, [batch] u32 indices into K. A row without an adapter points at
     /// an all-zero adapter.
     rows: Tensor,
+    /// The same, as host values, for [`PerRowLinear::forward`]'s graph-free CPU path: A and B of
+    /// every adapter in f32 (row-major, as `a` and `b`), each one's scaling, each row's index.
+    host: std::sync::Arc<HostAdapters>,
+}
+
+/// The stacked adapters as plain f32 vectors (see [`PerRowLinear`]).
+#[derive(Debug)]
+struct HostAdapters {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    scale: Vec<f32>,
+    rows: Vec<u32>,
+    r_max: usize,
 }
 
 impl PerRowLinear {
@@ -87,12 +100,21 @@ impl PerRowLinear {
                 None => idx.push(none),
             }
         }
+        let (a, b) = (Tensor::stack(&a_all, 0)?, Tensor::stack(&b_all, 0)?);
+        let host = HostAdapters {
+            a: a.flatten_all()?.to_vec1()?,
+            b: b.flatten_all()?.to_vec1()?,
+            scale: scales.clone(),
+            rows: idx.clone(),
+            r_max,
+        };
         Ok(PerRowLinear {
             base: Box::new(base),
-            a: Tensor::stack(&a_all, 0)?,
-            b: Tensor::stack(&b_all, 0)?,
+            a,
+            b,
             scale: Tensor::new(scales, &device)?,
             rows: Tensor::new(idx, &device)?,
+            host: std::sync::Arc::new(host),
         })
     }
 
@@ -103,8 +125,42 @@ impl PerRowLinear {
             return Err(LoraError::shape("per-row layer input", format!("[{}, seq, in]", self.rows.dim(0)?), x.dims()));
         }
         let y = self.base.forward(x, false)?;
-        let update = per_row_lora(&x.to_dtype(DType::F32)?, &self.a, &self.b, &self.scale, &self.rows)?;
+        let update = if x.device().is_cpu() && !x.track_op() {
+            self.per_row_lora_cpu(x)?
+        } else {
+            per_row_lora(&x.to_dtype(DType::F32)?, &self.a, &self.b, &self.scale, &self.rows)?
+        };
         Ok((y + update.to_dtype(x.dtype())?)?)
+    }
+
+    /// t10's `per_row_lora` without the graph, on the CPU: each row multiplied by its own
+    /// adapter's A and B where they lie, not gathered into [batch, r, in] copies first. For
+    /// serving (no gradient): decoding a token calls this for every adapted layer, and the
+    /// gathers and batched matmuls of eight one-token rows cost more than the base layer.
+    fn per_row_lora_cpu(&self, x: &Tensor) -> Result<Tensor> {
+        use crate::compute::matmul::{matmul, Mat};
+        let (batch, seq, in_f) = x.dims3()?;
+        let out_f = self.base.features().1;
+        let h = &self.host;
+        let r = h.r_max;
+        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let mut y = vec![0f32; batch * seq * out_f];
+        let mut z = vec![0f32; seq * r];
+        for (row, &k) in h.rows.iter().enumerate() {
+            let (k, s) = (k as usize, h.scale[k as usize]);
+            if s == 0.0 {
+                continue;
+            }
+            let a = &h.a[k * r * in_f..(k + 1) * r * in_f];
+            let b = &h.b[k * out_f * r..(k + 1) * out_f * r];
+            let xr = &xs[row * seq * in_f..(row + 1) * seq * in_f];
+            // z = s x A^T [seq, r], then y = z B^T [seq, out].
+            matmul(&mut z, r, (seq, r, in_f), Mat::rows(xr, in_f), Mat::rows(a, in_f).t(), false, false);
+            z.iter_mut().for_each(|v| *v *= s);
+            let yr = &mut y[row * seq * out_f..(row + 1) * seq * out_f];
+            matmul(yr, out_f, (seq, out_f, r), Mat::rows(&z, r), Mat::rows(b, r).t(), false, false);
+        }
+        Ok(Tensor::from_vec(y, (batch, seq, out_f), x.device())?)
     }
 
     /// The base slot.
