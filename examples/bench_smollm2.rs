@@ -147,7 +147,10 @@ fn run() -> Result<()> {
     }
     let t0 = Instant::now();
     let device = lora_from_scratch::compute::device::pick_device(args.cpu)?;
-    let mut loaded = load_model(&args.model, &LoadOptions { device, dtype: if args.bf16 { DType::BF16 } else { DType::F32 }, ..Default::default() })?;
+    let mut loaded = load_model(
+        &args.model,
+        &LoadOptions { device, dtype: if args.bf16 { DType::BF16 } else { DType::F32 }, ..Default::default() },
+    )?;
     let load_s = t0.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mib();
     let targets: Vec<&str> = args.targets.split(',').collect();

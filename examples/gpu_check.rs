@@ -97,7 +97,10 @@ fn max_abs(a: &Tensor) -> Result<f64> {
 
 /// transformers' logits (1e-4) and greedy ids for a tiny checkpoint, run on `device`.
 fn golden(dir: &std::path::Path, device: &Device) -> Result<serde_json::Value> {
-    let m = load_model(dir.to_str().context("fixture path")?, &LoadOptions { device: device.clone(), ..Default::default() })?;
+    let m = load_model(
+        dir.to_str().context("fixture path")?,
+        &LoadOptions { device: device.clone(), ..Default::default() },
+    )?;
     let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
     let ids = r["input_ids"].to_dtype(DType::U32)?;
     let logits = m.model.forward(&ids.to_device(device)?, None, false)?;
@@ -137,10 +140,18 @@ fn ops_under_test() -> Vec<(&'static str, Vec<Vec<usize>>, OpFn)> {
     let map = |r: lora_from_scratch::Result<Tensor>| r.map_err(|e| candle_core::Error::Msg(e.to_string()));
     vec![
         ("rms_norm", vec![vec![3, 8], vec![8]], Box::new(move |t| map(ops::rms_norm(&t[0], &t[1], 1e-5)))),
-        ("layer_norm", vec![vec![3, 8], vec![8], vec![8]], Box::new(move |t| map(ops::layer_norm(&t[0], &t[1], &t[2], 1e-5)))),
+        (
+            "layer_norm",
+            vec![vec![3, 8], vec![8], vec![8]],
+            Box::new(move |t| map(ops::layer_norm(&t[0], &t[1], &t[2], 1e-5))),
+        ),
         ("swiglu", vec![vec![4, 6], vec![4, 6]], Box::new(move |t| map(ops::swiglu(&t[0], &t[1])))),
         ("gelu_new", vec![vec![4, 6]], Box::new(move |t| map(ops::gelu_new(&t[0])))),
-        ("linear", vec![vec![2, 3, 5], vec![4, 5], vec![4]], Box::new(move |t| map(ops::linear_forward(&t[0], &t[1], Some(&t[2]))))),
+        (
+            "linear",
+            vec![vec![2, 3, 5], vec![4, 5], vec![4]],
+            Box::new(move |t| map(ops::linear_forward(&t[0], &t[1], Some(&t[2])))),
+        ),
         (
             "self_attention (GQA, RoPE)",
             vec![vec![2, 5, 8], vec![2, 5, 4], vec![2, 5, 4]],
@@ -257,7 +268,9 @@ fn training_step(dir: &std::path::Path, gpu: &Device) -> Result<serde_json::Valu
         }
         worst = worst.max(d / scale);
     }
-    Ok(json!({ "loss": l_gpu, "loss_cpu": l_cpu, "adapter_tensors": g_gpu.len(), "worst_relative_gradient_diff": worst }))
+    Ok(
+        json!({ "loss": l_gpu, "loss_cpu": l_cpu, "adapter_tensors": g_gpu.len(), "worst_relative_gradient_diff": worst }),
+    )
 }
 
 fn bf16_step(dir: &std::path::Path, gpu: &Device) -> Result<serde_json::Value> {

@@ -144,7 +144,11 @@ fn decoding_speed(
     }
     let alone_s = t.elapsed().as_secs_f64();
     for (i, (a, b)) in mixed.iter().zip(&alone).enumerate() {
-        anyhow::ensure!(a == b, "request {i} ({:?}): the mixed batch answered differently from the request alone", rows[i]);
+        anyhow::ensure!(
+            a == b,
+            "request {i} ({:?}): the mixed batch answered differently from the request alone",
+            rows[i]
+        );
     }
 
     set.clear(m.model.as_mut())?;

@@ -68,6 +68,10 @@ run | rehearse)
     else
         : "${PEFT_PYTHON:?rehearse needs PEFT_PYTHON: a venv with torch, transformers and peft}"
         cpu_flag=(--cpu) python=$PEFT_PYTHON batch=2 seq=16 steps=2
+        # The binaries need the CUDA libraries to start, even on the CPU: the wheels' copies and
+        # the driver stub the build made (here only; never on a GPU machine).
+        cuda_home=$(cd target/cuda-toolkit/venv-13.0/lib/python3*/site-packages/nvidia/cu13 && pwd)
+        export LD_LIBRARY_PATH="$cuda_home/lib:$cuda_home/lib/stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         # A small Llama of SmolLM2's layout, so that the rehearsal's CPU steps take seconds.
         config="$work/small-config.json"
         "$python" - scripts/smollm2-135m-config.json "$config" <<'PY'

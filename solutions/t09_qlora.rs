@@ -146,7 +146,7 @@ impl Nf4Tensor {
             for (j, v) in block.iter_mut().enumerate() {
                 let i = b * NF4_BLOCK + j;
                 let byte = self.codes[i / 2];
-                let index = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                let index = if i.is_multiple_of(2) { byte >> 4 } else { byte & 0x0f };
                 *v = book[index as usize] * absmax;
             }
         });

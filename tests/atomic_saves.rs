@@ -28,7 +28,7 @@ const KILLS: usize = 40;
 /// Save number `k`: rank, alpha and every weight's value all follow from it, so a folder that
 /// mixes two saves is seen (rank 4 alpha 8 with values k, or rank 8 alpha 32 with values k).
 fn save_adapter(dir: &Path, k: usize) {
-    let (r, alpha) = if k % 2 == 0 { (4, 8.0) } else { (8, 32.0) };
+    let (r, alpha) = if k.is_multiple_of(2) { (4, 8.0) } else { (8, 32.0) };
     let config = AdapterConfig::from_lora_config(&LoraConfig::new(r, alpha, &["q_proj"]), "tiny");
     let value = k as f32;
     let tensors = BTreeMap::from([
@@ -47,7 +47,7 @@ fn read_adapter(dir: &Path) -> usize {
     let b = file.tensor(&peft_key(MODULE, LoraMatrix::B), &[16, r], candle_core::DType::F32, &Device::Cpu).unwrap();
     let k = a.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as usize;
     assert_eq!(b.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as usize, k, "A of one save, B of another");
-    let expected = if k % 2 == 0 { (4, 8.0) } else { (8, 32.0) };
+    let expected = if k.is_multiple_of(2) { (4, 8.0) } else { (8, 32.0) };
     assert_eq!((r, alpha), expected, "the config of one save beside the weights of save {k}");
     k
 }

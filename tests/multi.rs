@@ -66,8 +66,10 @@ fn greedy_batch_with_an_adapter_per_row_equals_each_alone() {
         set.take_from(m.model.as_mut(), name, config).unwrap();
     }
     let g = &mut rng(8);
-    let prompts: Vec<Vec<u32>> =
-        [4usize, 2, 6].iter().map(|&n| token_ids(g, 1, n, 101).flatten_all().unwrap().to_vec1::<u32>().unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = [4usize, 2, 6]
+        .iter()
+        .map(|&n| token_ids(g, 1, n, 101).flatten_all().unwrap().to_vec1::<u32>().unwrap())
+        .collect();
     let rows = [Some("a"), None, Some("b")];
     let stop = vec![100u32];
     set.set_per_row(m.model.as_mut(), &rows).unwrap();

@@ -25,6 +25,8 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// k pairs per block: a packed B panel of 384 pairs x 32 columns is 48 KiB, about L1 + L2-near.
 const KC: usize = 384;
+/// Up to this many rows, `x W^T` takes dot products against W's rows as stored.
+const FEW_ROWS: usize = 8;
 
 /// Which product: W is [out, in] row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +99,15 @@ pub fn matmul(
     if kernel_in_use() {
         // SAFETY: the CPU has avx512f, avx512bw and avx512bf16 (checked above); the asserts
         // keep every access inside the slices.
-        unsafe { avx512::gemm_b(c, ldc, x, avx512::B::Raw(w, product), (m, n, k), accumulate) };
+        unsafe {
+            if m <= FEW_ROWS && product == Product::XWt {
+                // Decoding: a few rows against each weight row where it lies, no packing (which
+                // would read and write the whole weight for a handful of rows).
+                avx512::few_rows(c, ldc, x, w, (m, n, k), accumulate);
+            } else {
+                avx512::gemm_b(c, ldc, x, avx512::B::Raw(w, product), (m, n, k), accumulate);
+            }
+        }
         return;
     }
     portable(c, ldc, x, w, (m, n, k), product, accumulate);
@@ -267,6 +277,78 @@ mod avx512 {
         });
     }
 
+    /// `c (+)= x W^T` for at most [`super::FEW_ROWS`] rows: each row rounded to bf16 pairs
+    /// once, then dot products with W's rows (pairs along k, as stored), the columns split across
+    /// threads.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn few_rows(
+        c: &mut [f32],
+        ldc: usize,
+        x: &[f32],
+        w: &[bf16],
+        (m, n, k): (usize, usize, usize),
+        accumulate: bool,
+    ) {
+        use rayon::prelude::*;
+        // Rows of x as bf16 pairs, zero-padded to whole 32-element chunks.
+        let chunks = k.div_ceil(32);
+        let mut xb = vec![0u32; m * chunks * 16];
+        for (i, dst) in xb.chunks_mut(chunks * 16).enumerate() {
+            let src = &x[i * k..(i + 1) * k];
+            let mut q = 0;
+            while q + 32 <= k {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(q));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(q + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(q / 2) as *mut __m512i, v);
+                q += 32;
+            }
+            while q < k {
+                dst[q / 2] = pair(src[q], if q + 1 < k { src[q + 1] } else { 0.0 });
+                q += 2;
+            }
+        }
+        let threads = crate::compute::matmul::thread_count().min(n).max(1);
+        let per = n.div_ceil(threads);
+        let cp = SharedMut(c.as_mut_ptr());
+        let xb = &xb;
+        (0..threads).into_par_iter().for_each(move |t| {
+            let cp = cp;
+            let mut tail = [0u16; 32];
+            for j in t * per..((t + 1) * per).min(n) {
+                let row = &w[j * k..(j + 1) * k];
+                let mut acc = [_mm512_setzero_ps(); super::FEW_ROWS];
+                for q in 0..chunks {
+                    // The last chunk may run past the row: copy it into a zero-padded one.
+                    let wp: *const u16 = if (q + 1) * 32 <= k {
+                        row.as_ptr().add(q * 32) as *const u16
+                    } else {
+                        tail.fill(0);
+                        for (d, s) in tail.iter_mut().zip(&row[q * 32..]) {
+                            *d = s.to_bits();
+                        }
+                        tail.as_ptr()
+                    };
+                    // SAFETY: 32 bf16 values from wp (a whole chunk of the row, or `tail`).
+                    let wv: __m512bh = std::mem::transmute(unsafe { _mm512_loadu_si512(wp as *const __m512i) });
+                    for (i, acc) in acc.iter_mut().enumerate().take(m) {
+                        // SAFETY: row i of xb holds `chunks` chunks of 16 pairs.
+                        let xv: __m512bh = std::mem::transmute(unsafe {
+                            _mm512_loadu_si512(xb.as_ptr().add((i * chunks + q) * 16) as *const __m512i)
+                        });
+                        *acc = _mm512_dpbf16_ps(*acc, xv, wv);
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate().take(m) {
+                    let v = _mm512_reduce_add_ps(*acc);
+                    // SAFETY: i < m and j < n are inside c; this thread alone writes column j.
+                    let dst = unsafe { cp.0.add(i * ldc + j) };
+                    unsafe { *dst = if accumulate { *dst + v } else { v } };
+                }
+            }
+        });
+    }
+
     /// `rows` rows of x [rows, k] f32 -> bf16 pairs in [pair][MR] order (rows past `rows` stay
     /// zero): one row panel of A.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -360,6 +442,7 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
+        // ANCHOR: microkernel
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let (mut a, mut b) = (a, b);
         for _ in 0..pairs {
@@ -374,6 +457,7 @@ mod avx512 {
             a = a.add(MR);
             b = b.add(NR);
         }
+        // ANCHOR_END: microkernel
         if rows == MR && cols == NR {
             for (r, acc) in acc.iter().enumerate() {
                 let cr = c.add(r * ldc);

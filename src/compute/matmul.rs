@@ -101,7 +101,6 @@ pub(crate) fn thread_count() -> usize {
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }
 
-
 /// At most this many rows take [`few_rows`] (decoding a batch of up to 8 requests: one new token
 /// each). More rows amortize gemm's packing.
 const FEW_ROWS: usize = 8;
@@ -140,12 +139,12 @@ fn few_rows<T: Float>(
         })
         .collect();
     for (j0, out) in blocks {
-        let cols = if m == 0 { 0 } else { out.len() / m };
+        let cols = out.len().checked_div(m).unwrap_or(0);
         for i in 0..m {
             let dst = &mut c[i * ldc + j0..i * ldc + j0 + cols];
             let src = &out[i * cols..(i + 1) * cols];
             if accumulate {
-                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
             } else {
                 dst.copy_from_slice(src);
             }
@@ -204,7 +203,7 @@ fn dot<T: Float>(x: &[T], w: &[T]) -> T {
     let tail: T = xc.remainder().iter().zip(wc.remainder()).map(|(&a, &b)| a * b).sum();
     for (xs, ws) in xc.zip(wc) {
         for l in 0..16 {
-            acc[l] = acc[l] + xs[l] * ws[l];
+            acc[l] += xs[l] * ws[l];
         }
     }
     acc.iter().copied().sum::<T>() + tail

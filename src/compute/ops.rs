@@ -35,7 +35,11 @@ pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
     // A weight that is (or comes from) a `Var` is being trained and takes candle's matmul, whose
     // backward computes both gradients. A frozen weight takes `frozen_linear`, which skips the
     // weight's gradient.
-    let y = if weight.track_op() { x.broadcast_matmul(&weight.to_dtype(x.dtype())?.t()?)? } else { frozen_linear(x, weight)? };
+    let y = if weight.track_op() {
+        x.broadcast_matmul(&weight.to_dtype(x.dtype())?.t()?)?
+    } else {
+        frozen_linear(x, weight)?
+    };
     // ANCHOR_END: dispatch
     Ok(match bias {
         Some(b) => y.broadcast_add(b)?,

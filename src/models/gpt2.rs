@@ -125,7 +125,7 @@ impl Gpt2 {
                 format!("is `{}`, only `gelu_new` is implemented", config.activation_function),
             ));
         }
-        if config.n_embd % config.n_head != 0 {
+        if !config.n_embd.is_multiple_of(config.n_head) {
             return Err(LoraError::config("GPT-2 config", "n_embd must be a multiple of n_head"));
         }
         let d = config.n_embd;
@@ -231,9 +231,11 @@ impl CausalLm for Gpt2 {
                 Some(c) => {
                     let (q, k, v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
                     let (k, v) = c.append(i, k, v)?;
-                    causal_attention_masked(&q, &k, &v, key_mask.as_ref())?
-                        .transpose(1, 2)?
-                        .reshape((b, t, self.config.n_embd))?
+                    causal_attention_masked(&q, &k, &v, key_mask.as_ref())?.transpose(1, 2)?.reshape((
+                        b,
+                        t,
+                        self.config.n_embd,
+                    ))?
                 }
             };
             h = block.attn_proj.forward_residual(&h, &y, train)?;

@@ -122,7 +122,7 @@ impl LlamaConfig {
                 format!("is `{}`, only `silu` is implemented", self.hidden_act),
             ));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(LoraError::config(
                 "Llama config",
                 "num_attention_heads must be a multiple of num_key_value_heads",

@@ -62,7 +62,11 @@ impl KvCache {
     pub(crate) fn row_positions(&self, batch: usize, t: usize) -> Result<Option<Vec<Vec<u32>>>> {
         let Some(pads) = &self.left_pad else { return Ok(None) };
         if pads.len() != batch {
-            return Err(crate::error::LoraError::shape("token ids of a left-padded batch", format!("[{}, seq]", pads.len()), &[batch, t]));
+            return Err(crate::error::LoraError::shape(
+                "token ids of a left-padded batch",
+                format!("[{}, seq]", pads.len()),
+                &[batch, t],
+            ));
         }
         let offset = self.len();
         Ok(Some(pads.iter().map(|&p| (offset..offset + t).map(|c| c.saturating_sub(p) as u32).collect()).collect()))

@@ -48,7 +48,7 @@ fn probs<T: Float>(q: &[T], k: &[T], seq: usize, hd: usize, scale: T) -> Vec<T> 
     matmul(&mut p, seq, (seq, seq, hd), Mat::rows(q, hd), Mat::rows(k, hd).t(), false, false);
     for (i, row) in p.chunks_mut(seq).enumerate() {
         let seen = &mut row[..=i];
-        seen.iter_mut().for_each(|v| *v = *v * scale);
+        seen.iter_mut().for_each(|v| *v *= scale);
         let max = seen.iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
         super::exp::exp_scaled(seen, max, T::one());
         let sum = seen.iter().copied().sum::<T>();

@@ -81,26 +81,26 @@ impl LoraLinear {
             with_slice::<T, _>(a, |a| {
                 with_slice::<T, _>(b, |b| {
                     with_slice::<T, _>(&dy, |dy| -> candle_core::Result<_> {
-                            // ANCHOR: backward
-                            let mut z = vec![T::zero(); m * r];
-                            matmul(&mut z, r, (m, r, in_f), Mat::rows(x, in_f), Mat::rows(a, in_f).t(), false, true);
-                            z.iter_mut().for_each(|v| *v *= scale);
-                            // dB = dY^T (s z)
-                            let mut db = vec![T::zero(); out_f * r];
-                            matmul(&mut db, r, (out_f, r, m), Mat::rows(dy, out_f).t(), Mat::rows(&z, r), false, true);
-                            // dz = s dY B
-                            let mut dz = vec![T::zero(); m * r];
-                            matmul(&mut dz, r, (m, r, out_f), Mat::rows(dy, out_f), Mat::rows(b, r), false, true);
-                            dz.iter_mut().for_each(|v| *v *= scale);
-                            // dA = dz^T x
-                            let mut da = vec![T::zero(); r * in_f];
-                            matmul(&mut da, in_f, (r, in_f, m), Mat::rows(&dz, r).t(), Mat::rows(x, in_f), false, true);
-                            // dx = dY W0 + dz A
-                            let mut dx = vec![T::zero(); m * in_f];
-                            self.weight.matmul_into(&mut dx, dy, m, Product::XW, false)?;
-                            matmul(&mut dx, in_f, (m, in_f, r), Mat::rows(&dz, r), Mat::rows(a, in_f), true, true);
-                            // ANCHOR_END: backward
-                            Ok((dx, da, db))
+                        // ANCHOR: backward
+                        let mut z = vec![T::zero(); m * r];
+                        matmul(&mut z, r, (m, r, in_f), Mat::rows(x, in_f), Mat::rows(a, in_f).t(), false, true);
+                        z.iter_mut().for_each(|v| *v *= scale);
+                        // dB = dY^T (s z)
+                        let mut db = vec![T::zero(); out_f * r];
+                        matmul(&mut db, r, (out_f, r, m), Mat::rows(dy, out_f).t(), Mat::rows(&z, r), false, true);
+                        // dz = s dY B
+                        let mut dz = vec![T::zero(); m * r];
+                        matmul(&mut dz, r, (m, r, out_f), Mat::rows(dy, out_f), Mat::rows(b, r), false, true);
+                        dz.iter_mut().for_each(|v| *v *= scale);
+                        // dA = dz^T x
+                        let mut da = vec![T::zero(); r * in_f];
+                        matmul(&mut da, in_f, (r, in_f, m), Mat::rows(&dz, r).t(), Mat::rows(x, in_f), false, true);
+                        // dx = dY W0 + dz A
+                        let mut dx = vec![T::zero(); m * in_f];
+                        self.weight.matmul_into(&mut dx, dy, m, Product::XW, false)?;
+                        matmul(&mut dx, in_f, (m, in_f, r), Mat::rows(&dz, r), Mat::rows(a, in_f), true, true);
+                        // ANCHOR_END: backward
+                        Ok((dx, da, db))
                     })
                 })
             })

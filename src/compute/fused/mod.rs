@@ -12,10 +12,10 @@
 //! falls back to the composed candle version otherwise (CUDA, half precision); the two are
 //! checked equal, and each fused op against finite differences, in `tests/fused_ops.rs`.
 
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 pub use crate::compute::bf16::Product;
 pub use crate::compute::matmul::Float;
 pub(crate) use crate::compute::matmul::{matmul, Mat};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 
 pub mod adamw;
 pub mod attention;
@@ -27,7 +27,6 @@ pub mod lora_linear;
 pub mod norm;
 pub mod residual_linear;
 pub mod rope;
-
 
 /// Set by [`set_enabled`]: the fused ops are off and every op takes its composed version.
 static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -143,7 +142,15 @@ impl FrozenWeight {
                 let w = &cpu.as_slice::<half::bf16>()?[start..end];
                 // T is f32 (checked above), so these casts only change the name of the type.
                 let (c, x) = (bytemuck_f32_mut(c), bytemuck_f32(x));
-                crate::compute::bf16::matmul(c, c_ld(product, out_f, in_f), x, w, (m, out_f, in_f), product, accumulate);
+                crate::compute::bf16::matmul(
+                    c,
+                    c_ld(product, out_f, in_f),
+                    x,
+                    w,
+                    (m, out_f, in_f),
+                    product,
+                    accumulate,
+                );
                 return Ok(());
             }
         }
@@ -158,7 +165,10 @@ impl FrozenWeight {
 
     /// This bf16 weight packed once for the kernel ([`crate::compute::bf16::pack`]), when it is
     /// one, `T` is f32 and the kernel is in use; else `None`.
-    pub(crate) fn pack_bf16<T: Float>(&self, product: Product) -> candle_core::Result<Option<crate::compute::bf16::Packed>> {
+    pub(crate) fn pack_bf16<T: Float>(
+        &self,
+        product: Product,
+    ) -> candle_core::Result<Option<crate::compute::bf16::Packed>> {
         let FrozenWeight::Dense(w) = self else { return Ok(None) };
         if w.dtype() != DType::BF16 || T::DTYPE != DType::F32 {
             return Ok(None);
@@ -234,6 +244,13 @@ pub(crate) fn bytemuck_f32_mut<T: Float>(s: &mut [T]) -> &mut [f32] {
 }
 
 /// `c (+)= x W^T` or `x W` with a weight packed by [`FrozenWeight::pack_bf16`] (T is f32 there).
-pub(crate) fn matmul_packed<T: Float>(c: &mut [T], ldc: usize, x: &[T], m: usize, w: &crate::compute::bf16::Packed, accumulate: bool) {
+pub(crate) fn matmul_packed<T: Float>(
+    c: &mut [T],
+    ldc: usize,
+    x: &[T],
+    m: usize,
+    w: &crate::compute::bf16::Packed,
+    accumulate: bool,
+) {
     crate::compute::bf16::matmul_packed(bytemuck_f32_mut(c), ldc, bytemuck_f32(x), m, w, accumulate)
 }
