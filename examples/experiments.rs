@@ -66,6 +66,10 @@ struct Args {
     max_len: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Keep the base model's matrices in bf16 (on the CPU, multiplied by the bf16 kernel;
+    /// adapters, activations and fully fine-tuned weights stay f32).
+    #[arg(long)]
+    bf16: bool,
 }
 
 /// One experiment: its title, a sentence on what it compares, and its runs as (name, method,
@@ -151,7 +155,8 @@ fn run() -> Result<()> {
     let out = args.out.join(&args.experiment);
     let gpt2 = args.model.contains("gpt2");
     let Sweep(title, notes, runs) = sweep(&args, gpt2)?;
-    let opts = LoadOptions { split_qkv: gpt2, ..Default::default() };
+    let dtype = if args.bf16 { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    let opts = LoadOptions { split_qkv: gpt2, dtype, ..Default::default() };
     // The data once: the tokenizer does not depend on the run.
     let first = load_model(&args.model, &opts).with_context(|| format!("loading {}", args.model))?;
     settings::check_length_fits(args.max_len, first.model.max_positions())?;

@@ -34,8 +34,14 @@ target_dir="${CUDA_TARGET_DIR:-$root/target/cuda}"
 if [ ! -x "$venv/bin/pip" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q "nvidia-cuda-nvcc==$NVCC_VERSION" nvidia-cuda-runtime nvidia-cuda-cccl \
-    nvidia-cublas nvidia-curand nvidia-cuda-nvrtc
+# nvcc's own parts (nvvm's cicc writes the PTX, crt its headers) at nvcc's version: a newer nvvm
+# beside an older ptxas writes PTX that ptxas rejects. The libraries come at nvcc's minor
+# version (CCCL at most that: its numbers run behind), except cuBLAS and cuRAND, whose version
+# numbers are their own (any CUDA 13 build).
+minor="${NVCC_VERSION%.*}"
+"$venv/bin/pip" install -q "nvidia-cuda-nvcc==$NVCC_VERSION" "nvidia-nvvm==$NVCC_VERSION" \
+    "nvidia-cuda-crt==$NVCC_VERSION" "nvidia-cuda-runtime==$minor.*" "nvidia-cuda-nvrtc==$minor.*" \
+    "nvidia-cuda-cccl<=$minor.9999" nvidia-cublas nvidia-curand
 export CUDA_HOME
 CUDA_HOME=$(cd "$venv"/lib/python3*/site-packages/nvidia/cu13 && pwd)
 export PATH="$CUDA_HOME/bin:$PATH"

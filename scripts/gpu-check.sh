@@ -4,8 +4,9 @@
 #   scripts/gpu-check.sh build      here: build gpu_check and bench_smollm2 with `--features cuda`
 #                                   against CUDA 13.0 (PyPI's wheels; the GPU machine's nvcc and
 #                                   driver 580 are 13.0, and a driver cannot load PTX from a newer
-#                                   nvcc), strip them into gpu-check/ and check that the folder
-#                                   fits the 64 MiB a run may carry
+#                                   nvcc), strip them, pack them into gpu-check/bins.tar.xz and
+#                                   check that it and the tracked tree fit the 64 MiB a run may
+#                                   carry
 #   scripts/gpu-check.sh run        on the GPU machine, with gpu-check/ carried: link to that
 #                                   machine's own CUDA libraries, then run
 #                                     1. gpu_check: golden logits, f64 gradient checks of every
@@ -19,9 +20,9 @@
 #                                   and write one JSON, $OUT/gpu-check.json (or ./gpu-check.json),
 #                                   well inside 8 minutes
 #   scripts/gpu-check.sh rehearse   here, no GPU: `run` with every device-dependent step on the
-#                                   CPU instead (gpu_check --cpu, both benchmarks with --cpu /
-#                                   PEFT_PYTHON's CPU torch, tiny shapes) to prove the script, the
-#                                   bundle and the JSON, not the GPU
+#                                   CPU instead (gpu_check --cpu, bench_smollm2 --cpu,
+#                                   peft_gpu_step.py --device cpu with PEFT_PYTHON, a small Llama)
+#                                   to prove the script, the bundle and the JSON, not the GPU
 #
 # With the device tool: `scripts/gpu-check.sh build` here, then one call
 #   run(command="bash scripts/gpu-check.sh run", carry=["gpu-check"], timeout_s=540)
@@ -38,9 +39,14 @@ build)
         bash scripts/build-cuda.sh --release --example gpu_check --example bench_smollm2
     rm -rf "$bundle"
     mkdir -p "$bundle"
+    stripped=$(mktemp -d)
     for bin in gpu_check bench_smollm2; do
-        strip -o "$bundle/$bin" "target/cuda-13.0/release/examples/$bin"
+        strip -o "$stripped/$bin" "target/cuda-13.0/release/examples/$bin"
     done
+    # 62 MiB each, mostly candle's CUDA kernels as PTX text, much of it the same in both: xz over
+    # the pair packs them into about 9 MiB.
+    tar -C "$stripped" -cf - gpu_check bench_smollm2 | xz -9 -T2 >"$bundle/bins.tar.xz"
+    rm -rf "$stripped"
     # What else the run needs travels with the working tree: tests/fixtures, scripts/.
     size=$(du -sm "$bundle" | cut -f1)
     tree=$(git ls-files -z | du -cm --files0-from=- | tail -n 1 | cut -f1)
@@ -52,6 +58,7 @@ build)
     ;;
 run | rehearse)
     out=${OUT:-.}
+    mkdir -p "$out"
     work=$(mktemp -d)
     log="$out/gpu-check.log"
     : >"$log"
@@ -81,11 +88,12 @@ c.update(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attenti
          num_key_value_heads=2, head_dim=16, vocab_size=512)
 json.dump(c, open(sys.argv[2], "w"))
 PY
-        # peft_gpu_step.py needs CUDA; the rehearsal runs its CPU twin instead.
-        peft=("$python" ../shared/bench/peft_baseline.py --no-generate --no-merge --threads 2)
+        peft=("$python" scripts/peft_gpu_step.py --device cpu)
     fi
-    bin="$bundle"
-    [ -x "$bin/gpu_check" ] || { echo "no $bin/gpu_check: run 'scripts/gpu-check.sh build' here and carry gpu-check" >&2; exit 2; }
+    [ -f "$bundle/bins.tar.xz" ] || { echo "no $bundle/bins.tar.xz: run 'scripts/gpu-check.sh build' here and carry gpu-check" >&2; exit 2; }
+    bin="$work/bin"
+    mkdir -p "$bin"
+    xz -dc "$bundle/bins.tar.xz" | tar -C "$bin" -xf -
     echo "== gpu_check" | tee -a "$log"
     checks_rc=0
     timeout 180 "$bin/gpu_check" --fixtures tests/fixtures "${cpu_flag[@]}" >"$work/checks.jsonl" 2>>"$log" || checks_rc=$?

@@ -26,8 +26,11 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--device", default="cuda", help="cuda, or cpu to rehearse the script")
     a = p.parse_args()
-    dev = torch.device("cuda")
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     dtype = getattr(torch, a.dtype)
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, torch_dtype=dtype, attn_implementation="sdpa").to(dev)
     if not a.full_ft:
@@ -39,21 +42,21 @@ def main():
     ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), generator=g).to(dev)
     times = []
     for i in range(a.warmup + a.steps):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
     step = statistics.median(times)
     print(json.dumps({
-        "impl": "pytorch+peft", "device": torch.cuda.get_device_name(0), "mode": "full_ft" if a.full_ft else "lora",
+        "impl": "pytorch+peft", "device": torch.cuda.get_device_name(0) if cuda else "cpu", "mode": "full_ft" if a.full_ft else "lora",
         "targets": a.targets, "dtype": a.dtype, "batch": a.batch, "seq": a.seq, "step_s_median": step,
         "tokens_per_s": a.batch * a.seq / step, "loss": float(loss),
-        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "versions": {"torch": torch.__version__},
     }))
 

@@ -214,3 +214,23 @@ fn a_wrong_input_width_is_an_error() {
     let err = ops::linear_forward(&x, &w16, None).unwrap_err().to_string();
     assert!(err.contains("[..., 6]") && err.contains("[3, 5]"), "{err}");
 }
+
+/// Full fine-tuning under `--bf16` on the CPU trains f32 weights (the f32 master copy), and the
+/// frozen base stays bf16 where LoRA trains beside it.
+#[test]
+fn full_fine_tuning_of_a_bf16_model_trains_f32_weights() {
+    use lora_from_scratch::models::load::{load_model, LoadOptions};
+    let opts = LoadOptions { dtype: DType::BF16, ..Default::default() };
+    let mut m = load_model("tests/fixtures/tiny-llama", &opts).unwrap();
+    let before: Vec<DType> = m.model.linears().iter().map(|(_, s)| s.base_weight().unwrap().dtype()).collect();
+    assert!(before.iter().all(|&d| d == DType::BF16), "a bf16 model's matrices are bf16: {before:?}");
+    let vars = lora_from_scratch::experiments::full::unfreeze_all(m.model.as_mut()).unwrap();
+    assert!(!vars.is_empty());
+    for (name, v) in &vars {
+        assert_eq!(v.dtype(), DType::F32, "{name} is trained in {:?}", v.dtype());
+    }
+    let ids = Tensor::new(&[[3u32, 17, 5, 9]], &candle_core::Device::Cpu).unwrap();
+    let loss = m.model.forward(&ids, None, true).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    assert!(vars.iter().all(|(_, v)| grads.get(v.as_tensor()).is_some()), "every trained weight gets a gradient");
+}

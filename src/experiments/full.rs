@@ -26,15 +26,15 @@ pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core
         let crate::lora::slot::LinearSlot::Linear(l) = slot else {
             return Err(LoraError::config("full fine-tuning", format!("`{name}` {why}; start from a plain model")));
         };
-        l.weight.unfreeze()?;
+        unfreeze_in_f32(&mut l.weight)?;
         vars.push((format!("{name}.weight"), l.weight.var().expect("just unfrozen").clone()));
         if let Some(b) = &mut l.bias {
-            b.unfreeze()?;
+            unfreeze_in_f32(b)?;
             vars.push((format!("{name}.bias"), b.var().expect("just unfrozen").clone()));
         }
     }
     for (name, p) in model.params_mut() {
-        p.unfreeze()?;
+        unfreeze_in_f32(p)?;
         vars.push((name, p.var().expect("just unfrozen").clone()));
     }
     Ok(vars)
@@ -72,4 +72,18 @@ pub fn train_full(
     cfg: &TrainConfig,
 ) -> Result<TrainHistory> {
     train(model, &FullTrainee, train_set, val, pad_id, cfg, &mut |_, _| {})
+}
+
+/// Unfreeze `p`, in f32 if it is a half-precision weight on the CPU: the f32 master copy of
+/// mixed-precision training. Under `--bf16` the CPU's activations are f32, and AdamW's small
+/// updates would round away in bf16's 8-bit mantissa; the memory bf16 saved is spent again on
+/// exactly the weights being trained.
+fn unfreeze_in_f32(p: &mut crate::lora::param::Param) -> Result<()> {
+    use candle_core::DType;
+    if let crate::lora::param::Param::Frozen(t) = p {
+        if t.device().is_cpu() && matches!(t.dtype(), DType::BF16 | DType::F16) {
+            *p = crate::lora::param::Param::Frozen(t.to_dtype(DType::F32)?);
+        }
+    }
+    p.unfreeze()
 }

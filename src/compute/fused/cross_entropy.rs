@@ -73,12 +73,22 @@ impl HeadCrossEntropy {
         let mut dh = self.want_dh.then(|| vec![T::zero(); n * d]);
         let mut dw = self.want_dw.then(|| vec![T::zero(); vocab * d]);
         let mut logits = vec![T::zero(); CHUNK_ROWS.min(n) * vocab];
-        // A bf16 head is packed for the kernel once here, not once per chunk.
+        // A bf16 head is packed for the kernel once here, not once per chunk. Where the kernel
+        // is not in use it is widened to T once, and read as a plain slice below.
         let (packed_fwd, packed_bwd) = match w {
             HeadWeight::Frozen(w) => {
                 (w.pack_bf16::<T>(Product::XWt)?, if self.want_dh { w.pack_bf16::<T>(Product::XW)? } else { None })
             }
             HeadWeight::Slice(_) => (None, None),
+        };
+        let widened = match w {
+            HeadWeight::Frozen(fw) if packed_fwd.is_none() => Some(fw.dense(T::DTYPE)?),
+            _ => None,
+        };
+        let widened_slice = widened.as_ref().map(|t| t.flatten_all()?.to_vec1::<T>()).transpose()?;
+        let w = match &widened_slice {
+            Some(v) => HeadWeight::Slice(v.as_slice()),
+            None => w,
         };
         for start in (0..n).step_by(CHUNK_ROWS) {
             let rows = CHUNK_ROWS.min(n - start);
