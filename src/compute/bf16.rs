@@ -15,7 +15,10 @@
 //! shapes need: A (activations) is packed once per call into panels of `MR` rows holding bf16
 //! pairs along k; each thread takes a range of `NR`-column panels of B (the weight), packs one
 //! panel and one `KC` block of k at a time, and runs the `MR x NR` microkernel over every row
-//! panel. The packing costs O(mk + nk) against the O(mnk) multiply.
+//! panel. The packing costs O(mk + nk) against the O(mnk) multiply. Decoding multiplies a few
+//! rows at a time, where packing the weight would cost as much as the multiply: up to `FEW_ROWS`
+//! rows of `x W^T` take dot products against W's rows as they are stored. A weight multiplied
+//! many times in one op (the output head, chunk by chunk) is packed once ([`pack`]).
 
 use half::bf16;
 
