@@ -297,19 +297,7 @@ mod avx512 {
         let chunks = k.div_ceil(32);
         let mut xb = vec![0u32; m * chunks * 16];
         for (i, dst) in xb.chunks_mut(chunks * 16).enumerate() {
-            let src = &x[i * k..(i + 1) * k];
-            let mut q = 0;
-            while q + 32 <= k {
-                let lo = _mm512_loadu_ps(src.as_ptr().add(q));
-                let hi = _mm512_loadu_ps(src.as_ptr().add(q + 16));
-                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                _mm512_storeu_si512(dst.as_mut_ptr().add(q / 2) as *mut __m512i, v);
-                q += 32;
-            }
-            while q < k {
-                dst[q / 2] = pair(src[q], if q + 1 < k { src[q + 1] } else { 0.0 });
-                q += 2;
-            }
+            to_pairs(&x[i * k..(i + 1) * k], dst);
         }
         let threads = crate::compute::matmul::thread_count().min(n).max(1);
         let per = n.div_ceil(threads);
@@ -352,6 +340,26 @@ mod avx512 {
         });
     }
 
+    /// One row of f32 values -> bf16 pairs (the first of each pair in the low half), rounded to
+    /// nearest even, 32 values per step; `dst` holds at least `src.len().div_ceil(2)` pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn to_pairs(src: &[f32], dst: &mut [u32]) {
+        let k = src.len();
+        assert!(dst.len() >= k.div_ceil(2), "bf16 pairs: {} slots for {k} values", dst.len());
+        let mut q = 0;
+        while q + 32 <= k {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(q));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(q + 16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(q / 2) as *mut __m512i, v);
+            q += 32;
+        }
+        while q < k {
+            dst[q / 2] = pair(src[q], if q + 1 < k { src[q + 1] } else { 0.0 });
+            q += 2;
+        }
+    }
+
     /// `rows` rows of x [rows, k] f32 -> bf16 pairs in [pair][MR] order (rows past `rows` stay
     /// zero): one row panel of A.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -359,20 +367,7 @@ mod avx512 {
         let kp = k.div_ceil(2);
         let mut row = vec![0u32; kp];
         for r in 0..rows {
-            let src = &x[r * k..(r + 1) * k];
-            let mut q = 0;
-            // 32 floats -> 16 pairs per step, rounded to nearest even.
-            while q + 32 <= k {
-                let lo = _mm512_loadu_ps(src.as_ptr().add(q));
-                let hi = _mm512_loadu_ps(src.as_ptr().add(q + 16));
-                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                _mm512_storeu_si512(row.as_mut_ptr().add(q / 2) as *mut __m512i, v);
-                q += 32;
-            }
-            while q < k {
-                row[q / 2] = pair(src[q], if q + 1 < k { src[q + 1] } else { 0.0 });
-                q += 2;
-            }
+            to_pairs(&x[r * k..(r + 1) * k], &mut row);
             for (p, &v) in row.iter().enumerate() {
                 panel[p * MR + r] = v;
             }
