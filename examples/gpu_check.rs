@@ -159,7 +159,7 @@ fn ops_under_test() -> Vec<(&'static str, Vec<Vec<usize>>, OpFn)> {
                 let pos: Vec<f64> = (0..5).flat_map(|p| (0..2).map(move |i| p as f64 / 10f64.powi(i))).collect();
                 let freqs = Tensor::from_vec(pos, (5, 2), t[0].device())?;
                 let (cos, sin) = (freqs.cos()?, freqs.sin()?);
-                map(ops::self_attention(&t[0], &t[1], &t[2], 2, 1, Some((&cos, &sin))))
+                map(ops::self_attention(&t[0], &t[1], &t[2], 2, 1, Some((&cos, &sin)), None))
             }),
         ),
         (

@@ -4,10 +4,11 @@
 Run from the repository root in a venv with torch, transformers, tokenizers and gguf
 (see ../shared/bench/README.md for one that works from PyPI alone):
 
-    python scripts/make_fixtures.py [--gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf]
+    python scripts/make_fixtures.py [--gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf] [--only NAME ...]
 
 Writes, under tests/fixtures/:
-  tiny-gpt2/, tiny-llama/   a small random model saved with save_pretrained (config.json,
+  tiny-gpt2/, tiny-llama/,  a small random model saved with save_pretrained (config.json,
+  tiny-qwen2/, tiny-mistral/
                             model.safetensors) and reference.safetensors: input_ids, the logits
                             transformers computes for them, and the greedy continuation its
                             generate() picks (KV cache on).
@@ -23,7 +24,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 OUT = "tests/fixtures"
 
@@ -69,6 +70,46 @@ def tiny_llama():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     out = os.path.join(OUT, "tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    save_reference(model, out, cfg.vocab_size)
+
+
+def perturb_norms_and_biases(model):
+    # Random init leaves biases at zero and norms at one: perturb them so the tests see them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def tiny_qwen2():
+    torch.manual_seed(0)
+    # Qwen2.5's shape in small: q, k, v biases, tied head, rope theta 1e6, grouped-query heads.
+    # The window is on (use_sliding_window) from layer 1 on (max_window_layers), 4 keys wide, so
+    # the 7-token reference has layer 0 plain and layer 1 sliding (Qwen2.5's own configs turn it off).
+    cfg = Qwen2Config(vocab_size=103, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+                      use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = Qwen2ForCausalLM(cfg).eval()
+    perturb_norms_and_biases(model)
+    out = os.path.join(OUT, "tiny-qwen2")
+    model.save_pretrained(out, safe_serialization=True)
+    save_reference(model, out, cfg.vocab_size)
+
+
+def tiny_mistral():
+    torch.manual_seed(0)
+    # Mistral: Llama's names, no biases, a sliding window of 4 keys on every layer (shorter than
+    # the 7-token reference and its 6 generated tokens), untied head, explicit head_dim.
+    cfg = MistralConfig(vocab_size=107, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
+                        rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=4, tie_word_embeddings=False,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = MistralForCausalLM(cfg).eval()
+    perturb_norms_and_biases(model)
+    out = os.path.join(OUT, "tiny-mistral")
     model.save_pretrained(out, safe_serialization=True)
     save_reference(model, out, cfg.vocab_size)
 
@@ -152,13 +193,21 @@ def bleu_cases():
                   f, indent=1)
 
 
-def peft_fixtures():
+PEFT_TARGETS = {
+    "tiny-gpt2": ["c_attn", "mlp.c_proj"],
+    "tiny-llama": ["q_proj", "v_proj", "down_proj"],
+    # Qwen2's biased q, k, v and its unbiased o and MLP.
+    "tiny-qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+}
+
+
+def peft_fixtures(models):
     """Adapters both ways. `<model>-from-peft/`: an adapter made and saved by PEFT (GPT-2 c_attn
-    with fan_in_fan_out, Llama q/v), with PEFT's logits. `<model>-from-rust/` (written by
+    with fan_in_fan_out, Llama q/v, Qwen2 q/k/v/o), with PEFT's logits. `<model>-from-rust/` (written by
     `cargo run --example interop_adapters`): PEFT loads our adapter and records its logits."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from safetensors.torch import load_file
-    for name, targets in [("tiny-gpt2", ["c_attn", "mlp.c_proj"]), ("tiny-llama", ["q_proj", "v_proj", "down_proj"])]:
+    for name, targets in [(m, PEFT_TARGETS[m]) for m in models if m in PEFT_TARGETS]:
         base_dir = os.path.join(OUT, name)
         ids = load_file(os.path.join(base_dir, "reference.safetensors"))["input_ids"]
         torch.manual_seed(2)
@@ -191,7 +240,7 @@ def peft_fixtures():
                       os.path.join(merged, "transformers_logits.safetensors"))
     # GPT-2 q and v slice adapters, exported for PEFT by the block construction.
     split = os.path.join(OUT, "peft", "tiny-gpt2-split-from-rust")
-    if os.path.isdir(split):
+    if "tiny-gpt2" in models and os.path.isdir(split):
         base_dir = os.path.join(OUT, "tiny-gpt2")
         ids = load_file(os.path.join(base_dir, "reference.safetensors"))["input_ids"]
         loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir).eval(), split).eval()
@@ -200,14 +249,19 @@ def peft_fixtures():
         save_file({"input_ids": ids, "logits": logits.contiguous()}, os.path.join(split, "peft_logits.safetensors"))
 
 
+MODELS = {"tiny-gpt2": tiny_gpt2, "tiny-llama": tiny_llama, "tiny-qwen2": tiny_qwen2, "tiny-mistral": tiny_mistral}
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (from scripts/fetch-smollm2.sh)")
+    ap.add_argument("--only", nargs="+", choices=list(MODELS), help="only these tiny models and their PEFT fixtures")
     args = ap.parse_args()
-    tiny_gpt2()
-    tiny_llama()
-    bleu_cases()
-    peft_fixtures()
+    models = args.only or list(MODELS)
+    for m in models:
+        MODELS[m]()
+    if not args.only:
+        bleu_cases()
+    peft_fixtures(models)
     if args.gguf:
         smollm2(args.gguf)
     print("fixtures written under", OUT)

@@ -166,17 +166,19 @@ proptest! {
 
     #[test]
     fn causal_attention(seed in 0u64..1000, b in 1usize..3, kv_heads in 1usize..3, groups in 1usize..4,
-                        t in 1usize..7, half in 1usize..4, with_rope in any::<bool>()) {
+                        t in 1usize..7, half in 1usize..4, with_rope in any::<bool>(),
+                        window in proptest::option::of(1usize..9)) {
+        // A window of 1..9 keys over 1..7 positions: shorter than the sequence, and as long or longer.
         let (heads, hd) = (kv_heads * groups, 2 * half);
         let (cos, sin) = tables(seed + 7, t, half);
         let rope = with_rope.then_some((&cos, &sin));
         let vars = [var(seed, &[b, t, heads * hd]), var(seed + 1, &[b, t, kv_heads * hd]), var(seed + 2, &[b, t, kv_heads * hd])];
         let f = |x: &[Tensor]| {
             let tables = rope.map(|(c, s)| fused::rope::RopeTables::from_tensors(c, s).unwrap());
-            let op = fused::attention::CausalAttention { heads, kv_heads, head_dim: hd, rope: tables };
+            let op = fused::attention::CausalAttention { heads, kv_heads, head_dim: hd, rope: tables, window };
             fused::attention::causal_attention(&x[0], &x[1], &x[2], op).unwrap()
         };
-        let c = |x: &[Tensor]| composed::self_attention(&x[0], &x[1], &x[2], heads, kv_heads, rope).unwrap();
+        let c = |x: &[Tensor]| composed::self_attention(&x[0], &x[1], &x[2], heads, kv_heads, rope, window).unwrap();
         agree(&vars, f, c).map_err(TestCaseError::fail)?;
         agree_f32(&vars, f, c).map_err(TestCaseError::fail)?;
     }
@@ -246,10 +248,11 @@ fn fused_ops_agree_at_realistic_sizes() {
     let vars = [var(1, &[b, t, heads * hd]), var(2, &[b, t, kv_heads * hd]), var(3, &[b, t, kv_heads * hd])];
     let f = |x: &[Tensor]| {
         let rope = Some(fused::rope::RopeTables::from_tensors(&cos, &sin).unwrap());
-        let op = fused::attention::CausalAttention { heads, kv_heads, head_dim: hd, rope };
+        let op = fused::attention::CausalAttention { heads, kv_heads, head_dim: hd, rope, window: None };
         fused::attention::causal_attention(&x[0], &x[1], &x[2], op).unwrap()
     };
-    let c = |x: &[Tensor]| composed::self_attention(&x[0], &x[1], &x[2], heads, kv_heads, Some((&cos, &sin))).unwrap();
+    let c =
+        |x: &[Tensor]| composed::self_attention(&x[0], &x[1], &x[2], heads, kv_heads, Some((&cos, &sin)), None).unwrap();
     agree(&vars, f, c).unwrap();
     agree_f32(&vars, f, c).unwrap();
 
@@ -299,7 +302,7 @@ fn ops_take_the_fused_versions_on_the_cpu() {
         ops::head_cross_entropy(&h, &head, &[1, 2, 3, 4, 5, 10]).unwrap().backward().unwrap()
     };
     let grads = forward(&|t| ops::rms_norm(t, &w, 1e-6).unwrap(), &|t| {
-        ops::self_attention(t, t, t, 2, 2, Some((&cos, &sin))).unwrap()
+        ops::self_attention(t, t, t, 2, 2, Some((&cos, &sin)), None).unwrap()
     });
     assert!(grads.get(x.as_tensor()).is_some());
     for (name, t) in [("norm weight", &w), ("head", &head), ("cos", &cos), ("sin", &sin)] {
@@ -308,7 +311,7 @@ fn ops_take_the_fused_versions_on_the_cpu() {
     // The composed versions compute and keep gradients for the constants' broadcast views and
     // for every intermediate node: many more entries than the fused ops' one per input.
     let composed_grads = forward(&|t| composed::rms_norm(t, &w, 1e-6).unwrap(), &|t| {
-        composed::self_attention(t, t, t, 2, 2, Some((&cos, &sin))).unwrap()
+        composed::self_attention(t, t, t, 2, 2, Some((&cos, &sin)), None).unwrap()
     });
     let count = |g: &candle_core::backprop::GradStore| g.get_ids().count();
     assert!(count(&grads) < count(&composed_grads), "{} vs {}", count(&grads), count(&composed_grads));
@@ -318,7 +321,7 @@ fn ops_take_the_fused_versions_on_the_cpu() {
 fn bad_shapes_are_errors_not_panics() {
     let q = randn(&mut rng(1), &[1, 4, 8], DType::F32);
     let k = randn(&mut rng(2), &[1, 3, 4], DType::F32);
-    let op = fused::attention::CausalAttention { heads: 2, kv_heads: 1, head_dim: 4, rope: None };
+    let op = fused::attention::CausalAttention { heads: 2, kv_heads: 1, head_dim: 4, rope: None, window: None };
     let err = fused::attention::causal_attention(&q, &k, &k, op).unwrap_err().to_string();
     assert!(err.contains("attention") && err.contains("[1, 3, 4]"), "{err}");
     let h = randn(&mut rng(3), &[2, 4], DType::F32);

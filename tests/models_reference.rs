@@ -16,7 +16,7 @@ use lora_from_scratch::models::load::{load_model, LoadOptions, LoadedModel};
 use lora_from_scratch::tasks::t03_inject::{find_target_modules, inject_lora};
 use lora_from_scratch::{LoraConfig, LoraError};
 
-const FIXTURES: [&str; 2] = ["tiny-gpt2", "tiny-llama"];
+const FIXTURES: [&str; 4] = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-mistral"];
 
 fn fixture(name: &str) -> String {
     format!("tests/fixtures/{name}")
@@ -158,6 +158,23 @@ fn gpt2_targets_fused_c_attn_or_its_slices() {
     assert_eq!(values(&split.model.forward(&ids, None, false).unwrap()), split_logits);
 }
 
+/// Qwen2 and Mistral have Llama's module names, so "all-linear" picks the same seven per layer
+/// (and leaves Mistral's untied head alone, as PEFT does); tiny-qwen2's head is tied.
+#[test]
+#[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (find_target_modules); graded by tests/t0*.rs")]
+fn qwen2_and_mistral_names_follow_transformers() {
+    for (name, head) in [("tiny-qwen2", false), ("tiny-mistral", true)] {
+        let m = load(name);
+        let names: Vec<String> = m.model.linears().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 2 * 7 + usize::from(head), "{name}");
+        assert_eq!(names[0], "model.layers.0.self_attn.q_proj");
+        assert_eq!(names[13], "model.layers.1.mlp.down_proj");
+        assert_eq!(names.last().unwrap() == "lm_head", head, "{name}");
+        let all = find_target_modules(m.model.as_ref(), &["all-linear".to_string()]).unwrap();
+        assert_eq!(all, names[..14], "{name}: all-linear");
+    }
+}
+
 #[test]
 #[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
 fn llama_names_follow_transformers() {
@@ -260,7 +277,66 @@ fn wrong_shape_is_named() {
 fn unknown_architecture_is_named() {
     let dir = broken_copy("tiny-llama", |_, c| c["model_type"] = "bert".into());
     let err = load_err(&dir);
-    assert!(err.contains("`bert`") && err.contains("gpt2, llama"), "{err}");
+    assert!(err.contains("`bert`") && err.contains("gpt2, llama, qwen2, mistral"), "{err}");
+}
+
+/// The Qwen2 and Mistral references really go through a sliding window (their 7-token inputs are
+/// longer than the 4-key window on tiny-mistral's layers and tiny-qwen2's layer 1): with the
+/// window switched off in `config.json` the logits leave transformers' by far more than 1e-4. So
+/// `logits_match_transformers` checks the window, not only the causal mask.
+#[test]
+fn the_window_is_what_matches_transformers() {
+    let off: [(&str, fn(&mut serde_json::Value)); 3] = [
+        ("tiny-mistral", |c| c["sliding_window"] = serde_json::Value::Null),
+        ("tiny-qwen2", |c| c["use_sliding_window"] = false.into()),
+        ("tiny-qwen2", |c| c["layer_types"] = serde_json::json!(["full_attention", "full_attention"])),
+    ];
+    for (name, edit) in off {
+        let dir = broken_copy(name, |_, c| edit(c));
+        let m = load_model(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let r = reference(name);
+        let logits = m.model.forward(&u32_ids(&r["input_ids"]), None, false).unwrap();
+        let diff = max_abs_diff(&values(&logits), &values(&r["logits"]));
+        assert!(diff > 1e-3, "{name}: without the window the logits still match ({diff})");
+    }
+    // And every layer sliding instead of layer 1 only differs too.
+    let dir = broken_copy("tiny-qwen2", |_, c| c["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention"]));
+    let m = load_model(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let r = reference("tiny-qwen2");
+    let logits = m.model.forward(&u32_ids(&r["input_ids"]), None, false).unwrap();
+    assert!(max_abs_diff(&values(&logits), &values(&r["logits"])) > 1e-3, "layer 0 of tiny-qwen2 does not slide");
+}
+
+/// Qwen2 biases q, k and v (not o, not the MLP) whatever `attention_bias` says; Mistral has none.
+/// A checkpoint without them is an error naming the tensor.
+#[test]
+fn qwen2_biases_q_k_v_only() {
+    let m = load("tiny-qwen2");
+    for (name, slot) in m.model.linears() {
+        let qkv = ["q_proj", "k_proj", "v_proj"].iter().any(|p| name.ends_with(p));
+        assert_eq!(slot.base_bias().is_some(), qkv, "{name}");
+    }
+    let m = load("tiny-mistral");
+    assert!(m.model.linears().iter().all(|(_, s)| s.base_bias().is_none()));
+    let dir = broken_copy("tiny-qwen2", |t, _| {
+        t.remove("model.layers.1.self_attn.k_proj.bias");
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("model.layers.1.self_attn.k_proj.bias"), "{err}");
+}
+
+/// Settings this crate does not compute are refused by name, not run wrongly.
+#[test]
+fn unknown_window_settings_are_named() {
+    let dir = broken_copy("tiny-qwen2", |_, c| c["layer_types"] = serde_json::json!(["full_attention"]));
+    let err = load_err(&dir);
+    assert!(err.contains("layer_types") && err.contains("1 entries for 2 layers"), "{err}");
+    let dir = broken_copy("tiny-qwen2", |_, c| c["layer_types"] = serde_json::json!(["full_attention", "chunked"]));
+    let err = load_err(&dir);
+    assert!(err.contains("layer_types") && err.contains("`chunked`"), "{err}");
+    let dir = broken_copy("tiny-mistral", |_, c| c["sliding_window"] = 0.into());
+    let err = load_err(&dir);
+    assert!(err.contains("sliding_window"), "{err}");
 }
 
 #[test]

@@ -111,6 +111,23 @@ proptest! {
         check(&v, |v| ops::causal_attention(q.as_tensor(), k.as_tensor(), v).unwrap());
     }
 
+    /// The sliding window (Mistral, Qwen2) in both attention paths: the cached one
+    /// (`causal_attention_masked`, q after `offset` cached positions) and the whole-sequence one
+    /// (`self_attention`, fused on the CPU), with windows shorter and longer than the sequence.
+    #[test]
+    fn windowed_attention_gradients(seed in 0u64..1000, t in 1usize..5, offset in 0usize..3, window in 1usize..7) {
+        let q = var(seed, &[1, 2, t, 4]);
+        let k = var(seed + 1, &[1, 1, offset + t, 4]);
+        let v = var(seed + 2, &[1, 1, offset + t, 4]);
+        let w = Some(window);
+        check(&q, |q| ops::causal_attention_masked(q, k.as_tensor(), v.as_tensor(), None, w).unwrap());
+        check(&k, |k| ops::causal_attention_masked(q.as_tensor(), k, v.as_tensor(), None, w).unwrap());
+        check(&v, |v| ops::causal_attention_masked(q.as_tensor(), k.as_tensor(), v, None, w).unwrap());
+        let (qs, ks) = (var(seed + 3, &[2, t, 8]), var(seed + 4, &[2, t, 4]));
+        check(&qs, |q| ops::self_attention(q, ks.as_tensor(), ks.as_tensor(), 2, 1, None, w).unwrap());
+        check(&ks, |k| ops::self_attention(qs.as_tensor(), k, k, 2, 1, None, w).unwrap());
+    }
+
     #[test]
     fn cross_entropy_gradient(seed in 0u64..1000, n in 1usize..5, vocab in 2usize..7) {
         let targets: Vec<u32> = (0..n).map(|i| ((seed as usize + i) % vocab) as u32).collect();
@@ -132,6 +149,37 @@ fn causal_attention_ignores_the_future() {
     let early = |t: &Tensor| values(&t.narrow(2, 0, 3).unwrap());
     assert_eq!(early(&y), early(&y2), "positions 0..3 must not see position 3");
     assert_ne!(values(&y), values(&y2), "position 3 sees itself");
+}
+
+/// A sliding window of `w` keys: the query at position p sees positions p + 1 - w ..= p, as
+/// transformers' `kv_idx > q_idx - sliding_window`. With w = 1 each query sees only itself, so
+/// the output is its own value row; a window as long as the sequence is plain causal attention;
+/// in between, moving a key just outside the window changes nothing and just inside does.
+#[test]
+fn sliding_window_sees_exactly_w_keys() {
+    let (t, hd) = (6, 4);
+    let q = randn(&mut rng(1), &[1, 2, t, hd], DType::F64);
+    let k = randn(&mut rng(2), &[1, 1, t, hd], DType::F64);
+    let v = randn(&mut rng(3), &[1, 1, t, hd], DType::F64);
+    let attend = |k: &Tensor, w| ops::causal_attention_masked(&q, k, &v, None, w).unwrap();
+    let own = attend(&k, Some(1));
+    for h in 0..2 {
+        assert_eq!(values(&own.narrow(1, h, 1).unwrap()), values(&v), "window 1: each query sees only itself");
+    }
+    for w in [t, t + 3] {
+        assert_eq!(values(&attend(&k, Some(w))), values(&attend(&k, None)), "window {w} >= {t} is plain causal");
+    }
+    // Window 3, last query (position 5) sees keys 3, 4, 5: key 2 is just outside, key 3 just inside.
+    let last = |y: &Tensor| values(&y.narrow(2, t - 1, 1).unwrap());
+    let bump = |pos: usize| k.slice_assign(&[0..1, 0..1, pos..pos + 1, 0..hd], &Tensor::ones((1, 1, 1, hd), DType::F64, &CPU).unwrap()).unwrap();
+    assert_eq!(last(&attend(&bump(2), Some(3))), last(&attend(&k, Some(3))), "key 2 is outside a window of 3 at position 5");
+    assert_ne!(last(&attend(&bump(3), Some(3))), last(&attend(&k, Some(3))), "key 3 is inside a window of 3 at position 5");
+    // The fused whole-sequence op agrees with the cached path's mask.
+    let flat = |x: &Tensor| x.transpose(1, 2).unwrap().reshape((1, t, ())).unwrap();
+    let fused = ops::self_attention(&flat(&q), &flat(&k), &flat(&v), 2, 1, None, Some(3)).unwrap();
+    let cached = flat(&attend(&k, Some(3)));
+    assert!(common::max_abs_diff(&values(&fused), &values(&cached)) < 1e-12);
+    assert!(ops::self_attention(&flat(&q), &flat(&k), &flat(&v), 2, 1, None, Some(0)).is_err(), "a window of 0 is an error");
 }
 
 /// Whole models in f64: the gradient of `sum(logits * r)` with respect to every adapter matrix,

@@ -134,7 +134,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Causal self-attention over a whole sequence (training and evaluation; no KV cache) in the
 /// projections' own layout: `q` [batch, seq, heads * hd], `k`, `v` [batch, seq, kv_heads * hd],
-/// RoPE on q and k when `rope` = (cos, sin) [seq, hd / 2] is given. Returns [batch, seq, heads * hd].
+/// RoPE on q and k when `rope` = (cos, sin) [seq, hd / 2] is given, each query seeing at most
+/// `window` keys (itself included) when a sliding window is given. Returns [batch, seq, heads * hd].
 pub fn self_attention(
     q: &Tensor,
     k: &Tensor,
@@ -142,14 +143,24 @@ pub fn self_attention(
     heads: usize,
     kv_heads: usize,
     rope_tables: Option<(&Tensor, &Tensor)>,
+    window: Option<usize>,
 ) -> Result<Tensor> {
     let head_dim = q.dim(2)? / heads;
+    check_window(window)?;
     if fused::usable(&[q, k, v]) {
         let rope = rope_tables.map(|(c, s)| fused::rope::RopeTables::from_tensors(c, s)).transpose()?;
-        let op = fused::attention::CausalAttention { heads, kv_heads, head_dim, rope };
+        let op = fused::attention::CausalAttention { heads, kv_heads, head_dim, rope, window };
         return Ok(fused::attention::causal_attention(q, k, v, op)?);
     }
-    composed::self_attention(q, k, v, heads, kv_heads, rope_tables)
+    composed::self_attention(q, k, v, heads, kv_heads, rope_tables, window)
+}
+
+/// A sliding window must let a query see at least itself.
+fn check_window(window: Option<usize>) -> Result<()> {
+    if window == Some(0) {
+        return Err(crate::error::LoraError::config("sliding_window", "is 0; a query must see at least itself"));
+    }
+    Ok(())
 }
 
 /// Mean cross-entropy of the head's logits `h W^T` (`h` [n, d], `weight` [vocab, d]) against
@@ -214,7 +225,7 @@ pub mod composed {
         Ok(x.reshape((b, t, heads, n / heads))?.transpose(1, 2)?.contiguous()?)
     }
 
-    /// [`super::self_attention`] from split heads, `rope` and [`super::causal_attention`].
+    /// [`super::self_attention`] from split heads, `rope` and [`super::causal_attention_masked`].
     pub fn self_attention(
         q: &Tensor,
         k: &Tensor,
@@ -222,13 +233,14 @@ pub mod composed {
         heads: usize,
         kv_heads: usize,
         rope_tables: Option<(&Tensor, &Tensor)>,
+        window: Option<usize>,
     ) -> Result<Tensor> {
         let (b, t, _) = q.dims3()?;
         let (mut q, mut k, v) = (split_heads(q, heads)?, split_heads(k, kv_heads)?, split_heads(v, kv_heads)?);
         if let Some((cos, sin)) = rope_tables {
             (q, k) = (rope(&q, cos, sin)?, rope(&k, cos, sin)?);
         }
-        Ok(super::causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, ()))?)
+        Ok(super::causal_attention_masked(&q, &k, &v, None, window)?.transpose(1, 2)?.reshape((b, t, ()))?)
     }
 }
 
@@ -251,12 +263,21 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
 /// cache). Each group of `heads / kv_heads` query heads shares one key/value head (grouped-query
 /// attention, Ainslie et al. 2023); GPT-2 has `kv_heads == heads`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    causal_attention_masked(q, k, v, None)
+    causal_attention_masked(q, k, v, None, None)
 }
 
 /// [`causal_attention`] with an additive `key_mask` [batch, 1, 1, kv_len] added to every
-/// query's scores (the padding of a left-padded batch: see `models::KvCache::left_padded`).
-pub fn causal_attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
+/// query's scores (the padding of a left-padded batch: see `models::KvCache::left_padded`), and
+/// a sliding window when `window` is given: the query at position `p` sees keys `p + 1 - window
+/// ..= p` only.
+pub fn causal_attention_masked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: Option<&Tensor>,
+    window: Option<usize>,
+) -> Result<Tensor> {
+    check_window(window)?;
     let (b, heads, seq, hd) = q.dims4()?;
     let (_, kv_heads, kv_len, _) = k.dims4()?;
     let groups = heads / kv_heads;
@@ -265,7 +286,7 @@ pub fn causal_attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Opt
     // the whole group without copying K and V `groups` times.
     let q = q.reshape((b, kv_heads, groups * seq, hd))?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    let mask = causal_mask(groups, seq, offset, q.dtype(), q.device())?;
+    let mask = causal_mask(groups, seq, offset, window, q.dtype(), q.device())?;
     let mut scores = scores.broadcast_add(&mask)?;
     if let Some(key_mask) = key_mask {
         scores = scores.broadcast_add(key_mask)?;
@@ -275,13 +296,21 @@ pub fn causal_attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Opt
 }
 
 /// An additive mask [groups * seq, offset + seq]: 0 where query `i` (at position `offset + i`)
-/// may look at key `j`, minus infinity where `j` is in its future.
-fn causal_mask(groups: usize, seq: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+/// may look at key `j`, minus infinity where `j` is in its future or, with a window, too far back.
+fn causal_mask(
+    groups: usize,
+    seq: usize,
+    offset: usize,
+    window: Option<usize>,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let kv_len = offset + seq;
     let mask: Vec<f32> = (0..groups * seq)
         .flat_map(|row| {
             let pos = offset + row % seq;
-            (0..kv_len).map(move |j| if j <= pos { 0.0 } else { f32::NEG_INFINITY })
+            let first = fused::attention::first_key(pos, window);
+            (0..kv_len).map(move |j| if (first..=pos).contains(&j) { 0.0 } else { f32::NEG_INFINITY })
         })
         .collect();
     Ok(Tensor::from_vec(mask, (groups * seq, kv_len), device)?.to_dtype(dtype)?)

@@ -75,6 +75,7 @@ impl GgufFile {
         };
         let id = |key: &str| self.meta_usize(key).ok().map(|x| x as u32);
         Ok(LlamaConfig {
+            model_type: "llama".into(),
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: self.meta_usize("llama.feed_forward_length")?,
@@ -97,6 +98,10 @@ impl GgufFile {
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id").map(serde_json::Value::from),
             max_position_embeddings: self.meta_usize("llama.context_length").ok(),
+            sliding_window: None,
+            use_sliding_window: None,
+            max_window_layers: None,
+            layer_types: None,
         })
     }
 

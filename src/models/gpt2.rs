@@ -227,11 +227,11 @@ impl CausalLm for Gpt2 {
             let nh = self.config.n_head;
             let y = match cache.as_deref_mut() {
                 // A whole sequence: one attention op in the projections' layout.
-                None => self_attention(&q, &k, &v, nh, nh, None)?,
+                None => self_attention(&q, &k, &v, nh, nh, None, None)?,
                 Some(c) => {
                     let (q, k, v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
                     let (k, v) = c.append(i, k, v)?;
-                    causal_attention_masked(&q, &k, &v, key_mask.as_ref())?.transpose(1, 2)?.reshape((
+                    causal_attention_masked(&q, &k, &v, key_mask.as_ref(), None)?.transpose(1, 2)?.reshape((
                         b,
                         t,
                         self.config.n_embd,

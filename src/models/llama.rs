@@ -2,6 +2,9 @@
 //! training. SmolLM2-135M is the target: 30 layers, hidden 576, 9 query heads sharing 3 key/value
 //! heads (grouped-query attention), RoPE with theta 1e5, RMSNorm, a SiLU-gated MLP, tied head.
 //!
+//! The same code runs Qwen2 / Qwen2.5 and Mistral, which differ from Llama only in their biases
+//! and sliding window ([`super::family`]).
+//!
 //! Module names: `model.embed_tokens`, `model.layers.N.{input_layernorm,
 //! self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.{gate,up,down}_proj}`, `model.norm`,
 //! and `lm_head` when the head is not tied to the embeddings.
@@ -9,6 +12,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::family::{Family, WindowSettings};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::compute::ops::composed::split_heads;
@@ -33,9 +37,12 @@ pub struct RopeParameters {
     pub rope_type: Option<String>,
 }
 
-/// The fields of a Llama `config.json` this model reads.
+/// The fields of a Llama, Qwen2 or Mistral `config.json` this model reads.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct LlamaConfig {
+    /// `llama`, `qwen2` or `mistral` (see [`Family`]).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -74,6 +81,22 @@ pub struct LlamaConfig {
     /// asked for 3.6 GB and aborted). Sequences longer than this are an error naming both numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_position_embeddings: Option<usize>,
+    /// Mistral, Qwen2: how many keys (itself included) a query sees on a sliding-window layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2: the window is used only when this is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    /// Qwen2 without `layer_types`: the layers from this one on slide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// Qwen2 (transformers 5): `full_attention` or `sliding_attention` for each layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+}
+
+fn default_model_type() -> String {
+    "llama".into()
 }
 
 fn default_eps() -> f64 {
@@ -107,8 +130,42 @@ impl LlamaConfig {
         }
     }
 
+    /// Which member of the family this is; an unknown `model_type` is an error.
+    pub fn family(&self) -> Result<Family> {
+        Family::from_model_type(&self.model_type)
+    }
+
+    /// Layer `layer`'s sliding window, `None` for plain causal attention.
+    pub fn window(&self, layer: usize) -> Result<Option<usize>> {
+        let settings = WindowSettings {
+            sliding_window: self.sliding_window,
+            use_sliding_window: self.use_sliding_window,
+            max_window_layers: self.max_window_layers,
+            layer_types: self.layer_types.as_deref(),
+        };
+        Ok(self.family()?.window(layer, &settings))
+    }
+
     /// Refuse what this implementation does not compute, naming the setting.
     pub fn validate(&self) -> Result<()> {
+        let family = self.family()?;
+        if self.sliding_window == Some(0) {
+            return Err(LoraError::config("sliding_window", "is 0; a query must see at least itself"));
+        }
+        if let Some(types) = &self.layer_types {
+            if family == Family::Qwen2 && types.len() != self.num_hidden_layers {
+                return Err(LoraError::config(
+                    "layer_types",
+                    format!("has {} entries for {} layers", types.len(), self.num_hidden_layers),
+                ));
+            }
+            if let Some(bad) = types.iter().find(|t| !["full_attention", "sliding_attention"].contains(&t.as_str())) {
+                return Err(LoraError::config(
+                    "layer_types",
+                    format!("has `{bad}`; only `full_attention` and `sliding_attention` are implemented"),
+                ));
+            }
+        }
         let rope_type = self.rope_parameters.as_ref().and_then(|p| p.rope_type.clone()).unwrap_or("default".into());
         if rope_type != "default" || self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(LoraError::config(
@@ -143,6 +200,8 @@ struct Layer {
     post_attention_layernorm: Param,
     /// gate, up, down
     mlp: [LinearSlot; 3],
+    /// The sliding window of this layer's attention, if it has one.
+    window: Option<usize>,
 }
 
 /// A Llama-architecture causal LM with a slot for an adapter on every linear layer.
@@ -185,6 +244,7 @@ impl Llama {
     /// Build the model from its config and weights; every weight starts frozen.
     pub fn new(config: LlamaConfig, w: &Weights, name_or_path: &str) -> Result<Self> {
         config.validate()?;
+        let family = config.family()?;
         let (d, hd) = (config.hidden_size, config.head_dim());
         let (q_out, kv_out) = (config.num_attention_heads * hd, config.kv_heads() * hd);
         let embed = w.get("model.embed_tokens.weight", &[config.vocab_size, d])?;
@@ -195,17 +255,21 @@ impl Llama {
             let outs = [q_out, kv_out, kv_out, d];
             let ins = [d, d, d, q_out];
             let attn = (0..4)
-                .map(|j| linear(w, &format!("{p}.self_attn.{}", ATTN[j]), outs[j], ins[j], config.attention_bias))
+                .map(|j| {
+                    let bias = family.attention_bias(j, config.attention_bias);
+                    linear(w, &format!("{p}.self_attn.{}", ATTN[j]), outs[j], ins[j], bias)
+                })
                 .collect::<Result<Vec<_>>>()?;
             let (mo, mi) = ([config.intermediate_size, config.intermediate_size, d], [d, d, config.intermediate_size]);
             let mlp = (0..3)
-                .map(|j| linear(w, &format!("{p}.mlp.{}", MLP[j]), mo[j], mi[j], config.mlp_bias))
+                .map(|j| linear(w, &format!("{p}.mlp.{}", MLP[j]), mo[j], mi[j], family.mlp_bias(config.mlp_bias)))
                 .collect::<Result<Vec<_>>>()?;
             layers.push(Layer {
                 input_layernorm: Param::frozen(&w.get(&format!("{p}.input_layernorm.weight"), &[d])?),
                 attn: attn.try_into().expect("four attention projections"),
                 post_attention_layernorm: Param::frozen(&w.get(&format!("{p}.post_attention_layernorm.weight"), &[d])?),
                 mlp: mlp.try_into().expect("three MLP projections"),
+                window: config.window(i)?,
             });
         }
         // A tied checkpoint may still list `lm_head.weight` (a copy of the embeddings); untied
@@ -285,7 +349,7 @@ impl CausalLm for Llama {
             let (q, k, v) = (q.forward(&a, train)?, k.forward(&a, train)?, v.forward(&a, train)?);
             let y = match cache.as_deref_mut() {
                 // A whole sequence: one attention op in the projections' layout, RoPE inside.
-                None => self_attention(&q, &k, &v, nh, nkv, Some((&cos, &sin)))?,
+                None => self_attention(&q, &k, &v, nh, nkv, Some((&cos, &sin)), layer.window)?,
                 // Generation: rotate, append to the cache, attend over everything cached.
                 Some(c) => {
                     let (q, k) = (split_heads(&q, nh)?, split_heads(&k, nkv)?);
@@ -294,7 +358,9 @@ impl CausalLm for Llama {
                         Some(tables) => (rope_rows(&q, tables)?, rope_rows(&k, tables)?),
                     };
                     let (k, v) = c.append(i, k, split_heads(&v, nkv)?)?;
-                    causal_attention_masked(&q, &k, &v, key_mask.as_ref())?.transpose(1, 2)?.reshape((b, t, ()))?
+                    causal_attention_masked(&q, &k, &v, key_mask.as_ref(), layer.window)?
+                        .transpose(1, 2)?
+                        .reshape((b, t, ()))?
                 }
             };
             h = o.forward_residual(&h, &y, train)?;
@@ -341,8 +407,9 @@ impl CausalLm for Llama {
     fn hf_config(&self) -> serde_json::Value {
         let mut c = serde_json::to_value(&self.config).expect("the config serializes");
         let theta = self.config.rope_theta();
-        c["model_type"] = "llama".into();
-        c["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        let family = self.config.family().expect("checked when the model was built");
+        c["model_type"] = family.model_type().into();
+        c["architectures"] = serde_json::json!([family.architecture()]);
         c["rope_theta"] = theta.into();
         c["rope_parameters"] = serde_json::json!({"rope_theta": theta, "rope_type": "default"});
         c["num_key_value_heads"] = self.config.kv_heads().into();

@@ -45,7 +45,7 @@ pub struct LoadedModel {
     pub tokenizer: Option<Tokenizer>,
     /// Generation stops at any of these.
     pub eos_ids: Vec<u32>,
-    /// `gpt2` or `llama`.
+    /// `gpt2`, `llama`, `qwen2` or `mistral` (transformers' `model_type`).
     pub architecture: String,
     /// The files the model was read from.
     pub source: PathBuf,
@@ -122,7 +122,7 @@ pub fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedM
             }
             (Box::new(model), eos)
         }
-        "llama" => {
+        "llama" | "qwen2" | "mistral" => {
             let config: LlamaConfig = read_config(&config_path)?;
             let eos = config.eos_ids();
             (Box::new(Llama::new(config, &weights, name)?), eos)
@@ -131,7 +131,7 @@ pub fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedM
             return Err(LoraError::UnknownArchitecture {
                 what: config_path,
                 architecture: other.to_string(),
-                known: "gpt2, llama".into(),
+                known: "gpt2, llama, qwen2, mistral".into(),
             })
         }
     };

@@ -1,11 +1,13 @@
 //! Models whose linear layers can carry adapters: GPT-2 ([`gpt2`]), the Llama family with
-//! SmolLM2 as its target ([`llama`]), and [`tiny`], the small test model the graders use.
+//! SmolLM2 as its target ([`llama`]; Qwen2 / Qwen2.5 and Mistral too, see [`family`]), and
+//! [`tiny`], the small test model the graders use.
 //! [`load`] finds a model's files (a folder, a GGUF file, the Hub) and builds the right one;
 //! [`weights`] and [`gguf`] read the files, [`tokenizer`] the tokenizers. This module holds the
 //! [`CausalLm`] trait every model implements.
 //!
 //! May use: `error`, `io`, `compute` (the ops and quantized weight formats), `lora`.
 
+pub mod family;
 pub mod gguf;
 pub mod gpt2;
 pub mod llama;

@@ -3,7 +3,9 @@
 //! [batch, seq, heads * hd] out, the layout the projections produce and `o_proj` takes, so no
 //! transposed copies exist either.
 //!
-//! Per head: `S = scale * rope(Q) rope(K)^T`, `P = softmax(S + causal mask)`, `Y = P V`. The
+//! Per head: `S = scale * rope(Q) rope(K)^T`, `P = softmax(S + causal mask)`, `Y = P V`. With a
+//! sliding window `w` (Mistral, some Qwen2 layers) the mask also hides keys more than `w - 1`
+//! positions back, so each query sees at most `w` keys, itself included. The
 //! probabilities are not kept: at a sequence of 128 recomputing them in the backward costs less
 //! than one small matmul per head, and storing them would cost more memory than the rest of the
 //! layer (the idea of FlashAttention, Dao et al. 2022, without the tiling). The backward:
@@ -19,13 +21,21 @@ use rayon::prelude::*;
 use super::rope::RopeTables;
 use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, Mat};
 
-/// The op's settings: head counts, head size, and RoPE tables (Llama) or none (GPT-2).
+/// The op's settings: head counts, head size, RoPE tables (Llama) or none (GPT-2), and a
+/// sliding window or none (plain causal attention).
 #[derive(Clone, Debug)]
 pub struct CausalAttention {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
     pub rope: Option<RopeTables>,
+    /// Query `i` sees keys `i + 1 - window ..= i` (transformers' `kv_idx > q_idx - window`).
+    pub window: Option<usize>,
+}
+
+/// The first key query `i` may see: 0 without a window.
+pub fn first_key(i: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (i + 1).saturating_sub(w))
 }
 
 /// Column block `col` (width `hd`) of the [seq, width] matrix `m`, copied out as [seq, hd],
@@ -42,12 +52,14 @@ fn gather<T: Float>(m: &[T], width: usize, col: usize, hd: usize, rope: Option<&
     out
 }
 
-/// `P = softmax(scale * Q K^T + causal mask)` [seq, seq] for one head.
-fn probs<T: Float>(q: &[T], k: &[T], seq: usize, hd: usize, scale: T) -> Vec<T> {
+/// `P = softmax(scale * Q K^T + causal mask)` [seq, seq] for one head, zero outside the window.
+fn probs<T: Float>(q: &[T], k: &[T], seq: usize, hd: usize, scale: T, window: Option<usize>) -> Vec<T> {
     let mut p = vec![T::zero(); seq * seq];
     matmul(&mut p, seq, (seq, seq, hd), Mat::rows(q, hd), Mat::rows(k, hd).t(), false, false);
     for (i, row) in p.chunks_mut(seq).enumerate() {
-        let seen = &mut row[..=i];
+        let first = first_key(i, window);
+        row[..first].iter_mut().for_each(|v| *v = T::zero());
+        let seen = &mut row[first..=i];
         seen.iter_mut().for_each(|v| *v *= scale);
         let max = seen.iter().fold(T::neg_infinity(), |m, &v| num_traits::Float::max(m, v));
         super::exp::exp_scaled(seen, max, T::one());
@@ -78,7 +90,7 @@ impl CausalAttention {
             let vg = gather(v, kw, g, hd, None);
             for h in g * self.groups()..(g + 1) * self.groups() {
                 let qh = gather(q, qw, h, hd, self.rope.as_ref());
-                let p = probs(&qh, &kg, seq, hd, self.scale());
+                let p = probs(&qh, &kg, seq, hd, self.scale(), self.window);
                 // Y_h = P V, written straight into its column block of y.
                 matmul(&mut y[h * hd..], qw, (seq, hd, seq), Mat::rows(&p, seq), Mat::rows(&vg, hd), false, false);
             }
@@ -98,7 +110,7 @@ impl CausalAttention {
             for h in g * self.groups()..(g + 1) * self.groups() {
                 let qh = gather(q, qw, h, hd, self.rope.as_ref());
                 // ANCHOR: attention_backward
-                let p = probs(&qh, &kg, seq, hd, scale);
+                let p = probs(&qh, &kg, seq, hd, scale, self.window);
                 let dyh = Mat::strided(&dy[h * hd..], qw);
                 // dV += P^T dY_h
                 matmul(&mut dvg, hd, (seq, hd, seq), Mat::rows(&p, seq).t(), dyh, true, false);
@@ -140,6 +152,9 @@ impl CausalAttention {
             ([b, t, a], [b2, t2, c], [b3, t3, e])
                 if b == b2 && b == b3 && t == t2 && t == t3 && *a == qw && *c == kw && *e == kw =>
             {
+                if self.window == Some(0) {
+                    candle_core::bail!("attention: a sliding window of 0 keys lets no query see anything");
+                }
                 if let Some(r) = &self.rope {
                     if r.half * 2 != self.head_dim || r.cos.len() < t * r.half {
                         candle_core::bail!(
@@ -245,7 +260,8 @@ impl CustomOp3 for CausalAttention {
 }
 
 /// Causal attention of `q` [batch, seq, heads * hd] over `k`, `v` [batch, seq, kv_heads * hd]
-/// (positions `0..seq`, no cache), RoPE applied to q and k when `rope` is given.
+/// (positions `0..seq`, no cache), RoPE applied to q and k when `rope` is given, each query
+/// seeing at most `window` keys when the op has one.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, op: CausalAttention) -> candle_core::Result<Tensor> {
     q.contiguous()?.apply_op3_arc(&k.contiguous()?, &v.contiguous()?, std::sync::Arc::new(Box::new(op)))
 }
