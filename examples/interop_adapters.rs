@@ -46,9 +46,13 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let root = std::path::Path::new("tests/fixtures");
-    for (fixture, targets) in
-        [("tiny-gpt2", vec!["c_attn", "mlp.c_proj"]), ("tiny-llama", vec!["q_proj", "v_proj", "down_proj"])]
-    {
+    // The same targets as PEFT_TARGETS in scripts/make_fixtures.py.
+    for (fixture, targets) in [
+        ("tiny-gpt2", vec!["c_attn", "mlp.c_proj"]),
+        ("tiny-llama", vec!["q_proj", "v_proj", "down_proj"]),
+        ("tiny-qwen2", vec!["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]),
+        ("tiny-mistral", vec!["q_proj", "v_proj", "gate_proj"]),
+    ] {
         let (m, cfg) = adapted(fixture, &targets, false, 7)?;
         save_lora_weights(m.model.as_ref(), &cfg, &root.join(format!("peft/{fixture}-from-rust")))?;
 

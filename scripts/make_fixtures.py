@@ -198,12 +198,13 @@ PEFT_TARGETS = {
     "tiny-llama": ["q_proj", "v_proj", "down_proj"],
     # Qwen2's biased q, k, v and its unbiased o and MLP.
     "tiny-qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+    "tiny-mistral": ["q_proj", "v_proj", "gate_proj"],
 }
 
 
 def peft_fixtures(models):
     """Adapters both ways. `<model>-from-peft/`: an adapter made and saved by PEFT (GPT-2 c_attn
-    with fan_in_fan_out, Llama q/v, Qwen2 q/k/v/o), with PEFT's logits. `<model>-from-rust/` (written by
+    with fan_in_fan_out, Llama q/v, Qwen2 q/k/v/o, Mistral q/v/gate), with PEFT's logits. `<model>-from-rust/` (written by
     `cargo run --example interop_adapters`): PEFT loads our adapter and records its logits."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from safetensors.torch import load_file

@@ -1,6 +1,7 @@
 //! Adapters travel between this crate and Hugging Face PEFT, both ways, on the tiny random GPT-2
-//! (`c_attn` with PEFT's `fan_in_fan_out`, `mlp.c_proj`) and Llama (`q_proj`, `v_proj`,
-//! `down_proj`). Fixtures: `cargo run --example interop_adapters` writes our adapters,
+//! (`c_attn` with PEFT's `fan_in_fan_out`, `mlp.c_proj`), Llama (`q_proj`, `v_proj`,
+//! `down_proj`), Qwen2 (its biased `q_proj`, `k_proj`, `v_proj`, and `o_proj`, `down_proj`) and
+//! Mistral (`q_proj`, `v_proj`, `gate_proj`, under its sliding window). Fixtures: `cargo run --example interop_adapters` writes our adapters,
 //! `scripts/make_fixtures.py` makes PEFT's and records PEFT's logits for both.
 
 mod common;
@@ -13,7 +14,7 @@ use common::{max_abs_diff, values, CPU};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
 
-const MODELS: [&str; 2] = ["tiny-gpt2", "tiny-llama"];
+const MODELS: [&str; 4] = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-mistral"];
 
 fn fixture(path: &str, file: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(Path::new("tests/fixtures/peft").join(path).join(file), &CPU).unwrap()
