@@ -70,7 +70,7 @@ fn close(a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)], rel: f64, what: &st
 #[test]
 #[cfg_attr(feature = "exercises", ignore = "runs the task code (inject_lora, causal_lm_loss); graded by tests/t0*.rs")]
 fn the_composed_ops_train_as_the_fused_ones_do() {
-    for fixture in ["tiny-llama", "tiny-gpt2"] {
+    for fixture in ["tiny-llama", "tiny-gpt2", "tiny-qwen2", "tiny-mistral"] {
         fused::set_enabled(true);
         let fast = step(fixture);
         fused::set_enabled(false);

@@ -425,3 +425,84 @@ fn adapter_gradients(dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
         .collect();
     (f64::from(loss.to_scalar::<f32>().unwrap()), g)
 }
+
+/// A Qwen2 GGUF as llama.cpp's converter writes one: `qwen2.*` metadata, `blk.N.attn_q.bias`,
+/// q and k rows left in Hugging Face's order (llama.cpp rotates Qwen2's halves). Written here
+/// from tiny-qwen2's safetensors, it reads back as the same model: transformers' logits.
+#[test]
+fn qwen2_gguf_reads_as_the_safetensors_model() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use lora_from_scratch::models::gguf::GgufFile;
+    use lora_from_scratch::models::llama::Llama;
+    use lora_from_scratch::models::CausalLm;
+
+    let src = Path::new("tests/fixtures/tiny-qwen2");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &CPU).unwrap();
+    let gguf_name = |hf: &str| -> String {
+        let fixed = [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.norm.weight", "output_norm.weight"),
+        ];
+        if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+            return g.to_string();
+        }
+        let rest = hf.strip_prefix("model.layers.").unwrap();
+        let (layer, part) = rest.split_once('.').unwrap();
+        let parts = [
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+            ("self_attn.q_proj", "attn_q"),
+            ("self_attn.k_proj", "attn_k"),
+            ("self_attn.v_proj", "attn_v"),
+            ("self_attn.o_proj", "attn_output"),
+            ("mlp.gate_proj", "ffn_gate"),
+            ("mlp.up_proj", "ffn_up"),
+            ("mlp.down_proj", "ffn_down"),
+        ];
+        let (module, kind) = part.rsplit_once('.').unwrap();
+        let g = parts.iter().find(|(h, _)| *h == module).unwrap().1;
+        format!("blk.{layer}.{g}.{kind}")
+    };
+    let qtensors: Vec<(String, QTensor)> = tensors
+        .iter()
+        .map(|(name, t)| (gguf_name(name), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
+    let n = |k: &str| config[k].as_u64().unwrap() as u32;
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("qwen2".into())),
+        ("qwen2.block_count", Value::U32(n("num_hidden_layers"))),
+        ("qwen2.embedding_length", Value::U32(n("hidden_size"))),
+        ("qwen2.feed_forward_length", Value::U32(n("intermediate_size"))),
+        ("qwen2.attention.head_count", Value::U32(n("num_attention_heads"))),
+        ("qwen2.attention.head_count_kv", Value::U32(n("num_key_value_heads"))),
+        ("qwen2.attention.layer_norm_rms_epsilon", Value::F32(config["rms_norm_eps"].as_f64().unwrap() as f32)),
+        ("qwen2.rope.freq_base", Value::F32(1e6)),
+        ("qwen2.context_length", Value::U32(n("max_position_embeddings"))),
+        ("qwen2.vocab_size", Value::U32(n("vocab_size"))),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-qwen2.gguf");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tens: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    gguf_file::write(&mut file, &meta, &tens).unwrap();
+    drop(file);
+
+    let mut gguf = GgufFile::open(&path).unwrap();
+    let cfg = gguf.llama_config().unwrap();
+    assert_eq!((cfg.model_type.as_str(), cfg.tie_word_embeddings, cfg.rope_theta()), ("qwen2", true, 1e6));
+    let weights = gguf.weights(&cfg, DType::F32, &CPU).unwrap();
+    let model = Llama::new(cfg, &weights, "tiny-qwen2.gguf").unwrap();
+    // A GGUF carries no window settings; the 7-token reference has a sliding layer 1, so compare
+    // against our own safetensors model with the window off (itself matched to transformers above).
+    let no_window = broken_copy("tiny-qwen2", |_, c| c["use_sliding_window"] = false.into());
+    let safetensors = load_model(no_window.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let ids = u32_ids(&reference("tiny-qwen2")["input_ids"]);
+    let a = values(&model.forward(&ids, None, false).unwrap());
+    let b = values(&safetensors.model.forward(&ids, None, false).unwrap());
+    assert!(max_abs_diff(&a, &b) < 1e-6, "the Qwen2 GGUF reads {} away", max_abs_diff(&a, &b));
+}

@@ -12,11 +12,14 @@ use lora_from_scratch::LoraConfig;
 
 /// Prompts of different lengths, left-padded into one batch and decoded together with a KV
 /// cache, continue exactly as each does alone, on both model families: Llama (RoPE, so each
-/// row's positions must start at its first real token) and GPT-2 (learned absolute positions).
+/// row's positions must start at its first real token) and GPT-2 (learned absolute positions);
+/// and with a sliding window (Mistral on every layer, Qwen2 on one), which must count keys from
+/// each row's own tokens.
 #[test]
 fn greedy_batch_equals_each_prompt_alone() {
-    for fixture in ["tests/fixtures/tiny-llama", "tests/fixtures/tiny-gpt2"] {
-        let m = load_model(fixture, &LoadOptions::default()).unwrap();
+    let fixtures = ["tiny-llama", "tiny-gpt2", "tiny-qwen2", "tiny-mistral"].map(|f| format!("tests/fixtures/{f}"));
+    for fixture in &fixtures {
+        let m = load_model(fixture.as_str(), &LoadOptions::default()).unwrap();
         let g = &mut rng(1);
         let vocab = m.model.vocab_size();
         let prompts: Vec<Vec<u32>> = [3usize, 7, 1, 5]

@@ -243,3 +243,12 @@ fn llama_adapter_gradients_match_finite_differences() {
     // Frozen o_proj and down_proj: the gradient runs through the fused residual ops.
     directional_check("tiny-llama", &["q_proj", "v_proj"], false);
 }
+
+/// Qwen2 (biased q, k, v under adapters; layer 1 sliding) and Mistral (a window on every layer,
+/// frozen o_proj and down_proj through the fused residual ops).
+#[test]
+#[cfg_attr(feature = "exercises", ignore = "runs the task 1 code (inject_lora); graded by tests/t0*.rs")]
+fn qwen2_and_mistral_adapter_gradients_match_finite_differences() {
+    directional_check("tiny-qwen2", &["all-linear"], false);
+    directional_check("tiny-mistral", &["q_proj", "v_proj", "up_proj"], false);
+}

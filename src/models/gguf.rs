@@ -1,10 +1,13 @@
-//! Read a Llama-architecture GGUF file (llama.cpp's format) as Hugging Face weights: the
-//! quantized tensors are dequantized, renamed, and q/k are put back in Hugging Face's row order.
+//! Read a Llama- or Qwen2-architecture GGUF file (llama.cpp's format) as Hugging Face weights:
+//! the quantized tensors are dequantized, renamed, and q/k are put back in Hugging Face's row
+//! order.
 //!
-//! llama.cpp's converter permutes the rows of `q_proj` and `k_proj` so that its RoPE can rotate
-//! adjacent pairs of values; Hugging Face's rotates the two halves of each head. We undo the
-//! permutation (the inverse of `permute` in llama.cpp's `convert_hf_to_gguf.py`), so the same
-//! model code and the same adapters serve safetensors and GGUF checkpoints.
+//! For `llama`, llama.cpp's converter permutes the rows of `q_proj` and `k_proj` so that its RoPE
+//! can rotate adjacent pairs of values; Hugging Face's rotates the two halves of each head. We
+//! undo the permutation (the inverse of `permute` in llama.cpp's `convert_hf_to_gguf.py`), so the
+//! same model code and the same adapters serve safetensors and GGUF checkpoints. For `qwen2` the
+//! converter leaves the rows alone (llama.cpp rotates Qwen2's halves, "NEOX" RoPE), and the file
+//! carries the q, k, v biases (`blk.N.attn_q.bias`). (A Mistral GGUF is written as `llama`.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -58,35 +61,37 @@ impl GgufFile {
         self.content.metadata.get(key).and_then(|v| v.to_string().ok()).map(String::as_str)
     }
 
-    /// The Hugging Face config this file's metadata describes. Only `llama` is supported.
+    /// The Hugging Face config this file's metadata describes: `llama` and `qwen2` are supported.
     pub fn llama_config(&self) -> Result<LlamaConfig> {
         let arch = self.meta_str("general.architecture").unwrap_or("(none)");
-        if arch != "llama" {
+        if !["llama", "qwen2"].contains(&arch) {
             return Err(LoraError::file(
                 &self.path,
-                format!("has architecture `{arch}`; this crate reads GGUF files of the `llama` architecture"),
+                format!("has architecture `{arch}`; this crate reads GGUF files of the `llama` and `qwen2` architectures"),
             ));
         }
-        let heads = self.meta_usize("llama.attention.head_count")?;
-        let hidden = self.meta_usize("llama.embedding_length")?;
-        let vocab = match self.meta_usize("llama.vocab_size") {
+        // Every key is under the architecture's name: `llama.block_count`, `qwen2.block_count`.
+        let key = |k: &str| format!("{arch}.{k}");
+        let heads = self.meta_usize(&key("attention.head_count"))?;
+        let hidden = self.meta_usize(&key("embedding_length"))?;
+        let vocab = match self.meta_usize(&key("vocab_size")) {
             Ok(v) => v,
             Err(_) => self.meta("tokenizer.ggml.tokens")?.to_vec().map(Vec::len).unwrap_or(0),
         };
         let id = |key: &str| self.meta_usize(key).ok().map(|x| x as u32);
         Ok(LlamaConfig {
-            model_type: "llama".into(),
+            model_type: arch.into(),
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: self.meta_usize("llama.feed_forward_length")?,
-            num_hidden_layers: self.meta_usize("llama.block_count")?,
+            intermediate_size: self.meta_usize(&key("feed_forward_length"))?,
+            num_hidden_layers: self.meta_usize(&key("block_count"))?,
             num_attention_heads: heads,
-            num_key_value_heads: Some(self.meta_usize("llama.attention.head_count_kv").unwrap_or(heads)),
-            head_dim: Some(self.meta_usize("llama.rope.dimension_count").unwrap_or(hidden / heads)),
-            rms_norm_eps: self.meta_f64("llama.attention.layer_norm_rms_epsilon")?,
+            num_key_value_heads: Some(self.meta_usize(&key("attention.head_count_kv")).unwrap_or(heads)),
+            head_dim: Some(self.meta_usize(&key("rope.dimension_count")).unwrap_or(hidden / heads)),
+            rms_norm_eps: self.meta_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: None,
             rope_parameters: Some(RopeParameters {
-                rope_theta: Some(self.meta_f64("llama.rope.freq_base").unwrap_or(10_000.0)),
+                rope_theta: Some(self.meta_f64(&key("rope.freq_base")).unwrap_or(10_000.0)),
                 rope_type: Some("default".into()),
             }),
             rope_scaling: None,
@@ -97,7 +102,7 @@ impl GgufFile {
             hidden_act: "silu".into(),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id").map(serde_json::Value::from),
-            max_position_embeddings: self.meta_usize("llama.context_length").ok(),
+            max_position_embeddings: self.meta_usize(&key("context_length")).ok(),
             sliding_window: None,
             use_sliding_window: None,
             max_window_layers: None,
@@ -118,10 +123,8 @@ impl GgufFile {
                 .tensor(&mut self.file, &name, device)
                 .map_err(|e| LoraError::file(&self.path, format!("tensor `{name}` cannot be read: {e}")))?;
             let mut t = q.dequantize(device)?;
-            if hf.ends_with("q_proj.weight") {
-                t = unpermute(&t, config.num_attention_heads)?;
-            } else if hf.ends_with("k_proj.weight") {
-                t = unpermute(&t, config.kv_heads())?;
+            if let Some(heads) = permuted_heads(config, &hf) {
+                t = unpermute(&t, heads)?;
             }
             tensors.insert(hf, t);
         }
@@ -154,14 +157,7 @@ impl GgufFile {
                 continue;
             }
             let w = crate::compute::quantized::GgufWeight(q);
-            let heads = if module.ends_with("q_proj") {
-                Some(config.num_attention_heads)
-            } else if module.ends_with("k_proj") {
-                Some(config.kv_heads())
-            } else {
-                None
-            };
-            let w = match heads {
+            let w = match permuted_heads(config, &hf) {
                 Some(h) => {
                     w.permute_rows(&unpermute_order(crate::compute::quantized::QuantizedWeight::dims(&w).0, h))?
                 }
@@ -184,6 +180,21 @@ impl GgufFile {
             .map_err(|e| LoraError::file(&self.path, format!("tensor `{gguf_name}` cannot be read: {e}")))?;
         Ok((!matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16))
             .then_some(crate::compute::quantized::GgufWeight(q)))
+    }
+}
+
+/// The head count to unpermute the Hugging Face tensor `hf` by: q and k weights of a `llama`
+/// file; `None` for everything else, and for every tensor of a `qwen2` file.
+fn permuted_heads(config: &LlamaConfig, hf: &str) -> Option<usize> {
+    if config.model_type != "llama" {
+        return None;
+    }
+    if hf.ends_with("q_proj.weight") {
+        Some(config.num_attention_heads)
+    } else if hf.ends_with("k_proj.weight") {
+        Some(config.kv_heads())
+    } else {
+        None
     }
 }
 
@@ -215,7 +226,12 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let module = match part.strip_suffix(".weight")? {
+    // Weights, and the biases Qwen2 files carry for q, k and v.
+    let (part, kind) = match part.strip_suffix(".weight") {
+        Some(p) => (p, "weight"),
+        None => (part.strip_suffix(".bias")?, "bias"),
+    };
+    let module = match part {
         "attn_norm" => "input_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
@@ -227,7 +243,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "ffn_down" => "mlp.down_proj",
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{module}.weight"))
+    Some(format!("model.layers.{layer}.{module}.{kind}"))
 }
 
 /// Undo llama.cpp's row permutation of a q or k weight [heads * head_dim, in]: within each head,

@@ -140,19 +140,20 @@ pub fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedM
     Ok(LoadedModel { model, tokenizer, eos_ids, architecture, source: dir.to_path_buf() })
 }
 
-/// A Llama-architecture GGUF file, dequantized, with the tokenizer from its metadata.
+/// A Llama- or Qwen2-architecture GGUF file, dequantized, with the tokenizer from its metadata.
 pub fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let mut gguf = GgufFile::open(path)?;
     let config = gguf.llama_config()?;
     let weights = gguf.weights(&config, opts.dtype, &opts.device)?;
     let tokenizer = tokenizer::from_gguf(&gguf)?;
     let eos_ids = config.eos_ids();
+    let architecture = config.model_type.clone();
     let model = Llama::new(config, &weights, name)?;
     Ok(LoadedModel {
         model: Box::new(model),
         tokenizer: Some(tokenizer),
         eos_ids,
-        architecture: "llama".into(),
+        architecture,
         source: path.to_path_buf(),
     })
 }
