@@ -115,6 +115,15 @@ fn templates_put_the_instruction_in_the_prompt() {
     assert_eq!(plain.prompt, "### Instruction:\nWhat is LoRA?\n\nbriefly\n\n### Response:\n");
     assert_eq!(Template::for_architecture("gpt2"), Template::Plain);
     assert_eq!(Template::for_architecture("llama"), Template::ChatMl);
+    // Qwen2.5-Instruct's template: ChatML with its own default system message.
+    assert_eq!(Template::for_architecture("qwen2"), Template::QwenChatMl);
+    assert_eq!(
+        Template::QwenChatMl.prompt("你好", ""),
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n\
+         <|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(Template::for_architecture("mistral"), Template::MistralInst);
+    assert_eq!(Template::MistralInst.prompt("What is LoRA?", ""), "<s>[INST] What is LoRA? [/INST]");
 }
 
 #[test]

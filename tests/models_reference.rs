@@ -506,3 +506,46 @@ fn qwen2_gguf_reads_as_the_safetensors_model() {
     let b = values(&safetensors.model.forward(&ids, None, false).unwrap());
     assert!(max_abs_diff(&a, &b) < 1e-6, "the Qwen2 GGUF reads {} away", max_abs_diff(&a, &b));
 }
+
+/// The real configs people load (their `config.json` as published on the Hub, fields this crate
+/// reads): Qwen2.5-0.5B-Instruct turns its window off (`use_sliding_window: false`) although it
+/// names one; Mistral-7B-v0.1 slides over 4096 keys on every layer, v0.3 not at all.
+#[test]
+fn published_configs_read_as_their_families() {
+    use lora_from_scratch::models::family::Family;
+    use lora_from_scratch::models::llama::LlamaConfig;
+    let qwen: LlamaConfig = serde_json::from_str(
+        r#"{"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+            "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+            "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
+            "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true,
+            "torch_dtype": "bfloat16", "use_cache": true, "use_sliding_window": false, "vocab_size": 151936}"#,
+    )
+    .unwrap();
+    qwen.validate().unwrap();
+    assert_eq!(qwen.family().unwrap(), Family::Qwen2);
+    assert!((0..24).all(|i| qwen.window(i).unwrap().is_none()), "Qwen2.5 attends to everything");
+    assert_eq!((qwen.rope_theta(), qwen.head_dim(), qwen.kv_heads(), qwen.eos_ids()), (1e6, 64, 2, vec![151645]));
+    let mistral = |extra: &str| -> LlamaConfig {
+        serde_json::from_str(&format!(
+            r#"{{"architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+                "hidden_size": 4096, "intermediate_size": 14336, "max_position_embeddings": 32768,
+                "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32,
+                "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "tie_word_embeddings": false, {extra}}}"#
+        ))
+        .unwrap()
+    };
+    let v01 = mistral(r#""rope_theta": 10000.0, "sliding_window": 4096, "vocab_size": 32000"#);
+    assert!((0..32).all(|i| v01.window(i).unwrap() == Some(4096)));
+    let v03 = mistral(r#""rope_theta": 1000000.0, "sliding_window": null, "vocab_size": 32768"#);
+    assert!((0..32).all(|i| v03.window(i).unwrap().is_none()));
+    // Qwen2 with the window on and no layer_types: layers from max_window_layers on slide.
+    let mut on = qwen.clone();
+    on.use_sliding_window = Some(true);
+    assert_eq!((on.window(20).unwrap(), on.window(21).unwrap()), (None, Some(32768)));
+    let mut unknown = qwen;
+    unknown.model_type = "qwen3".into();
+    let err = unknown.validate().unwrap_err().to_string();
+    assert!(err.contains("`qwen3`") && err.contains("qwen2"), "{err}");
+}

@@ -71,14 +71,23 @@ impl ChatMessage {
 /// The system prompt SmolLM2-Instruct's template adds when the conversation has none.
 pub const SMOLLM2_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
+/// The system prompt Qwen2.5-Instruct's template adds when the conversation has none.
+pub const QWEN2_5_SYSTEM: &str = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+
 /// SmolLM2-Instruct's chat template (ChatML) written out: each message as
 /// `<|im_start|>{role}\n{content}<|im_end|>\n`, a default system message first when there is
 /// none, and `<|im_start|>assistant\n` at the end when a reply is wanted. The template in the
 /// model's GGUF metadata says exactly this; the tokenizer turns the markers into their ids.
 pub fn smollm2_chat_prompt(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    chat_ml_prompt(messages, SMOLLM2_SYSTEM, add_generation_prompt)
+}
+
+/// ChatML with `default_system` as the system message when the conversation has none: SmolLM2's
+/// template with [`SMOLLM2_SYSTEM`], Qwen2.5's with [`QWEN2_5_SYSTEM`] (the same markers).
+pub fn chat_ml_prompt(messages: &[ChatMessage], default_system: &str, add_generation_prompt: bool) -> String {
     let mut out = String::new();
     if messages.first().is_some_and(|m| m.role != "system") {
-        out.push_str(&format!("<|im_start|>system\n{SMOLLM2_SYSTEM}<|im_end|>\n"));
+        out.push_str(&format!("<|im_start|>system\n{default_system}<|im_end|>\n"));
     }
     for m in messages {
         out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));

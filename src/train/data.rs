@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::error::{LoraError, Result};
-use crate::models::tokenizer::{encode, smollm2_chat_prompt, ChatMessage};
+use crate::models::tokenizer::{chat_ml_prompt, encode, smollm2_chat_prompt, ChatMessage, QWEN2_5_SYSTEM};
 use crate::tasks::t05_data::{tokenize_example, Example};
 
 /// One instruction and its answer, as Alpaca's JSON has them.
@@ -157,17 +157,23 @@ pub fn e2e_references(records: &[E2eRecord]) -> Vec<(String, Vec<String>)> {
 pub enum Template {
     /// SmolLM2-Instruct's chat template (ChatML), the format the model was tuned on.
     ChatMl,
+    /// Qwen2 / Qwen2.5-Instruct's: the same ChatML, with Qwen's default system message.
+    QwenChatMl,
+    /// Mistral-Instruct's `<s>[INST] {request} [/INST]`.
+    MistralInst,
     /// A plain Alpaca-style layout for base models such as GPT-2.
     Plain,
 }
 
 impl Template {
-    /// The template for a model architecture: chat for Llama-family instruct models, plain for GPT-2.
+    /// The template for a model architecture (transformers' `model_type`): plain for GPT-2, each
+    /// family's chat template for the Llama family's instruct models.
     pub fn for_architecture(arch: &str) -> Self {
-        if arch == "gpt2" {
-            Template::Plain
-        } else {
-            Template::ChatMl
+        match arch {
+            "gpt2" => Template::Plain,
+            "qwen2" => Template::QwenChatMl,
+            "mistral" => Template::MistralInst,
+            _ => Template::ChatMl,
         }
     }
 
@@ -176,6 +182,8 @@ impl Template {
         let request = if input.is_empty() { instruction.to_string() } else { format!("{instruction}\n\n{input}") };
         match self {
             Template::ChatMl => smollm2_chat_prompt(&[ChatMessage::new("user", &request)], true),
+            Template::QwenChatMl => chat_ml_prompt(&[ChatMessage::new("user", &request)], QWEN2_5_SYSTEM, true),
+            Template::MistralInst => format!("<s>[INST] {request} [/INST]"),
             Template::Plain => format!("### Instruction:\n{request}\n\n### Response:\n"),
         }
     }
