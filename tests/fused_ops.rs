@@ -251,8 +251,9 @@ fn fused_ops_agree_at_realistic_sizes() {
         let op = fused::attention::CausalAttention { heads, kv_heads, head_dim: hd, rope, window: None };
         fused::attention::causal_attention(&x[0], &x[1], &x[2], op).unwrap()
     };
-    let c =
-        |x: &[Tensor]| composed::self_attention(&x[0], &x[1], &x[2], heads, kv_heads, Some((&cos, &sin)), None).unwrap();
+    let c = |x: &[Tensor]| {
+        composed::self_attention(&x[0], &x[1], &x[2], heads, kv_heads, Some((&cos, &sin)), None).unwrap()
+    };
     agree(&vars, f, c).unwrap();
     agree_f32(&vars, f, c).unwrap();
 

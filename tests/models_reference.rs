@@ -286,7 +286,8 @@ fn unknown_architecture_is_named() {
 /// `logits_match_transformers` checks the window, not only the causal mask.
 #[test]
 fn the_window_is_what_matches_transformers() {
-    let off: [(&str, fn(&mut serde_json::Value)); 3] = [
+    type Edit = fn(&mut serde_json::Value);
+    let off: [(&str, Edit); 3] = [
         ("tiny-mistral", |c| c["sliding_window"] = serde_json::Value::Null),
         ("tiny-qwen2", |c| c["use_sliding_window"] = false.into()),
         ("tiny-qwen2", |c| c["layer_types"] = serde_json::json!(["full_attention", "full_attention"])),
@@ -300,7 +301,9 @@ fn the_window_is_what_matches_transformers() {
         assert!(diff > 1e-3, "{name}: without the window the logits still match ({diff})");
     }
     // And every layer sliding instead of layer 1 only differs too.
-    let dir = broken_copy("tiny-qwen2", |_, c| c["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention"]));
+    let dir = broken_copy("tiny-qwen2", |_, c| {
+        c["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention"])
+    });
     let m = load_model(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
     let r = reference("tiny-qwen2");
     let logits = m.model.forward(&u32_ids(&r["input_ids"]), None, false).unwrap();
@@ -442,10 +445,7 @@ fn qwen2_gguf_reads_as_the_safetensors_model() {
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &CPU).unwrap();
     let gguf_name = |hf: &str| -> String {
-        let fixed = [
-            ("model.embed_tokens.weight", "token_embd.weight"),
-            ("model.norm.weight", "output_norm.weight"),
-        ];
+        let fixed = [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight")];
         if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
             return g.to_string();
         }
@@ -466,10 +466,8 @@ fn qwen2_gguf_reads_as_the_safetensors_model() {
         let g = parts.iter().find(|(h, _)| *h == module).unwrap().1;
         format!("blk.{layer}.{g}.{kind}")
     };
-    let qtensors: Vec<(String, QTensor)> = tensors
-        .iter()
-        .map(|(name, t)| (gguf_name(name), QTensor::quantize(t, GgmlDType::F32).unwrap()))
-        .collect();
+    let qtensors: Vec<(String, QTensor)> =
+        tensors.iter().map(|(name, t)| (gguf_name(name), QTensor::quantize(t, GgmlDType::F32).unwrap())).collect();
     let n = |k: &str| config[k].as_u64().unwrap() as u32;
     let metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("qwen2".into())),

@@ -171,15 +171,29 @@ fn sliding_window_sees_exactly_w_keys() {
     }
     // Window 3, last query (position 5) sees keys 3, 4, 5: key 2 is just outside, key 3 just inside.
     let last = |y: &Tensor| values(&y.narrow(2, t - 1, 1).unwrap());
-    let bump = |pos: usize| k.slice_assign(&[0..1, 0..1, pos..pos + 1, 0..hd], &Tensor::ones((1, 1, 1, hd), DType::F64, &CPU).unwrap()).unwrap();
-    assert_eq!(last(&attend(&bump(2), Some(3))), last(&attend(&k, Some(3))), "key 2 is outside a window of 3 at position 5");
-    assert_ne!(last(&attend(&bump(3), Some(3))), last(&attend(&k, Some(3))), "key 3 is inside a window of 3 at position 5");
+    let bump = |pos: usize| {
+        k.slice_assign(&[0..1, 0..1, pos..pos + 1, 0..hd], &Tensor::ones((1, 1, 1, hd), DType::F64, &CPU).unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        last(&attend(&bump(2), Some(3))),
+        last(&attend(&k, Some(3))),
+        "key 2 is outside a window of 3 at position 5"
+    );
+    assert_ne!(
+        last(&attend(&bump(3), Some(3))),
+        last(&attend(&k, Some(3))),
+        "key 3 is inside a window of 3 at position 5"
+    );
     // The fused whole-sequence op agrees with the cached path's mask.
     let flat = |x: &Tensor| x.transpose(1, 2).unwrap().reshape((1, t, ())).unwrap();
     let fused = ops::self_attention(&flat(&q), &flat(&k), &flat(&v), 2, 1, None, Some(3)).unwrap();
     let cached = flat(&attend(&k, Some(3)));
     assert!(common::max_abs_diff(&values(&fused), &values(&cached)) < 1e-12);
-    assert!(ops::self_attention(&flat(&q), &flat(&k), &flat(&v), 2, 1, None, Some(0)).is_err(), "a window of 0 is an error");
+    assert!(
+        ops::self_attention(&flat(&q), &flat(&k), &flat(&v), 2, 1, None, Some(0)).is_err(),
+        "a window of 0 is an error"
+    );
 }
 
 /// Whole models in f64: the gradient of `sum(logits * r)` with respect to every adapter matrix,

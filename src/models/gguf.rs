@@ -67,7 +67,9 @@ impl GgufFile {
         if !["llama", "qwen2"].contains(&arch) {
             return Err(LoraError::file(
                 &self.path,
-                format!("has architecture `{arch}`; this crate reads GGUF files of the `llama` and `qwen2` architectures"),
+                format!(
+                    "has architecture `{arch}`; this crate reads GGUF files of the `llama` and `qwen2` architectures"
+                ),
             ));
         }
         // Every key is under the architecture's name: `llama.block_count`, `qwen2.block_count`.

@@ -347,22 +347,23 @@ impl CausalLm for Llama {
             let a = rms_norm(&h, layer.input_layernorm.tensor(), eps)?;
             let [q, k, v, o] = &layer.attn;
             let (q, k, v) = (q.forward(&a, train)?, k.forward(&a, train)?, v.forward(&a, train)?);
-            let y = match cache.as_deref_mut() {
-                // A whole sequence: one attention op in the projections' layout, RoPE inside.
-                None => self_attention(&q, &k, &v, nh, nkv, Some((&cos, &sin)), layer.window)?,
-                // Generation: rotate, append to the cache, attend over everything cached.
-                Some(c) => {
-                    let (q, k) = (split_heads(&q, nh)?, split_heads(&k, nkv)?);
-                    let (q, k) = match &row_tables {
-                        None => (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?),
-                        Some(tables) => (rope_rows(&q, tables)?, rope_rows(&k, tables)?),
-                    };
-                    let (k, v) = c.append(i, k, split_heads(&v, nkv)?)?;
-                    causal_attention_masked(&q, &k, &v, key_mask.as_ref(), layer.window)?
-                        .transpose(1, 2)?
-                        .reshape((b, t, ()))?
-                }
-            };
+            let y =
+                match cache.as_deref_mut() {
+                    // A whole sequence: one attention op in the projections' layout, RoPE inside.
+                    None => self_attention(&q, &k, &v, nh, nkv, Some((&cos, &sin)), layer.window)?,
+                    // Generation: rotate, append to the cache, attend over everything cached.
+                    Some(c) => {
+                        let (q, k) = (split_heads(&q, nh)?, split_heads(&k, nkv)?);
+                        let (q, k) = match &row_tables {
+                            None => (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?),
+                            Some(tables) => (rope_rows(&q, tables)?, rope_rows(&k, tables)?),
+                        };
+                        let (k, v) = c.append(i, k, split_heads(&v, nkv)?)?;
+                        causal_attention_masked(&q, &k, &v, key_mask.as_ref(), layer.window)?
+                            .transpose(1, 2)?
+                            .reshape((b, t, ()))?
+                    }
+                };
             h = o.forward_residual(&h, &y, train)?;
             let m = rms_norm(&h, layer.post_attention_layernorm.tensor(), eps)?;
             let [gate, up, down] = &layer.mlp;

@@ -33,10 +33,13 @@ pub struct CausalAttention {
     pub window: Option<usize>,
 }
 
-/// The first key query `i` may see: 0 without a window.
+// ANCHOR: first_key
+/// The first key query `i` may see: 0 without a window, else `i + 1 - window` (so it sees
+/// `window` keys, itself included, as transformers' `kv_idx > q_idx - sliding_window`).
 pub fn first_key(i: usize, window: Option<usize>) -> usize {
     window.map_or(0, |w| (i + 1).saturating_sub(w))
 }
+// ANCHOR_END: first_key
 
 /// Column block `col` (width `hd`) of the [seq, width] matrix `m`, copied out as [seq, hd],
 /// rotated by RoPE when there are tables.
