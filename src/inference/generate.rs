@@ -3,10 +3,15 @@
 //!
 //! The prompt is fed once; after that each step feeds only the newest token, and the model's
 //! [`KvCache`](crate::models::KvCache) supplies the keys and values of everything before it.
+//!
+//! Picking the token is candle-transformers' [`LogitsProcessor`], the sampler candle's own
+//! examples use: [`Sampling`] is turned into its `Sampling` variants by [`Sampling::to_candle`].
+//! One difference from transformers' `generate` to know: with both top-k and top-p, candle
+//! measures p against the probabilities before the top-k cut (transformers renormalises the k
+//! kept tokens first), so the same p keeps as many or more tokens here.
 
-use candle_core::{DType, Tensor, D};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 use tokenizers::Tokenizer;
 
 use crate::error::{LoraError, Result};
@@ -28,6 +33,28 @@ impl Sampling {
     /// Always the most likely token.
     pub fn greedy() -> Self {
         Sampling { temperature: 0.0, top_k: None, top_p: None, seed: 0 }
+    }
+
+    /// candle-transformers' variant for these settings: `ArgMax` when greedy, else `All`,
+    /// `TopK`, `TopP` or `TopKThenTopP` at this temperature. A top-k of 0 keeps one token; a
+    /// top-p outside (0, 1) keeps every token, as candle reads it.
+    pub fn to_candle(&self) -> CandleSampling {
+        let temperature = self.temperature;
+        if temperature <= 0.0 {
+            return CandleSampling::ArgMax;
+        }
+        let p = self.top_p.filter(|p| *p > 0.0 && *p < 1.0);
+        match (self.top_k.map(|k| k.max(1)), p) {
+            (None, None) => CandleSampling::All { temperature },
+            (Some(k), None) => CandleSampling::TopK { k, temperature },
+            (None, Some(p)) => CandleSampling::TopP { p, temperature },
+            (Some(k), Some(p)) => CandleSampling::TopKThenTopP { k, p, temperature },
+        }
+    }
+
+    /// A sampler for these settings, seeded with `seed`.
+    pub fn processor(&self) -> LogitsProcessor {
+        LogitsProcessor::from_sampling(self.seed, self.to_candle())
     }
 }
 
@@ -63,7 +90,7 @@ pub fn generate(model: &dyn CausalLm, prompt: &[u32], opts: &GenerateOptions) ->
     if prompt.is_empty() {
         return Err(LoraError::config("prompt", "is empty; generation needs at least one token"));
     }
-    let mut rng = StdRng::seed_from_u64(opts.sampling.seed);
+    let mut sampler = opts.sampling.processor();
     let mut cache = model.new_cache();
     let mut ids = Vec::new();
     let mut input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
@@ -72,7 +99,7 @@ pub fn generate(model: &dyn CausalLm, prompt: &[u32], opts: &GenerateOptions) ->
     while ids.len() < opts.max_new_tokens {
         let logits = model.forward(&input, Some(&mut cache), false)?;
         let last = logits.squeeze(0)?.get(input.dim(1)? - 1)?;
-        let next = pick(&last, &opts.sampling, &mut rng)?;
+        let next = pick(&last, &mut sampler)?;
         if opts.stop_ids.contains(&next) {
             return Ok(Generation { ids, stop: StopReason::Eos });
         }
@@ -99,44 +126,14 @@ pub fn generate_text(model: &dyn CausalLm, tok: &Tokenizer, prompt: &str, opts: 
     })
 }
 
-/// The next token from `logits` [vocab].
-pub fn pick(logits: &Tensor, s: &Sampling, rng: &mut StdRng) -> Result<u32> {
-    if s.temperature <= 0.0 {
-        return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
-    }
-    let logits: Vec<f32> = (logits.to_dtype(DType::F32)? / s.temperature)?.to_vec1()?;
-    if logits.iter().any(|x| x.is_nan()) {
+/// The next token from `logits` [vocab]. NaN logits are an error naming them (candle's sampler
+/// would fail on them with a less telling one, and argmax would quietly pick one).
+pub fn pick(logits: &Tensor, sampler: &mut LogitsProcessor) -> Result<u32> {
+    let values = logits.to_dtype(DType::F32)?;
+    if values.ne(&values)?.max_all()?.to_scalar::<u8>()? != 0 {
         return Err(LoraError::config("logits", "contain NaN; the model's weights or input are broken"));
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if let Some(k) = s.top_k {
-        order.truncate(k.max(1));
-    }
-    // Softmax over the kept tokens, most likely first.
-    let max = logits[order[0]];
-    let mut probs: Vec<f64> = order.iter().map(|&i| f64::from(logits[i] - max).exp()).collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    if let Some(p) = s.top_p {
-        let mut acc = 0.0;
-        let keep = probs.iter().position(|q| {
-            acc += q;
-            acc >= p
-        });
-        let keep = keep.map_or(probs.len(), |i| i + 1);
-        order.truncate(keep);
-        probs.truncate(keep);
-    }
-    let total: f64 = probs.iter().sum();
-    let mut r = rng.random::<f64>() * total;
-    for (i, p) in order.iter().zip(&probs) {
-        r -= p;
-        if r <= 0.0 {
-            return Ok(*i as u32);
-        }
-    }
-    Ok(*order.last().expect("at least one token is kept") as u32)
+    Ok(sampler.sample(logits)?)
 }
 
 /// Greedy continuations of several prompts at once, decoded together with a KV cache: the
