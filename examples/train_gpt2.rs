@@ -336,14 +336,27 @@ fn run() -> Result<()> {
     let ppl_after = perplexity(loaded.model.as_mut(), &val, args.batch_size, eos)?;
     let this_run: Vec<_> = history.train.iter().filter(|r| r.step > resumed_at).collect();
     let tokens: usize = this_run.iter().map(|r| r.tokens).sum();
+    // The steps' own time (no validation, no samples), and two counts of what they processed:
+    // the supervised answer tokens the loss is taken on, and every position of the padded
+    // batches (prompt and padding too), the count bench_smollm2's tokens/s uses.
+    let step_s: f64 = this_run.iter().map(|r| r.tokens as f64 / r.tokens_per_s).sum();
+    let positions = data::positions_in_steps(
+        &train,
+        cfg.batch_size,
+        cfg.grad_accum,
+        cfg.seed,
+        resumed_at..resumed_at + this_run.len(),
+    );
     let resumed = match resumed_at {
         0 => String::new(),
         s => format!(" after resuming at step {s}"),
     };
     println!(
-        "\ntrained {} steps{resumed} in {train_s:.0} s ({:.0} supervised tokens/s)",
+        "\ntrained {} steps{resumed} in {train_s:.0} s, {step_s:.0} s of it in the steps: {:.0} supervised (answer) \
+         tokens/s; {:.0} tokens/s counting every position of the padded batches, as bench_smollm2 does",
         this_run.len(),
-        tokens as f64 / train_s
+        tokens as f64 / step_s,
+        positions as f64 / step_s
     );
     if let Some((step, loss)) = history.best {
         println!("best validation loss {loss:.4} at step {step}; adapter in {}", best_adapter_dir(&args.out).display());

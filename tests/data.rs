@@ -206,3 +206,28 @@ fn a_max_len_that_cuts_every_answer_is_refused_with_a_length_that_fits() {
     assert_eq!(examples.len(), 2);
     assert_eq!((cut.examples_cut, cut.examples_without_answer, cut.longest), (2, 1, 8));
 }
+
+/// `positions_in_steps` walks the training loop's batches: one epoch of batch size 1 runs over
+/// every example once (its length, no padding); larger batches add the padding up to each
+/// batch's longest example, never less than the tokens themselves; gradient accumulation of 2
+/// over 3 steps covers the same micro-batches as 6 steps without it.
+#[test]
+fn positions_in_steps_counts_every_padded_position() {
+    use lora_from_scratch::tasks::t05_data::Example;
+    use lora_from_scratch::train::data::positions_in_steps;
+    let examples: Vec<Example> = (1..=9)
+        .map(|n| Example { input_ids: vec![1; n * 3 % 11 + 1], labels: vec![-100; n * 3 % 11 + 1], truncated: 0 })
+        .collect();
+    let real: usize = examples.iter().map(|e| e.input_ids.len()).sum();
+    assert_eq!(positions_in_steps(&examples, 1, 1, 5, 0..9), real);
+    let padded = positions_in_steps(&examples, 4, 1, 5, 0..3);
+    let by_hand: usize = epoch_batches(9, 4, 5, 0)
+        .iter()
+        .map(|b| b.len() * b.iter().map(|&i| examples[i].input_ids.len()).max().unwrap())
+        .sum();
+    assert_eq!(padded, by_hand);
+    assert!(padded > real, "batches of 4 pad the shorter examples");
+    assert_eq!(positions_in_steps(&examples, 4, 2, 5, 0..3), positions_in_steps(&examples, 4, 1, 5, 0..6));
+    // Past the first epoch the order is the next epoch's.
+    assert_eq!(positions_in_steps(&examples, 1, 1, 5, 9..18), real);
+}

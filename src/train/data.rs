@@ -255,6 +255,30 @@ pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Ve
     idx.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
+/// Every position the forward passes of the training steps `steps` (0-based) ran over: the
+/// micro-batches in the training loop's order (t06: micro-batch `m = step * grad_accum + k` is
+/// batch `m % per_epoch` of epoch `m / per_epoch`), each padded to its longest example. Prompt,
+/// answer and padding together: what `bench_smollm2`'s tokens/s counts (batch x sequence), where
+/// the training loop's own `tokens` counts the supervised (answer) tokens only.
+pub fn positions_in_steps(
+    examples: &[Example],
+    batch_size: usize,
+    grad_accum: usize,
+    seed: u64,
+    steps: std::ops::Range<usize>,
+) -> usize {
+    let accum = grad_accum.max(1);
+    let per_epoch = epoch_batches(examples.len(), batch_size, seed, 0).len().max(1);
+    let mut total = 0;
+    for micro in steps.start * accum..steps.end * accum {
+        let batches = epoch_batches(examples.len(), batch_size, seed, micro / per_epoch);
+        let Some(batch) = batches.get(micro % per_epoch) else { continue };
+        let longest = batch.iter().map(|&i| examples[i].input_ids.len()).max().unwrap_or(0);
+        total += batch.len() * longest;
+    }
+    total
+}
+
 /// Split any list into (train, validation) by seed: `val_fraction` of the items go to validation.
 pub fn split<T: Clone>(items: &[T], val_fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
     let mut idx: Vec<usize> = (0..items.len()).collect();
