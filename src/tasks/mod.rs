@@ -2,11 +2,12 @@
 //! `exercises/` or the reference in `solutions/`. Code that builds on a chapter names it here
 //! (`crate::tasks::t03_inject::inject_lora`), so the dependency shows at the use site; the
 //! [`manifest`] lists the tasks in order with their titles and hints, in English and Chinese;
-//! [`lang`] picks the reader's language (the locale, or `--lang`) and maps a section of the English
+//! [`progress`] renders what the progress command prints; [`lang`] picks the reader's language (the locale, or `--lang`) and maps a section of the English
 //! book to the Chinese one.
 
 pub mod lang;
 pub mod manifest;
+pub mod progress;
 
 #[cfg(feature = "exercises")]
 pub use crate::exercises::{
