@@ -3,6 +3,7 @@
 //! Run: `cargo test --features exercises --test t01_lora_layer`.
 //! Each property says in its failure message what broke and why it matters to LoRA.
 
+#[macro_use]
 mod common;
 
 use candle_core::{DType, Tensor, Var};
@@ -29,16 +30,16 @@ proptest! {
     #[test]
     fn scaling_is_alpha_over_r(alpha in 0.5f64..64.0, r in 1usize..65) {
         book("t01_lora_layer", "Why alpha / r");
-        prop_assert!((lora_scaling(alpha, r, false) - alpha / r as f64).abs() < 1e-12,
+        prop_assert_close!([lora_scaling(alpha, r, false)], [alpha / r as f64], 1e-12,
             "scaling must be alpha / r: it keeps the update's size steady when r changes");
-        prop_assert!((lora_scaling(alpha, r, true) - alpha / (r as f64).sqrt()).abs() < 1e-12,
+        prop_assert_close!([lora_scaling(alpha, r, true)], [alpha / (r as f64).sqrt()], 1e-12,
             "rsLoRA scaling must be alpha / sqrt(r) (Kalajdzievski 2023)");
         let mut cfg = config(r, alpha);
         let layer = LoraLayer::new(4, 3, &cfg, &mut rng(0), DType::F32, &CPU).unwrap();
-        prop_assert!((layer.scaling() - alpha / r as f64).abs() < 1e-12, "LoraLayer::new must use alpha / r");
+        prop_assert_close!([layer.scaling()], [alpha / r as f64], 1e-12, "LoraLayer::new must use alpha / r");
         cfg.use_rslora = true;
         let layer = LoraLayer::new(4, 3, &cfg, &mut rng(0), DType::F32, &CPU).unwrap();
-        prop_assert!((layer.scaling() - alpha / (r as f64).sqrt()).abs() < 1e-12,
+        prop_assert_close!([layer.scaling()], [alpha / (r as f64).sqrt()], 1e-12,
             "LoraLayer::new must use alpha / sqrt(r) when use_rslora is set");
     }
 
@@ -84,8 +85,8 @@ proptest! {
             "Kaiming-uniform A (PEFT's default) must lie in [-1/sqrt(in), 1/sqrt(in)]");
         let std = (a.iter().map(|v| v * v).sum::<f64>() / a.len() as f64).sqrt();
         let expected = bound / 3f64.sqrt();
-        prop_assert!((std - expected).abs() < 0.3 * expected,
-            "Kaiming-uniform A should have std 1/sqrt(3 in) = {expected}, found {std}");
+        prop_assert_close!([std], [expected], 0.3 * expected,
+            "Kaiming-uniform A should have std 1/sqrt(3 in) (within 30 %)");
 
         let mut cfg = config(r, 8.0);
         cfg.init = LoraInit::Gaussian;
@@ -93,8 +94,8 @@ proptest! {
         let a = values(layer.a().tensor());
         let std = (a.iter().map(|v| v * v).sum::<f64>() / a.len() as f64).sqrt();
         let expected = 1.0 / r as f64;
-        prop_assert!((std - expected).abs() < 0.3 * expected,
-            "gaussian A (PEFT's init_lora_weights=\"gaussian\") should have std 1/r = {expected}, found {std}");
+        prop_assert_close!([std], [expected], 0.3 * expected,
+            "gaussian A (PEFT's init_lora_weights=\"gaussian\") should have std 1/r (within 30 %)");
     }
 
     #[test]
@@ -110,8 +111,7 @@ proptest! {
         let y: Vec<f64> = ref_matmul_t(&h, n, r, &values(layer.b().tensor()), out)
             .into_iter().map(|v| v * alpha / r as f64).collect();
         let scale = y.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        prop_assert!(max_abs_diff(&got, &y) <= 1e-5 * scale,
-            "forward must be (alpha / r) * x A^T B^T; max difference {}", max_abs_diff(&got, &y));
+        prop_assert_close!(got, y, 1e-5 * scale, "forward must be (alpha / r) * x A^T B^T");
     }
 
     #[test]
@@ -148,8 +148,8 @@ proptest! {
                 }
             }
         }
-        prop_assert!(max_abs_diff(&gb, &gb_ref) < 1e-9, "d loss / d B is wrong: B would be trained wrongly");
-        prop_assert!(max_abs_diff(&ga, &ga_ref) < 1e-9, "d loss / d A is wrong: A would be trained wrongly");
+        prop_assert_close!(gb, gb_ref, 1e-9, "d loss / d B is wrong: B would be trained wrongly");
+        prop_assert_close!(ga, ga_ref, 1e-9, "d loss / d A is wrong: A would be trained wrongly");
     }
 }
 
@@ -253,12 +253,14 @@ fn dropout_drops_inputs_and_scales_the_kept_ones() {
             continue;
         }
         let want: Vec<f64> = f.iter().map(|v| v / (1.0 - p as f64)).collect();
-        assert!(
-            max_abs_diff(d, &want) < 1e-5 * scale,
+        assert_close!(
+            d,
+            want,
+            1e-5 * scale,
             "row {i}: dropout must drop the adapter's input (scaling what it keeps by 1 / (1 - p)), \
              not parts of its output: got {d:?}, the undropped row is {f:?}"
         );
     }
     let share = zero_rows as f64 / n as f64;
-    assert!((share - p as f64).abs() < 0.05, "{share} of the inputs were dropped, p = {p}");
+    assert_close!([share], [p as f64], 0.05, "the share of inputs dropped must be p");
 }

@@ -2,6 +2,7 @@
 //!
 //! Run: `cargo test --features exercises --test t02_linear_with_lora`.
 
+#[macro_use]
 mod common;
 
 use candle_core::{DType, Tensor, Var};
@@ -55,8 +56,7 @@ proptest! {
         let bv = bias.as_ref().map(values).unwrap_or_else(|| vec![0.0; out]);
         let want: Vec<f64> = (0..n * out).map(|i| base[i] + bv[i % out] + 2.0 / r as f64 * update[i]).collect();
         let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        prop_assert!(max_abs_diff(&got, &want) <= 1e-5 * scale,
-            "forward must be x W^T + b + scaling * x A^T B^T; max difference {}", max_abs_diff(&got, &want));
+        prop_assert_close!(got, want, 1e-5 * scale, "forward must be x W^T + b + scaling * x A^T B^T");
     }
 
     #[test]

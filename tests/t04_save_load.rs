@@ -2,6 +2,7 @@
 //!
 //! Run: `cargo test --features exercises --test t04_save_load`.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -331,7 +332,11 @@ fn an_adapter_made_by_peft_gives_pefts_logits() {
         load_lora_weights(m.model.as_mut(), &dir).unwrap();
         let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
         let ours = values(&m.model.forward(&ids, None, false).unwrap());
-        let diff = max_abs_diff(&ours, &values(&reference["logits"]));
-        assert!(diff < 1e-5, "{model}: an adapter saved by Python's PEFT gives logits {diff} away from PEFT's");
+        assert_close!(
+            ours,
+            values(&reference["logits"]),
+            1e-5,
+            "{model}: an adapter saved by Python's PEFT must give PEFT's logits"
+        );
     }
 }

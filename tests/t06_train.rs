@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo test --features exercises --test t06_train`.
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -81,16 +82,16 @@ proptest! {
                            decay: if cosine { Decay::Cosine } else { Decay::Linear }, min_lr_ratio: 0.1 };
         for step in 0..warmup {
             let want = peak * (step + 1) as f64 / warmup as f64;
-            prop_assert!((lr_at(&s, step) - want).abs() < 1e-12 * peak, "warmup is linear up to the peak");
+            prop_assert_close!([lr_at(&s, step)], [want], 1e-12 * peak, "warmup is linear up to the peak (step {})", step);
         }
-        prop_assert!((lr_at(&s, warmup) - peak).abs() < 1e-12 * peak, "the first step after warmup is at the peak");
-        prop_assert!((lr_at(&s, warmup + extra - 1) - 0.1 * peak).abs() < 1e-9 * peak, "the last step is at min_lr_ratio * peak");
+        prop_assert_close!([lr_at(&s, warmup)], [peak], 1e-12 * peak, "the first step after warmup is at the peak");
+        prop_assert_close!([lr_at(&s, warmup + extra - 1)], [0.1 * peak], 1e-9 * peak, "the last step is at min_lr_ratio * peak");
         for step in warmup..warmup + extra - 1 {
             prop_assert!(lr_at(&s, step + 1) <= lr_at(&s, step) + 1e-15, "after warmup the rate never rises");
         }
         let mid = warmup + (extra - 1) / 2;
         if cosine && (extra - 1) % 2 == 0 {
-            prop_assert!((lr_at(&s, mid) - 0.55 * peak).abs() < 1e-9 * peak, "a cosine is half-way down at half-way");
+            prop_assert_close!([lr_at(&s, mid)], [0.55 * peak], 1e-9 * peak, "a cosine is half-way down at half-way");
         }
     }
 
@@ -106,10 +107,10 @@ proptest! {
         let mut grads = loss.backward().unwrap();
         let norm = vals.iter().map(|v| v * v).sum::<f64>().sqrt();
         let got = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], max_norm).unwrap();
-        prop_assert!((got - norm).abs() < 1e-9, "returns the norm before clipping");
+        prop_assert_close!([got], [norm], 1e-9, "returns the norm before clipping");
         let after: f64 = [&a, &b].iter().map(|v| values(grads.get(v.as_tensor()).unwrap()).iter().map(|g| g * g).sum::<f64>()).sum::<f64>().sqrt();
         let want = norm.min(max_norm);
-        prop_assert!((after - want).abs() < 1e-5 * want.max(1.0), "global norm after clipping is min(norm, max_norm)");
+        prop_assert_close!([after], [want], 1e-5 * want.max(1.0), "global norm after clipping is min(norm, max_norm)");
     }
 }
 
@@ -138,7 +139,7 @@ proptest! {
         }
         prop_assert_eq!(count, k, "one target per trained label after the first position");
         let got = f64::from(loss.to_scalar::<f32>().unwrap());
-        prop_assert!((got - nll / k as f64).abs() < 1e-4, "loss {} but the mean NLL of response tokens is {}", got, nll / k as f64);
+        prop_assert_close!([got], [nll / k as f64], 1e-4, "the loss is the mean NLL of the response tokens");
         // Padding content cannot matter.
         let other_pad = collate(&ex, 55, &CPU).unwrap();
         let (loss2, _) = causal_lm_loss(m.model.as_ref(), &other_pad, false).unwrap();
@@ -184,7 +185,7 @@ fn the_best_adapter_is_kept() {
     assert_eq!(h.val.len(), 7, "validation before the first step, then every 2 steps");
     assert_eq!(h.val[0].step, 0, "the first validation is of the starting point, at step 0");
     let start = evaluate_loss(model().model.as_mut(), &val, 3, PAD).unwrap();
-    assert!((h.val[0].val_loss - start).abs() < 1e-5, "step 0's validation loss is the base model's, {start}");
+    assert_close!([h.val[0].val_loss], [start], 1e-5, "step 0's validation loss is the base model's");
     let best = h.val.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
     let (best_step, best_loss) = h.best.unwrap();
     assert_eq!(best_loss, best, "history.best is the lowest validation loss");
@@ -192,7 +193,7 @@ fn the_best_adapter_is_kept() {
     let mut fresh = model();
     load_lora_weights(fresh.model.as_mut(), &dir.path().join("best")).unwrap();
     let reloaded = evaluate_loss(fresh.model.as_mut(), &val, 3, PAD).unwrap();
-    assert!((reloaded - best).abs() < 1e-5, "the saved best adapter gives validation loss {reloaded}, not {best}");
+    assert_close!([reloaded], [best], 1e-5, "the saved best adapter gives the best validation loss");
 }
 
 #[test]
@@ -222,7 +223,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-6, "{name} differs by {diff} between the resumed and the uninterrupted run");
     }
-    assert!((ha.train[7].loss - hc.train[7].loss).abs() < 1e-5);
+    assert_close!([ha.train[7].loss], [hc.train[7].loss], 1e-5, "step 8's loss, resumed against uninterrupted");
 }
 
 #[test]
@@ -354,11 +355,8 @@ fn the_optimizer_steps_at_the_scheduled_rate() {
     assert_eq!(h2.train[1].lr, lr1);
     let first = largest_b_move(&start, &one);
     let second = largest_b_move(&one, &two);
-    assert!((first - lr0).abs() < 0.05 * lr0, "step 1 moved B by up to {first}, the schedule says lr = {lr0}");
-    assert!(
-        (second - lr1).abs() < 0.1 * lr1,
-        "step 2 moved B by up to {second}, the schedule says lr = {lr1}: is the optimizer given lr_at(step)?"
-    );
+    assert_close!([first], [lr0], 0.05 * lr0, "step 1 moves B by up to lr (the schedule's lr_at(0))");
+    assert_close!([second], [lr1], 0.1 * lr1, "step 2 moves B by up to lr_at(1): is the optimizer given lr_at(step)?");
 }
 
 #[test]
@@ -374,7 +372,7 @@ fn weight_decay_shrinks_the_weights_as_adamw_does() {
     for ((name, a0), (_, a1)) in before.iter().zip(&after).filter(|((n, _), _)| n.contains("lora_A")) {
         let want: Vec<f64> = a0.iter().map(|v| v * keep).collect();
         let scale = a0.iter().map(|v| v.abs()).fold(0.0, f64::max);
-        assert!(max_abs_diff(a1, &want) < 1e-6 * scale, "{name}: not shrunk by 1 - lr * weight_decay = {keep}");
+        assert_close!(a1, want, 1e-6 * scale, "{name}: A must shrink by 1 - lr * weight_decay = {keep}");
     }
 }
 
@@ -390,13 +388,15 @@ fn accumulating_micro_batches_equals_one_larger_batch() {
     let (_, after_big, h_big) = run_steps(&data, &big, 1);
     let (_, after_micro, h_micro) = run_steps(&data, &micro, 1);
     let (n_big, n_micro) = (h_big.train[0].grad_norm, h_micro.train[0].grad_norm);
-    assert!(
-        (n_big - n_micro).abs() < 1e-4 * n_big,
-        "gradient norm {n_micro} over 4 micro-batches of 1, {n_big} over one batch of 4: average, do not sum"
+    assert_close!(
+        [n_micro],
+        [n_big],
+        1e-4 * n_big,
+        "the gradient norm over 4 micro-batches of 1 must be the one over a batch of 4: average, do not sum"
     );
-    assert!((h_big.train[0].loss - h_micro.train[0].loss).abs() < 1e-5, "the step's loss is the micro-batches' mean");
+    assert_close!([h_micro.train[0].loss], [h_big.train[0].loss], 1e-5, "the step's loss is the micro-batches' mean");
     for ((name, a), (_, b)) in after_big.iter().zip(&after_micro) {
-        assert!(max_abs_diff(a, b) < 1e-6, "{name} differs after the same step taken two ways");
+        assert_close!(a, b, 1e-6, "{name} differs after the same step taken two ways");
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Run: `cargo test --features exercises --test t07_eval`.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -24,8 +25,10 @@ fn s(v: &[&str]) -> Vec<String> {
 fn bleu_of_identical_text_is_100_and_of_disjoint_text_0() {
     book("t07_eval", "BLEU");
     let refs = vec![s(&["the cat sat on the mat ."])];
-    assert!(
-        (corpus_bleu(&s(&["The cat sat on the mat."]), &refs) - 100.0).abs() < 1e-9,
+    assert_close!(
+        [corpus_bleu(&s(&["The cat sat on the mat."]), &refs)],
+        [100.0],
+        1e-9,
         "case and spacing do not matter"
     );
     assert_eq!(corpus_bleu(&s(&["dogs bark loudly at night"]), &refs), 0.0);
@@ -37,20 +40,20 @@ fn bleu_hand_computed() {
     // 5 tokens, one wrong at the end: precisions 4/5, 3/4, 2/3, 1/2; equal lengths, so no penalty.
     let got = corpus_bleu(&s(&["a b c d e"]), &[s(&["a b c d f"])]);
     let want = 100.0 * (0.8f64 * 0.75 * (2.0 / 3.0) * 0.5).powf(0.25);
-    assert!((got - want).abs() < 1e-9, "BLEU {got}, by hand {want}");
+    assert_close!([got], [want], 1e-9, "BLEU by hand: precisions 4/5, 3/4, 2/3, 1/2, no penalty");
     // Too short: the same precisions (all 1), times exp(1 - 8 / 4).
     let got = corpus_bleu(&s(&["a b c d"]), &[s(&["a b c d e f g h"])]);
-    assert!((got - 100.0 * (1.0f64 - 2.0).exp()).abs() < 1e-9, "brevity penalty: {got}");
+    assert_close!([got], [100.0 * (1.0f64 - 2.0).exp()], 1e-9, "brevity penalty exp(1 - 8 / 4)");
     // Clipping: "a b c d" said twice matches each n-gram of the reference only once:
     // unigrams 4/8, bigrams 3/7, trigrams 2/6, 4-grams 1/5 (unclipped it would be 8/8, 6/7, ...).
     let got = corpus_bleu(&s(&["a b c d a b c d"]), &[s(&["a b c d"])]);
     let want = 100.0 * (0.5f64 * (3.0 / 7.0) * (2.0 / 6.0) * 0.2).powf(0.25);
-    assert!((got - want).abs() < 1e-9, "clipped BLEU {got}, by hand {want}");
+    assert_close!([got], [want], 1e-9, "clipped BLEU by hand");
     // Several references: each n-gram clipped by the reference that has it most, the closest
     // reference length for the penalty.
     let got = corpus_bleu(&s(&["x y z w"]), &[s(&["x y q q q q q q q", "p x y z w"])]);
     let want = 100.0 * (1.0f64 * 1.0 * 1.0 * 1.0).powf(0.25) * (1.0f64 - 5.0 / 4.0).exp();
-    assert!((got - want).abs() < 1e-9, "multi-reference BLEU {got}, by hand {want}");
+    assert_close!([got], [want], 1e-9, "multi-reference BLEU by hand");
 }
 
 #[test]
@@ -63,7 +66,7 @@ fn bleu_equals_the_peft_baselines() {
         let refs: Vec<Vec<String>> = serde_json::from_value(case["references"].clone()).unwrap();
         let want = case["bleu"].as_f64().unwrap();
         let got = corpus_bleu(&hyps, &refs);
-        assert!((got - want).abs() < 1e-9, "BLEU {got}, the baseline script's {want}");
+        assert_close!([got], [want], 1e-9, "BLEU against the baseline script's bleu()");
     }
 }
 
@@ -97,7 +100,12 @@ fn perplexity_is_exp_of_the_token_mean_nll() {
     let want = (nll / n as f64).exp();
     // Batches of 2 and 1 examples with different token counts: a mean of batch means would differ.
     let got = perplexity(m.model.as_mut(), &ex, 2, 0).unwrap();
-    assert!((got - want).abs() < 1e-3 * want, "perplexity {got}, exp(mean NLL) {want}");
+    assert_close!(
+        [got],
+        [want],
+        1e-3 * want,
+        "perplexity is exp(mean NLL over every token), not a mean of batch means"
+    );
 }
 
 /// A word-level tokenizer over `w0` .. `w100`, matching the tiny Llama's 101 ids.

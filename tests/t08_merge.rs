@@ -2,6 +2,7 @@
 //!
 //! Run: `cargo test --features exercises --test t08_merge`.
 
+#[macro_use]
 mod common;
 
 use candle_core::{DType, Tensor};
@@ -42,7 +43,7 @@ fn the_delta_is_scaling_b_a() {
     let d = lora_delta(&lora).unwrap();
     assert_eq!(d.dims(), &[4, 5], "B A has W's shape [out, in]");
     let want: Vec<f64> = values(&b.matmul(&a).unwrap()).iter().map(|x| x * 2.0).collect();
-    assert!(max_abs_diff(&values(&d), &want) < 1e-5);
+    assert_close!(values(&d), want, 1e-5, "lora_delta must be scaling * B A");
 }
 
 proptest! {
@@ -62,7 +63,7 @@ proptest! {
         let merged = merge_lora_weights(m.model.as_mut()).unwrap();
         prop_assert!(!merged.modules.is_empty());
         let after = logits(&m);
-        prop_assert!(max_abs_diff(&before, &after) < 1e-5, "merged logits differ by {}", max_abs_diff(&before, &after));
+        prop_assert_close!(after, before, 1e-5, "merged logits must equal the adapted model's");
         prop_assert!(m.model.linears().iter().all(|(_, s)| s.lora().is_none()), "no adapter is left after merging");
         prop_assert_eq!(count_parameters(m.model.as_ref()).trainable, 0, "a merged model trains nothing");
     }
@@ -76,9 +77,9 @@ proptest! {
         let merged = merge_lora_weights(m.model.as_mut()).unwrap();
         unmerge_lora_weights(m.model.as_mut(), merged).unwrap();
         for ((name, w0), (_, s)) in base.iter().zip(m.model.linears()) {
-            prop_assert!(max_abs_diff(w0, &values(&s.base_weight().unwrap())) < 1e-6, "{} is not restored", name);
+            prop_assert_close!(values(&s.base_weight().unwrap()), w0, 1e-6, "{} is not restored", name);
         }
-        prop_assert!(max_abs_diff(&adapted_logits, &logits(&m)) < 1e-5, "the adapters are back in place");
+        prop_assert_close!(logits(&m), adapted_logits, 1e-5, "the adapters are back in place");
         prop_assert_eq!(m.model.linears().iter().filter(|(_, s)| s.lora().is_some()).count(), 4);
     }
 }
@@ -104,8 +105,8 @@ proptest! {
         let before = values(&m.forward(&ids, false).unwrap());
         merge_lora_weights(&mut m).unwrap();
         let after = values(&m.forward(&ids, false).unwrap());
-        prop_assert!(max_abs_diff(&before, &after) < 1e-4 * before.iter().fold(1.0f64, |a, x| a.max(x.abs())),
-            "merged output differs by {}", max_abs_diff(&before, &after));
+        let scale = before.iter().fold(1.0f64, |a, x| a.max(x.abs()));
+        prop_assert_close!(after, before, 1e-4 * scale, "the merged layer's output must equal the adapted one's");
     }
 }
 

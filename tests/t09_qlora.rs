@@ -3,6 +3,7 @@
 //! Run: `cargo test --features exercises --test t09_qlora`.
 //! The reference values come from bitsandbytes (`scripts/make_nf4_fixture.py`).
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -41,9 +42,8 @@ fn the_code_book_is_bitsandbytes_nf4() {
     book("t09_qlora", "The code book");
     let ours = nf4_code_book();
     let theirs = f32s(&bnb()["code"]);
-    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-        assert!((a - b).abs() < 1e-6, "level {i}: {a}, bitsandbytes has {b}");
-    }
+    let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    assert_close!(wide(&ours), wide(&theirs), 1e-6, "the NF4 levels must be bitsandbytes'");
     assert!(ours.windows(2).all(|w| w[0] < w[1]), "levels ascend");
     assert_eq!((ours[0], ours[7], ours[15]), (-1.0, 0.0, 1.0), "-1, an exact 0, and 1 are levels");
 }
@@ -80,7 +80,8 @@ proptest! {
         let levels = nf4_code_book();
         let i = nearest_level(&levels, v) as usize;
         let best = levels.iter().map(|l| (l - v).abs()).fold(f32::INFINITY, f32::min);
-        prop_assert!((levels[i] - v).abs() <= best + 1e-7, "{} -> level {} ({}), nearest is {}", v, i, levels[i], best);
+        prop_assert_close!([f64::from((levels[i] - v).abs())], [f64::from(best)], 1e-7,
+            "{} -> level {} ({}) must be the nearest level", v, i, levels[i]);
     }
 
     /// Every element comes back within the rounding NF4 allows: half the widest gap between
@@ -102,7 +103,7 @@ proptest! {
             let group = &absmax[blk / ABSMAX_BLOCK * ABSMAX_BLOCK..((blk / ABSMAX_BLOCK + 1) * ABSMAX_BLOCK).min(absmax.len())];
             let s = group.iter().fold(0f32, |m, &c| m.max((c - mean).abs()));
             let bound = absmax[blk] * half_gap + s / 254.0 + 1e-6 * absmax[blk];
-            prop_assert!((a - b).abs() <= bound, "element {}: {} came back as {} (bound {})", i, a, b, bound);
+            prop_assert!(approx::abs_diff_eq!(a, b, epsilon = bound), "element {}: {} came back as {} (bound {})", i, a, b, bound);
         }
     }
 
@@ -151,11 +152,7 @@ fn double_quantization_costs_about_4_127_bits_per_parameter() {
     let q = Nf4Tensor::quantize(&randn(&mut rng(3), &[n / 256, 256], DType::F32)).unwrap();
     // 4 bits, 8 bits per 64 weights, 32 bits per 64 * 256 weights, and one f32 mean.
     let want = (n / 2 + n / NF4_BLOCK + 4 * (n / NF4_BLOCK / ABSMAX_BLOCK) + 4) as f64 * 8.0 / n as f64;
-    assert!(
-        (q.bits_per_parameter() - want).abs() < 1e-9,
-        "{} bits per parameter, expected {want}",
-        q.bits_per_parameter()
-    );
+    assert_close!([q.bits_per_parameter()], [want], 1e-9, "bits per parameter: 4, plus the absmax and its constants");
     assert!((4.126..4.128).contains(&q.bits_per_parameter()));
     assert_eq!(q.shape(), &[n / 256, 256]);
 }
@@ -186,7 +183,7 @@ fn gradients_pass_through_the_quantized_linear() {
     let dense = w.dequantize(&CPU).unwrap().to_dtype(DType::F64).unwrap();
     let want = x.as_tensor().broadcast_matmul(&dense.t().unwrap()).unwrap();
     let got = ops::quantized_linear(x.as_tensor(), &w).unwrap();
-    assert!(max_abs_diff(&values(&got), &values(&want)) < 1e-10);
+    assert_close!(values(&got), values(&want), 1e-10, "the quantized linear must be x W^T with W dequantized");
 }
 
 /// QLoRA: the base is quantized, adapters sit beside it, and a training step changes only them.
@@ -222,5 +219,5 @@ fn a_qlora_step_changes_only_the_adapters_and_merging_dequantizes() {
     let adapted = values(&m.model.forward(&ids, None, false).unwrap());
     merge_lora_weights(m.model.as_mut()).unwrap();
     let merged = values(&m.model.forward(&ids, None, false).unwrap());
-    assert!(max_abs_diff(&adapted, &merged) < 1e-4, "merged logits differ by {}", max_abs_diff(&adapted, &merged));
+    assert_close!(merged, adapted, 1e-4, "merged logits must equal the adapted model's");
 }

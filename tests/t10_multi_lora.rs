@@ -2,6 +2,7 @@
 //!
 //! Run: `cargo test --features exercises --test t10_multi_lora`.
 
+#[macro_use]
 mod common;
 
 use candle_core::{DType, Tensor};
@@ -69,10 +70,10 @@ fn switching_changes_the_outputs_as_each_adapter_says_and_back() {
 
     set.set_active(m.model.as_mut(), Some("a")).unwrap();
     let with_a = logits(&m, &ids);
-    assert!(max_abs_diff(&with_a, &merged_logits(&deltas(&set, "a", 1.0), &ids)) < 1e-5, "adapter a");
+    assert_close!(with_a, merged_logits(&deltas(&set, "a", 1.0), &ids), 1e-5, "adapter a active");
     set.set_active(m.model.as_mut(), Some("b")).unwrap();
     assert_eq!(set.active(), Some("b"));
-    assert!(max_abs_diff(&logits(&m, &ids), &merged_logits(&deltas(&set, "b", 1.0), &ids)) < 1e-5, "adapter b");
+    assert_close!(logits(&m, &ids), merged_logits(&deltas(&set, "b", 1.0), &ids), 1e-5, "adapter b active");
     set.set_active(m.model.as_mut(), None).unwrap();
     assert_eq!(logits(&m, &ids), plain, "no adapter: exactly the base");
     set.set_active(m.model.as_mut(), Some("a")).unwrap();
@@ -138,7 +139,7 @@ proptest! {
                 }
             }
             let got = lora_delta(l).unwrap();
-            prop_assert!(max_abs_diff(&values(&got), &values(&want.unwrap())) < 1e-5, "{}", module);
+            prop_assert_close!(values(&got), values(&want.unwrap()), 1e-5, "{}: cat's update is the sum of the updates", module);
         }
         prop_assert_eq!(ab.layers.get("model.layers.0.self_attn.q_proj").unwrap().rank(), 5, "ranks add");
         // And the model with it gives the merged sum's outputs.
@@ -151,7 +152,7 @@ proptest! {
                 None => sum.push((n, d)),
             }
         }
-        prop_assert!(max_abs_diff(&logits(&m, &ids), &merged_logits(&sum, &ids)) < 1e-5);
+        prop_assert_close!(logits(&m, &ids), merged_logits(&sum, &ids), 1e-5, "the cat adapter gives the summed updates' logits");
     }
 
     /// "linear" sums √(w s) A and √(w s) B (PEFT's rule): one adapter gives exactly w times its
@@ -168,14 +169,14 @@ proptest! {
         let (a, b) = combine(&[(&l1, w1)], Combination::Linear).unwrap();
         let one = values(&b.matmul(&a).unwrap());
         let want = values(&(lora_delta(&l1).unwrap() * w1).unwrap());
-        prop_assert!(max_abs_diff(&one, &want) < 1e-4);
+        prop_assert_close!(one, want, 1e-4, "linear with one adapter is w times its update");
         let (a, b) = combine(&[(&l1, w1), (&l2, w2)], Combination::Linear).unwrap();
         let s = 2.0f64; // alpha / r
         let (c1, c2) = ((w1 * s).sqrt(), (w2 * s).sqrt());
         let want_a = (l1.a().tensor() * c1).unwrap().add(&(l2.a().tensor() * c2).unwrap()).unwrap();
         let want_b = (l1.b().tensor() * c1).unwrap().add(&(l2.b().tensor() * c2).unwrap()).unwrap();
-        prop_assert!(max_abs_diff(&values(&a), &values(&want_a)) < 1e-5);
-        prop_assert!(max_abs_diff(&values(&b), &values(&want_b)) < 1e-5);
+        prop_assert_close!(values(&a), values(&want_a), 1e-5, "linear's A is the sum of sqrt(w s) A");
+        prop_assert_close!(values(&b), values(&want_b), 1e-5, "linear's B is the sum of sqrt(w s) B");
         prop_assert!(combine(&[(&l1, 1.0), (&LoraLayer::from_tensors(&randn(g, &[2, 7], DType::F32), &randn(g, &[5, 2], DType::F32), &LoraConfig::new(2, 4.0, &["q_proj"])).unwrap(), 1.0)], Combination::Linear).is_err(), "linear needs equal ranks");
     }
 
@@ -196,7 +197,7 @@ proptest! {
             let want = xj.matmul(&a.get(kk as usize).unwrap().t().unwrap()).unwrap()
                 .matmul(&b.get(kk as usize).unwrap().t().unwrap()).unwrap();
             let want = (want * [0.5, 2.0, 0.0][kk as usize]).unwrap();
-            prop_assert!(max_abs_diff(&values(&y.get(j).unwrap()), &values(&want)) < 1e-5, "row {}", j);
+            prop_assert_close!(values(&y.get(j).unwrap()), values(&want), 1e-5, "row {} must use its own adapter", j);
         }
     }
 }
@@ -216,8 +217,12 @@ fn a_mixed_batch_equals_one_by_one() {
     for (i, r) in rows.iter().enumerate() {
         set.set_active(m.model.as_mut(), *r).unwrap();
         let alone = m.model.forward(&ids.narrow(0, i, 1).unwrap(), None, false).unwrap();
-        let d = max_abs_diff(&values(&mixed.get(i).unwrap()), &values(&alone.get(0).unwrap()));
-        assert!(d < 1e-5, "row {i} ({r:?}) differs from running it alone by {d}");
+        assert_close!(
+            values(&mixed.get(i).unwrap()),
+            values(&alone.get(0).unwrap()),
+            1e-5,
+            "row {i} ({r:?}) must equal running it alone"
+        );
     }
     // Ending the mixed batch: the base alone again.
     set.clear(m.model.as_mut()).unwrap();

@@ -3,6 +3,7 @@
 //! Run: `cargo test --features exercises --test t11_mixed`.
 //! The PEFT fixture comes from `scripts/make_mixed_fixture.py`.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -123,7 +124,7 @@ fn a_mixed_step_moves_only_the_chosen_weights_each_at_its_rate() {
             values(v.as_tensor()).iter().zip(&values_before[name]).map(|(a, b)| (a - b).abs()).collect();
         let largest = moved.iter().cloned().fold(0.0, f64::max);
         let want = lr * scale_of[name];
-        assert!((largest - want).abs() < 0.02 * want, "{name}: moved {largest}, its group's rate is {want}");
+        assert_close!([largest], [want], 0.02 * want, "{name}: moves by its group's rate");
     }
 }
 
@@ -169,8 +170,7 @@ fn a_peft_adapter_with_modules_to_save_gives_pefts_logits() {
     let r = candle_core::safetensors::load("tests/fixtures/peft_mixed/logits.safetensors", &CPU).unwrap();
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let ours = values(&m.model.forward(&ids, None, false).unwrap());
-    let d = max_abs_diff(&ours, &values(&r["logits"]));
-    assert!(d < 1e-4, "logits differ from PEFT's by {d}");
+    assert_close!(ours, values(&r["logits"]), 1e-4, "logits must be PEFT's");
     // Without the modules (adapter alone) they would not: the saved norms and head matter.
     let mut lora_only = base();
     lora_from_scratch::tasks::t03_inject::inject_lora(

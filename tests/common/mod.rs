@@ -34,6 +34,48 @@ pub fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
 }
 
+/// `a` and `b` agree element by element within `epsilon` (approx's `abs_diff_eq!` on the two
+/// slices); otherwise a message naming the first element that does not, with both values, and
+/// the largest difference. The graders compare through [`assert_close!`] and
+/// [`prop_assert_close!`], which put the property's own words in front of it.
+pub fn close(a: &[f64], b: &[f64], epsilon: f64) -> Result<(), String> {
+    if a.len() != b.len() {
+        return Err(format!("{} values against {}", a.len(), b.len()));
+    }
+    if approx::abs_diff_eq!(a, b, epsilon = epsilon) {
+        return Ok(());
+    }
+    let (i, (x, y)) = a
+        .iter()
+        .zip(b)
+        .enumerate()
+        .find(|(_, (x, y))| !approx::abs_diff_eq!(**x, **y, epsilon = epsilon))
+        .expect("a pair differs");
+    Err(format!("element {i} is {x}, expected {y}; largest difference {:e}, allowed {epsilon:e}", max_abs_diff(a, b)))
+}
+
+/// `assert_close!(got, want, epsilon, "what it means")`: [`close`] or a panic with the message
+/// and both values.
+#[macro_export]
+macro_rules! assert_close {
+    ($a:expr, $b:expr, $eps:expr, $($msg:tt)+) => {
+        if let Err(e) = $crate::common::close(&$a, &$b, $eps) {
+            panic!("{}: {}", format!($($msg)+), e);
+        }
+    };
+}
+
+/// [`assert_close!`] inside `proptest!`: fails the case (so proptest shrinks it) instead of
+/// panicking.
+#[macro_export]
+macro_rules! prop_assert_close {
+    ($a:expr, $b:expr, $eps:expr, $($msg:tt)+) => {
+        if let Err(e) = $crate::common::close(&$a, &$b, $eps) {
+            return Err(proptest::test_runner::TestCaseError::fail(format!("{}: {}", format!($($msg)+), e)));
+        }
+    };
+}
+
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "compared tensors differ in size");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
