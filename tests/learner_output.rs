@@ -7,83 +7,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Tensor};
+use common::shapes::{gpt2_124m, smollm2_135m};
 use common::CPU;
-use lora_from_scratch::models::gpt2::{Gpt2, Gpt2Config};
-use lora_from_scratch::models::llama::{Llama, LlamaConfig};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
-use lora_from_scratch::models::weights::Weights;
 use lora_from_scratch::tasks::lang::Lang;
 use lora_from_scratch::tasks::progress::{describe, table, words};
 use lora_from_scratch::LoraConfig;
-
-/// A weight of `shape` that takes no memory: one zero broadcast. Parameter counts need only
-/// the shapes, so a real-sized model is built without its weights.
-fn zeros(shape: &[usize]) -> Tensor {
-    Tensor::zeros((), DType::F32, &CPU).unwrap().broadcast_as(shape).unwrap()
-}
-
-fn weights(tensors: Vec<(String, Vec<usize>)>) -> Weights {
-    let map: HashMap<String, Tensor> = tensors.into_iter().map(|(n, s)| (n, zeros(&s))).collect();
-    Weights::from_tensors(map, Path::new("(shapes only)"), DType::F32).unwrap()
-}
-
-/// GPT-2 124M (`openai-community/gpt2`): 12 blocks of 768, Conv1D weights [in, out].
-fn gpt2_shaped() -> Gpt2 {
-    let config: Gpt2Config = serde_json::from_str(
-        r#"{"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-            "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "eos_token_id": 50256}"#,
-    )
-    .unwrap();
-    let d = 768;
-    let mut t =
-        vec![("transformer.wte.weight".into(), vec![50257, d]), ("transformer.wpe.weight".into(), vec![1024, d])];
-    for i in 0..12 {
-        let p = format!("transformer.h.{i}");
-        for (name, inp, out) in
-            [("attn.c_attn", d, 3 * d), ("attn.c_proj", d, d), ("mlp.c_fc", d, 4 * d), ("mlp.c_proj", 4 * d, d)]
-        {
-            t.push((format!("{p}.{name}.weight"), vec![inp, out]));
-            t.push((format!("{p}.{name}.bias"), vec![out]));
-        }
-        for ln in ["ln_1", "ln_2"] {
-            t.push((format!("{p}.{ln}.weight"), vec![d]));
-            t.push((format!("{p}.{ln}.bias"), vec![d]));
-        }
-    }
-    t.push(("transformer.ln_f.weight".into(), vec![d]));
-    t.push(("transformer.ln_f.bias".into(), vec![d]));
-    Gpt2::new(config, &weights(t), "gpt2 (shapes only)").unwrap()
-}
-
-/// SmolLM2-135M (`scripts/smollm2-135m-config.json`, its config as transformers writes it).
-fn smollm2_shaped() -> Llama {
-    let config: LlamaConfig =
-        serde_json::from_str(&std::fs::read_to_string("scripts/smollm2-135m-config.json").unwrap()).unwrap();
-    let (d, inter, hd) = (config.hidden_size, config.intermediate_size, config.head_dim());
-    let (q, kv) = (config.num_attention_heads * hd, config.kv_heads() * hd);
-    let mut t =
-        vec![("model.embed_tokens.weight".into(), vec![config.vocab_size, d]), ("model.norm.weight".into(), vec![d])];
-    for i in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        for (name, out, inp) in [
-            ("self_attn.q_proj", q, d),
-            ("self_attn.k_proj", kv, d),
-            ("self_attn.v_proj", kv, d),
-            ("self_attn.o_proj", d, q),
-            ("mlp.gate_proj", inter, d),
-            ("mlp.up_proj", inter, d),
-            ("mlp.down_proj", d, inter),
-        ] {
-            t.push((format!("{p}.{name}.weight"), vec![out, inp]));
-        }
-        t.push((format!("{p}.input_layernorm.weight"), vec![d]));
-        t.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-    }
-    Llama::new(config, &weights(t), "SmolLM2-135M (shapes only)").unwrap()
-}
 
 /// The line `print_trainable_parameters` prints for the runs the book does: train_gpt2's
 /// defaults (GPT-2 `c_attn` r 16; SmolLM2 q, v r 16) and the E2E run (q, v r 8), and all-linear.
@@ -93,12 +24,12 @@ fn trainable_parameters_at_real_shapes() {
     use lora_from_scratch::tasks::t03_inject::{inject_lora, print_trainable_parameters};
     let mut lines = Vec::new();
     for (targets, r) in [(vec!["c_attn"], 16), (vec!["all-linear"], 8)] {
-        let mut m = gpt2_shaped();
+        let mut m = gpt2_124m();
         inject_lora(&mut m, &LoraConfig::new(r, 2.0 * r as f64, &targets)).unwrap();
         lines.push(format!("GPT-2 {targets:?} r {r}: {}", print_trainable_parameters(&m)));
     }
     for (targets, r) in [(vec!["q_proj", "v_proj"], 16), (vec!["q_proj", "v_proj"], 8), (vec!["all-linear"], 8)] {
-        let mut m = smollm2_shaped();
+        let mut m = smollm2_135m();
         inject_lora(&mut m, &LoraConfig::new(r, 2.0 * r as f64, &targets)).unwrap();
         lines.push(format!("SmolLM2-135M {targets:?} r {r}: {}", print_trainable_parameters(&m)));
     }

@@ -2,6 +2,8 @@
 //! finite-difference gradient check. Nothing here calls the code under test.
 #![allow(dead_code)]
 
+pub mod shapes;
+
 use candle_core::{DType, Device, Tensor, Var};
 use lora_from_scratch::models::tiny::{TinyConfig, TinyLm};
 use lora_from_scratch::tasks::lang::{book_pointer, Lang};
