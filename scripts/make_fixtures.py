@@ -41,20 +41,30 @@ def save_reference(model, out, vocab):
                "greedy_ids": greedy.to(torch.int64).contiguous()}, os.path.join(out, "reference.safetensors"))
 
 
+def perturb(model, pick):
+    """Random init leaves biases at zero and norms at one: add N(0, 0.1) noise to the parameters
+    `pick(name)` selects, in `named_parameters` order, so the tests see them."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if pick(name):
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def save_tiny(model, name):
+    """The model (save_pretrained) and its reference outputs under tests/fixtures/<name>."""
+    out = os.path.join(OUT, name)
+    model.save_pretrained(out, safe_serialization=True)
+    save_reference(model, out, model.config.vocab_size)
+
+
 def tiny_gpt2():
     torch.manual_seed(0)
     # Small but with every GPT-2 part: 2 blocks, 4 heads, biases everywhere, tied head.
     cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg).eval()
-    # Random init leaves biases at zero and LayerNorm at (1, 0): perturb them so the test sees them.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    out = os.path.join(OUT, "tiny-gpt2")
-    model.save_pretrained(out, safe_serialization=True)
-    save_reference(model, out, cfg.vocab_size)
+    perturb(model, lambda name: name.endswith("bias") or ".ln_" in name)
+    save_tiny(model, "tiny-gpt2")
 
 
 def tiny_llama():
@@ -65,21 +75,8 @@ def tiny_llama():
                       rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=False,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    out = os.path.join(OUT, "tiny-llama")
-    model.save_pretrained(out, safe_serialization=True)
-    save_reference(model, out, cfg.vocab_size)
-
-
-def perturb_norms_and_biases(model):
-    # Random init leaves biases at zero and norms at one: perturb them so the tests see them.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    perturb(model, lambda name: "norm" in name)
+    save_tiny(model, "tiny-llama")
 
 
 def tiny_qwen2():
@@ -93,10 +90,8 @@ def tiny_qwen2():
                       use_sliding_window=True, sliding_window=4, max_window_layers=1,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model = Qwen2ForCausalLM(cfg).eval()
-    perturb_norms_and_biases(model)
-    out = os.path.join(OUT, "tiny-qwen2")
-    model.save_pretrained(out, safe_serialization=True)
-    save_reference(model, out, cfg.vocab_size)
+    perturb(model, lambda name: "norm" in name or name.endswith("bias"))
+    save_tiny(model, "tiny-qwen2")
 
 
 def tiny_mistral():
@@ -108,10 +103,8 @@ def tiny_mistral():
                         rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=4, tie_word_embeddings=False,
                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model = MistralForCausalLM(cfg).eval()
-    perturb_norms_and_biases(model)
-    out = os.path.join(OUT, "tiny-mistral")
-    model.save_pretrained(out, safe_serialization=True)
-    save_reference(model, out, cfg.vocab_size)
+    perturb(model, lambda name: "norm" in name)
+    save_tiny(model, "tiny-mistral")
 
 
 TOKENIZER_SAMPLES = [
