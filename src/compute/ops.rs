@@ -155,8 +155,9 @@ pub fn self_attention(
     composed::self_attention(q, k, v, heads, kv_heads, rope_tables, window)
 }
 
-/// A sliding window must let a query see at least itself.
-fn check_window(window: Option<usize>) -> Result<()> {
+/// A sliding window must let a query see at least itself (checked where a config is read, and
+/// by the ops for any other caller).
+pub(crate) fn check_window(window: Option<usize>) -> Result<()> {
     if window == Some(0) {
         return Err(crate::error::LoraError::config("sliding_window", "is 0; a query must see at least itself"));
     }

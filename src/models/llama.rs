@@ -149,9 +149,7 @@ impl LlamaConfig {
     /// Refuse what this implementation does not compute, naming the setting.
     pub fn validate(&self) -> Result<()> {
         let family = self.family()?;
-        if self.sliding_window == Some(0) {
-            return Err(LoraError::config("sliding_window", "is 0; a query must see at least itself"));
-        }
+        crate::compute::ops::check_window(self.sliding_window)?;
         if let Some(types) = &self.layer_types {
             if family == Family::Qwen2 && types.len() != self.num_hidden_layers {
                 return Err(LoraError::config(

@@ -13,6 +13,7 @@ use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Repo, RepoType};
 use tokenizers::Tokenizer;
 
+use super::family::Family;
 use super::gguf::GgufFile;
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::llama::{Llama, LlamaConfig};
@@ -122,7 +123,8 @@ pub fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedM
             }
             (Box::new(model), eos)
         }
-        "llama" | "qwen2" | "mistral" => {
+        // Every member of the Llama family runs on the Llama code (models::family).
+        family if Family::from_model_type(family).is_ok() => {
             let config: LlamaConfig = read_config(&config_path)?;
             let eos = config.eos_ids();
             (Box::new(Llama::new(config, &weights, name)?), eos)

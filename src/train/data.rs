@@ -269,10 +269,14 @@ pub fn positions_in_steps(
 ) -> usize {
     let accum = grad_accum.max(1);
     let per_epoch = epoch_batches(examples.len(), batch_size, seed, 0).len().max(1);
-    let mut total = 0;
+    let (mut total, mut epoch) = (0, None);
     for micro in steps.start * accum..steps.end * accum {
-        let batches = epoch_batches(examples.len(), batch_size, seed, micro / per_epoch);
-        let Some(batch) = batches.get(micro % per_epoch) else { continue };
+        // One shuffle per epoch, not one per micro-batch.
+        let e = micro / per_epoch;
+        if epoch.as_ref().is_none_or(|(at, _)| *at != e) {
+            epoch = Some((e, epoch_batches(examples.len(), batch_size, seed, e)));
+        }
+        let Some(batch) = epoch.as_ref().and_then(|(_, batches)| batches.get(micro % per_epoch)) else { continue };
         let longest = batch.iter().map(|&i| examples[i].input_ids.len()).max().unwrap_or(0);
         total += batch.len() * longest;
     }
