@@ -1,65 +1,79 @@
-//! The portable path of `compute::bf16` (CPUs without AVX512_BF16: the weight widened to f32,
-//! candle's gemm) forced on this CPU, against an f64 reference. Its own test binary, since the
-//! switch is process-wide.
+//! The portable path of `compute::bf16` (what CPUs without AVX512_BF16 run: x rounded to bf16,
+//! the weight widened to f32, candle's gemm) forced on this CPU, whatever it is, through the same
+//! fused-op checks `tests/bf16.rs` runs on the CPU's own path; and, where the CPU has the kernel,
+//! one LoRA step of a bf16 model on both paths, equal but for f32 summation order. Its own test
+//! binary, since the switch is process-wide: every test here takes `PATH_LOCK` and sets the path
+//! it needs.
 
-use half::bf16;
-use lora_from_scratch::compute::bf16::{kernel_in_use, matmul, set_kernel_enabled, Product};
+mod bf16_cases;
+mod common;
 
-#[test]
-fn portable_path_is_exact_in_f32() {
-    set_kernel_enabled(false);
-    assert!(!kernel_in_use());
-    let (m, out_f, in_f) = (13, 33, 50);
-    let x: Vec<f32> = (0..m * in_f).map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0).collect();
-    let w: Vec<bf16> = (0..out_f * in_f).map(|i| bf16::from_f32(((i * 104729) % 89) as f32 / 11.0 - 4.0)).collect();
-    for product in [Product::XWt, Product::XW] {
-        let (n, k) = if product == Product::XWt { (out_f, in_f) } else { (in_f, out_f) };
-        let x = &x[..m * k];
-        let mut c = vec![1f32; m * n];
-        matmul(&mut c, n, x, &w, (m, out_f, in_f), product, true);
-        for i in 0..m {
-            for j in 0..n {
-                // Not rounded to bf16 here: the portable path multiplies the f32 activations.
-                let want: f64 = 1.0
-                    + (0..k)
-                        .map(|p| {
-                            let wv = if product == Product::XWt { w[j * in_f + p] } else { w[p * in_f + j] };
-                            x[i * k + p] as f64 * wv.to_f64()
-                        })
-                        .sum::<f64>();
-                let got = c[i * n + j] as f64;
-                assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{product:?} ({i}, {j}): {got}, want {want}");
-            }
-        }
-    }
+use lora_from_scratch::compute::bf16::{kernel_in_use, path, set_kernel_enabled, Path, Product};
+use std::sync::{Mutex, MutexGuard};
+
+static PATH_LOCK: Mutex<()> = Mutex::new(());
+
+/// The process on `path` until the guard drops (a failed test poisons nothing here).
+fn on(path_wanted: Path) -> MutexGuard<'static, ()> {
+    let guard = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    set_kernel_enabled(path_wanted == Path::Kernel);
+    assert_eq!(path(), path_wanted);
+    guard
 }
 
-/// The head + cross-entropy over a bf16 head on the portable path (the head widened once) gives
-/// the loss and gradient of the same head in f32.
 #[test]
-fn portable_head_cross_entropy_matches_f32() {
-    use candle_core::{DType, Device, Tensor, Var};
-    set_kernel_enabled(false);
-    let (n, vocab, d) = (200, 77, 24);
-    let h: Vec<f32> = (0..n * d).map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0).collect();
-    let w: Vec<f32> = (0..vocab * d).map(|i| ((i * 104729) % 89) as f32 / 45.0 - 1.0).collect();
-    let hidden = Var::from_tensor(&Tensor::from_vec(h, (n, d), &Device::Cpu).unwrap()).unwrap();
-    let w16 = Tensor::from_vec(w, (vocab, d), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
-    let w32 = w16.to_dtype(DType::F32).unwrap();
-    let targets: Vec<u32> = (0..n as u32).map(|t| (t * 13) % vocab as u32).collect();
-    let ce = |w: &Tensor| lora_from_scratch::compute::ops::head_cross_entropy(hidden.as_tensor(), w, &targets).unwrap();
-    let (l16, l32) = (ce(&w16), ce(&w32));
-    let (a, b) = (l16.to_scalar::<f32>().unwrap(), l32.to_scalar::<f32>().unwrap());
-    // The portable path does not round the activations: the same function of the same weights.
-    assert!((a - b).abs() < 1e-5 * b.abs(), "loss {a} over bf16, {b} over f32");
-    let (g16, g32) = (l16.backward().unwrap(), l32.backward().unwrap());
-    let diff = (g16.get(hidden.as_tensor()).unwrap() - g32.get(hidden.as_tensor()).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(diff < 1e-6, "the hidden rows' gradients differ by {diff}");
+fn the_switch_forces_the_portable_path() {
+    let _on = on(Path::Portable);
+    assert!(!kernel_in_use());
+    assert_eq!(lora_from_scratch::compute::bf16::pack(&[half::bf16::ONE], (1, 1), Product::XWt).path(), Path::Portable);
+}
+
+#[test]
+fn pack_many_prepares_each_product_on_the_portable_path() {
+    let _on = on(Path::Portable);
+    bf16_cases::pack_many_prepares_each_product();
+}
+
+#[test]
+fn fused_ops_over_a_bf16_weight_match_f32_on_the_portable_path() {
+    let _on = on(Path::Portable);
+    bf16_cases::fused_ops_over_a_bf16_weight_match_f32();
+}
+
+#[test]
+fn head_cross_entropy_over_a_bf16_head_matches_f32_on_the_portable_path() {
+    let _on = on(Path::Portable);
+    bf16_cases::head_cross_entropy_over_a_bf16_head_matches_f32();
+}
+
+/// `--bf16` gives the same numbers on every host: one LoRA step of the tiny Llama with a bf16
+/// base, and a one-token forward (decoding), on the kernel and on the portable path.
+#[test]
+#[cfg_attr(not(build_host_has_avx512bf16), ignore = "this CPU has no AVX512_BF16: only the portable path can run here")]
+fn a_bf16_lora_step_is_the_same_on_both_paths() {
+    let kernel = {
+        let _on = on(Path::Kernel);
+        bf16_cases::bf16_lora_step()
+    };
+    let portable = {
+        let _on = on(Path::Portable);
+        bf16_cases::bf16_lora_step()
+    };
+    // Only the order of f32 sums differs: far inside bf16's 2^-9, which a path that did not
+    // round its activations would miss by.
+    assert!(
+        (kernel.0 - portable.0).abs() < 1e-5 * kernel.0.abs(),
+        "loss {} on the kernel, {} portable",
+        kernel.0,
+        portable.0
+    );
+    assert_eq!(kernel.1.len(), 12, "r2 on q, v, down of two layers: 12 adapter matrices");
+    for ((name, gk), (_, gp)) in kernel.1.iter().zip(&portable.1) {
+        let scale = gk.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = common::max_abs_diff(gk, gp);
+        assert!(scale > 0.0 && diff <= 1e-4 * scale, "{name}: gradients {diff} apart (scale {scale})");
+    }
+    let scale = kernel.2.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let diff = common::max_abs_diff(&kernel.2, &portable.2);
+    assert!(diff <= 1e-5 * scale, "one-token logits {diff} apart (scale {scale})");
 }

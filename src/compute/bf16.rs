@@ -1,26 +1,31 @@
-//! `x W^T` and `dy W` for a frozen bf16 weight W and f32 activations, accumulated in f32.
+//! `x W^T` and `x W` for a frozen bf16 weight W and f32 activations: what `--bf16` runs on the CPU
+//! (the base's matrices in bf16, activations, adapters, norms and the loss in f32).
 //!
-//! This is what `--bf16` means on the CPU: the base model's matrices are stored in bf16 (half the
-//! memory, half the bytes to read), while activations, adapters, norms and the loss stay f32. The
-//! matmuls with a frozen bf16 weight are most of a LoRA step's time. candle 0.11 has no bf16 CPU
-//! kernel (it widens both operands to f32 and multiplies there, at f32 speed), so this module has
-//! one: on CPUs with AVX512_BF16 (Zen 4 and later, Cooper Lake / Sapphire Rapids and later) the
-//! instruction `vdpbf16ps` multiplies 32 bf16 pairs and adds them into 16 f32 sums, twice the
-//! work of an f32 FMA per instruction. The activations are rounded to bf16 (round to nearest
-//! even) as they are packed, the products are summed in f32. Elsewhere the weight is widened to
-//! f32 and candle's gemm multiplies; the result is then slightly more exact than the kernel's
-//! (the activations are not rounded), within bf16 tolerance of it.
+//! **What the product means, on every CPU**: each activation is rounded to bf16 (round to nearest
+//! even), multiplied by the bf16 weight exactly (a product of two bf16 values fits in f32), and the
+//! products are summed in f32. Two paths compute it:
 //!
-//! The kernel is the classic blocked GEMM (Goto and van de Geijn 2008) cut down to what these
-//! shapes need: A (activations) is packed once per call into panels of `MR` rows holding bf16
-//! pairs along k; each thread takes a range of `NR`-column panels of B (the weight), packs one
-//! panel and one `KC` block of k at a time, and runs the `MR x NR` microkernel over every row
-//! panel. The packing costs O(mk + nk) against the O(mnk) multiply. Decoding multiplies a few
-//! rows at a time, where packing the weight would cost as much as the multiply: up to `FEW_ROWS`
-//! rows of `x W^T` take dot products against W's rows as they are stored. A weight multiplied
-//! many times in one op (the output head, chunk by chunk) is packed once ([`pack`]).
+//! - [`Path::Kernel`], on CPUs with AVX512_BF16 (Zen 4 and later, Cooper Lake / Sapphire Rapids
+//!   and later): `vdpbf16ps` multiplies 32 bf16 pairs into 16 f32 sums, twice an f32 FMA's work.
+//!   A blocked GEMM (Goto and van de Geijn 2008): x packed once per call into 12-row panels of
+//!   bf16 pairs, W one 32-column panel and one k block at a time (or once per op: [`pack`]), a
+//!   12 x 32 microkernel; up to 8 rows of `x W^T` (decoding) take dot products against W's rows
+//!   as stored, where packing W would cost as much as the multiply.
+//! - [`Path::Portable`], everywhere else: the activations rounded to bf16 into an f32 copy, W
+//!   widened to f32, candle's f32 gemm. Its products are exact too, so it differs from the kernel
+//!   only in the order of the f32 sums.
+//!
+//! Rounding the activations on the portable path, which it does not need for speed, buys one
+//! specification: `--bf16` gives the same losses on every host (a run resumed on another CPU
+//! continues the same function), one f64 reference holds both paths in `tests/bf16.rs`, and it is
+//! what a bf16 model does in PyTorch, whose bf16 matmul rounds both operands.
+//!
+//! [`path`] says which path [`matmul`] takes now; [`set_kernel_enabled`] or the environment
+//! variable `LORA_FROM_SCRATCH_BF16_KERNEL=off` forces the portable path on a CPU that has the
+//! kernel, which is how a host without AVX512_BF16 is tested on one with it.
 
 use half::bf16;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Rows of the microkernel's tile: 12 rows x 2 vectors of 16 = 24 accumulators of the 32 zmm.
 const MR: usize = 12;
@@ -31,6 +36,9 @@ const KC: usize = 384;
 /// Up to this many rows, `x W^T` takes dot products against W's rows as stored.
 const FEW_ROWS: usize = 8;
 
+/// The environment variable that forces the portable path (`off`, `0` or `false`).
+pub const KERNEL_ENV: &str = "LORA_FROM_SCRATCH_BF16_KERNEL";
+
 /// Which product: W is [out, in] row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Product {
@@ -40,15 +48,36 @@ pub enum Product {
     XW,
 }
 
-static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Use the portable path even where the CPU has AVX512_BF16 (`false`), or the kernel again
-/// (`true`): for testing the path other CPUs take.
-pub fn set_kernel_enabled(enabled: bool) {
-    FORCE_PORTABLE.store(!enabled, std::sync::atomic::Ordering::Relaxed);
+impl Product {
+    /// (n, k) of `c [m, n] = x [m, k] B` for a weight [out, in].
+    fn n_k(self, (out_f, in_f): (usize, usize)) -> (usize, usize) {
+        match self {
+            Product::XWt => (out_f, in_f),
+            Product::XW => (in_f, out_f),
+        }
+    }
 }
 
-/// Whether this CPU runs the AVX512_BF16 kernel (detected once, at run time).
+/// Which implementation computes the product (both mean the same: see the module's comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The AVX512_BF16 kernel.
+    Kernel,
+    /// The weight widened to f32 and candle's gemm, on any CPU.
+    Portable,
+}
+
+/// 0: not decided yet (read [`KERNEL_ENV`] first), 1: the kernel where the CPU has it, 2: the
+/// portable path.
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// Use the portable path even where the CPU has AVX512_BF16 (`false`), or the kernel again
+/// (`true`), for the whole process: for testing the path other CPUs take.
+pub fn set_kernel_enabled(enabled: bool) {
+    CHOICE.store(if enabled { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether this CPU has AVX512_BF16 (detected once, at run time).
 pub fn kernel_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -65,15 +94,85 @@ pub fn kernel_available() -> bool {
     }
 }
 
+/// The choice [`KERNEL_ENV`] makes: `off`, `0`, `false` force the portable path; unset, empty,
+/// `on`, `1`, `true` leave the kernel on; anything else is reported on stderr and changes nothing.
+fn choice_from_env() -> u8 {
+    match std::env::var(KERNEL_ENV).map(|v| v.trim().to_ascii_lowercase()) {
+        Ok(v) if ["off", "0", "false"].contains(&v.as_str()) => 2,
+        Ok(v) if ["", "on", "1", "true"].contains(&v.as_str()) => 1,
+        Err(std::env::VarError::NotPresent) => 1,
+        Ok(v) => {
+            eprintln!("{KERNEL_ENV}={v:?} is neither off/0/false nor on/1/true: the bf16 kernel stays on");
+            1
+        }
+        Err(std::env::VarError::NotUnicode(v)) => {
+            eprintln!("{KERNEL_ENV}={v:?} is not text: the bf16 kernel stays on");
+            1
+        }
+    }
+}
+
+/// The path [`matmul`] and [`pack`] take now: the kernel where the CPU has it and neither
+/// [`set_kernel_enabled`] nor [`KERNEL_ENV`] turned it off.
+pub fn path() -> Path {
+    let mut choice = CHOICE.load(Ordering::Relaxed);
+    if choice == 0 {
+        let from_env = choice_from_env();
+        // A `set_kernel_enabled` that ran meanwhile wins over the environment.
+        choice = match CHOICE.compare_exchange(0, from_env, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => from_env,
+            Err(set) => set,
+        };
+    }
+    if choice == 1 && kernel_available() {
+        Path::Kernel
+    } else {
+        Path::Portable
+    }
+}
+
 /// Whether [`matmul`] takes the AVX512_BF16 kernel now.
 pub fn kernel_in_use() -> bool {
-    kernel_available() && !FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
+    path() == Path::Kernel
+}
+
+/// Checks shared by every entry point; `false` when there is nothing to multiply (then `c` has
+/// been handled: zeroed for k = 0 without `accumulate`).
+fn check(c: &mut [f32], ldc: usize, x: &[f32], (m, n, k): (usize, usize, usize), accumulate: bool) -> bool {
+    assert!(x.len() >= m * k, "bf16 matmul: x has {} elements, [{m}, {k}] needs {}", x.len(), m * k);
+    assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(), "bf16 matmul: c is too small");
+    if m == 0 || n == 0 {
+        return false;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return false;
+    }
+    true
 }
 
 /// `c (+)= x W^T` or `x W` ([`Product`]) for `x` [m, k] row-major f32, `w` [out, in] row-major
 /// bf16, `c` row-major with rows `ldc` apart; `accumulate` adds into `c` instead of overwriting
-/// it. `dims` is (m, out, in).
+/// it. `dims` is (m, out, in). On the path [`path`] gives.
 pub fn matmul(
+    c: &mut [f32],
+    ldc: usize,
+    x: &[f32],
+    w: &[bf16],
+    dims: (usize, usize, usize),
+    product: Product,
+    accumulate: bool,
+) {
+    matmul_on(path(), c, ldc, x, w, dims, product, accumulate)
+}
+
+/// [`matmul`] on the given path. Panics if `path` is [`Path::Kernel`] and the CPU lacks
+/// AVX512_BF16 ([`kernel_available`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_on(
+    path: Path,
     c: &mut [f32],
     ldc: usize,
     x: &[f32],
@@ -82,106 +181,144 @@ pub fn matmul(
     product: Product,
     accumulate: bool,
 ) {
-    let (n, k) = match product {
-        Product::XWt => (out_f, in_f),
-        Product::XW => (in_f, out_f),
-    };
-    assert!(x.len() >= m * k, "bf16 matmul: x has {} elements, [{m}, {k}] needs {}", x.len(), m * k);
+    let (n, k) = product.n_k((out_f, in_f));
     assert!(w.len() >= out_f * in_f, "bf16 matmul: W has {} elements, [{out_f}, {in_f}] needs more", w.len());
-    assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(), "bf16 matmul: c is too small");
-    if m == 0 || n == 0 {
+    if !check(c, ldc, x, (m, n, k), accumulate) {
         return;
     }
-    if k == 0 {
-        if !accumulate {
-            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel_in_use() {
-        // SAFETY: the CPU has avx512f, avx512bw and avx512bf16 (checked above); the asserts
-        // keep every access inside the slices.
-        unsafe {
-            if m <= FEW_ROWS && product == Product::XWt {
-                // Decoding: a few rows against each weight row where it lies, no packing (which
-                // would read and write the whole weight for a handful of rows).
-                avx512::few_rows(c, ldc, x, w, (m, n, k), accumulate);
-            } else {
-                avx512::gemm_b(c, ldc, x, avx512::B::Raw(w, product), (m, n, k), accumulate);
+    match path {
+        Path::Kernel => {
+            assert!(kernel_available(), "bf16 matmul: the kernel path needs AVX512_BF16, which this CPU lacks");
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has avx512f, avx512bw and avx512bf16 (asserted above); the checks
+            // keep every access inside the slices.
+            unsafe {
+                if m <= FEW_ROWS && product == Product::XWt {
+                    avx512::few_rows(c, ldc, x, w, (m, n, k), accumulate);
+                } else {
+                    avx512::gemm_b(c, ldc, x, avx512::B::Raw(w, product), (m, n, k), accumulate);
+                }
             }
         }
-        return;
+        Path::Portable => {
+            let wide: Vec<f32> = w[..out_f * in_f].iter().map(|v| v.to_f32()).collect();
+            portable(c, ldc, x, &wide, (m, n, k), product, accumulate);
+        }
     }
-    portable(c, ldc, x, w, (m, n, k), product, accumulate);
 }
 
-/// A bf16 weight packed once for the kernel, for a weight multiplied many times in one op (the
-/// output head, chunk by chunk): packing per call would repeat O(out x in) work for every chunk.
+/// A bf16 weight prepared once for a weight multiplied many times in one op (the output head,
+/// chunk by chunk): packed for the kernel, or widened to f32 for the portable path. Preparing it
+/// per call would repeat O(out x in) work for every chunk.
 pub struct Packed {
-    #[cfg(target_arch = "x86_64")]
-    data: Vec<u32>,
+    data: Prepared,
     /// (out, in) of the weight.
     dims: (usize, usize),
     product: Product,
 }
 
-/// `w` packed for `product`, or `None` where the kernel is not in use (then call [`matmul`]).
-pub fn pack(w: &[bf16], (out_f, in_f): (usize, usize), product: Product) -> Option<Packed> {
-    assert!(w.len() >= out_f * in_f, "bf16 pack: W has {} elements, [{out_f}, {in_f}] needs more", w.len());
+enum Prepared {
+    /// The kernel's panels: [column panel][k pair][NR].
     #[cfg(target_arch = "x86_64")]
-    if kernel_in_use() {
-        let (n, k) = match product {
-            Product::XWt => (out_f, in_f),
-            Product::XW => (in_f, out_f),
-        };
-        return Some(Packed { data: avx512::pack_all(w, (n, k), product), dims: (out_f, in_f), product });
-    }
-    let _ = product;
-    None
+    Kernel(Vec<u32>),
+    /// The weight widened to f32, [out, in] as stored: the same for both products, so shared.
+    Portable(std::sync::Arc<Vec<f32>>),
 }
 
-/// [`matmul`] with a weight packed by [`pack`] (its product).
-pub fn matmul_packed(c: &mut [f32], ldc: usize, x: &[f32], m: usize, w: &Packed, accumulate: bool) {
-    let (out_f, in_f) = w.dims;
-    let (n, k) = match w.product {
-        Product::XWt => (out_f, in_f),
-        Product::XW => (in_f, out_f),
-    };
-    assert!(x.len() >= m * k, "bf16 matmul: x has {} elements, [{m}, {k}] needs {}", x.len(), m * k);
-    assert!(m == 0 || (m - 1) * ldc + n <= c.len(), "bf16 matmul: c is too small");
-    if m == 0 || n == 0 || k == 0 {
-        if !accumulate && k == 0 {
-            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+/// `w` prepared for `product` on the path [`path`] gives.
+pub fn pack(w: &[bf16], dims: (usize, usize), product: Product) -> Packed {
+    pack_on(path(), w, dims, product)
+}
+
+/// [`pack`] for each of `products` (the head's forward and backward): the portable path widens
+/// the weight once for all of them, not once each.
+pub fn pack_many(w: &[bf16], dims: (usize, usize), products: &[Product]) -> Vec<Packed> {
+    let path = path();
+    let mut out: Vec<Packed> = Vec::with_capacity(products.len());
+    for &product in products {
+        let shared = match out.first().map(|p| &p.data) {
+            Some(Prepared::Portable(wide)) => Some(Packed { data: Prepared::Portable(wide.clone()), dims, product }),
+            _ => None,
+        };
+        out.push(shared.unwrap_or_else(|| pack_on(path, w, dims, product)));
+    }
+    out
+}
+
+/// [`pack`] on the given path (panics as [`matmul_on`] does).
+pub fn pack_on(path: Path, w: &[bf16], (out_f, in_f): (usize, usize), product: Product) -> Packed {
+    assert!(w.len() >= out_f * in_f, "bf16 pack: W has {} elements, [{out_f}, {in_f}] needs more", w.len());
+    let w = &w[..out_f * in_f];
+    let data = match path {
+        Path::Kernel => {
+            assert!(kernel_available(), "bf16 pack: the kernel path needs AVX512_BF16, which this CPU lacks");
+            #[cfg(target_arch = "x86_64")]
+            {
+                Prepared::Kernel(avx512::pack_all(w, product.n_k((out_f, in_f)), product))
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("kernel_available() is false off x86_64")
         }
+        Path::Portable => Prepared::Portable(std::sync::Arc::new(w.iter().map(|v| v.to_f32()).collect())),
+    };
+    Packed { data, dims: (out_f, in_f), product }
+}
+
+impl Packed {
+    /// The path this weight was prepared for.
+    pub fn path(&self) -> Path {
+        match self.data {
+            #[cfg(target_arch = "x86_64")]
+            Prepared::Kernel(_) => Path::Kernel,
+            Prepared::Portable(_) => Path::Portable,
+        }
+    }
+}
+
+/// [`matmul`] with a weight prepared by [`pack`], on the path it was prepared for.
+pub fn matmul_packed(c: &mut [f32], ldc: usize, x: &[f32], m: usize, w: &Packed, accumulate: bool) {
+    let (n, k) = w.product.n_k(w.dims);
+    if !check(c, ldc, x, (m, n, k), accumulate) {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a `Packed` exists only where the kernel is in use (see `pack`).
-    unsafe {
-        avx512::gemm_b(c, ldc, x, avx512::B::Packed(&w.data), (m, n, k), accumulate)
-    };
+    match &w.data {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a kernel-prepared weight exists only where the CPU has the features (`pack_on`).
+        Prepared::Kernel(data) => unsafe { avx512::gemm_b(c, ldc, x, avx512::B::Packed(data), (m, n, k), accumulate) },
+        Prepared::Portable(wide) => portable(c, ldc, x, wide, (m, n, k), w.product, accumulate),
+    }
 }
 
-/// Widen W to f32 and let candle's gemm multiply.
+/// The portable path with W already widened: x rounded to bf16 (as the kernel packs it), then
+/// candle's f32 gemm, whose products of two bf16 values are exact.
 fn portable(
     c: &mut [f32],
     ldc: usize,
     x: &[f32],
-    w: &[bf16],
+    wide: &[f32],
     (m, n, k): (usize, usize, usize),
     product: Product,
     accumulate: bool,
 ) {
     use crate::compute::matmul::{matmul as f32_matmul, Mat};
-    let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    let rounded = round_to_bf16(&x[..m * k]);
     let b = match product {
         // W is [n, k]: B = W^T.
-        Product::XWt => Mat::rows(&wide, k).t(),
+        Product::XWt => Mat::rows(wide, k).t(),
         // W is [k, n]: B = W.
-        Product::XW => Mat::rows(&wide, n),
+        Product::XW => Mat::rows(wide, n),
     };
-    f32_matmul(c, ldc, (m, n, k), Mat::rows(x, k), b, accumulate, true);
+    f32_matmul(c, ldc, (m, n, k), Mat::rows(&rounded, k), b, accumulate, true);
+}
+
+/// Each value rounded to the nearest bf16 (ties to even), kept as f32.
+pub fn round_to_bf16(x: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = bf16::from_f32(v).to_f32()));
+    out
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -73,12 +73,18 @@ impl HeadCrossEntropy {
         let mut dh = self.want_dh.then(|| vec![T::zero(); n * d]);
         let mut dw = self.want_dw.then(|| vec![T::zero(); vocab * d]);
         let mut logits = vec![T::zero(); CHUNK_ROWS.min(n) * vocab];
-        // A bf16 head is packed for the kernel once here, not once per chunk. Where the kernel
-        // is not in use it is widened to T once, and read as a plain slice below.
+        // A bf16 head is prepared once here (packed for the kernel, or widened for the portable
+        // path, both rounding the rows they multiply to bf16), not once per chunk. Any other
+        // frozen head (quantized, another dtype) is widened to T once, read as a plain slice.
+        let products: &[Product] = if self.want_dh { &[Product::XWt, Product::XW] } else { &[Product::XWt] };
         let (packed_fwd, packed_bwd) = match w {
-            HeadWeight::Frozen(w) => {
-                (w.pack_bf16::<T>(Product::XWt)?, if self.want_dh { w.pack_bf16::<T>(Product::XW)? } else { None })
-            }
+            HeadWeight::Frozen(w) => match w.pack_bf16::<T>(products)? {
+                Some(mut packed) => {
+                    let bwd = if self.want_dh { packed.pop() } else { None };
+                    (packed.pop(), bwd)
+                }
+                None => (None, None),
+            },
             HeadWeight::Slice(_) => (None, None),
         };
         let widened = match w {

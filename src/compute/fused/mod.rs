@@ -163,12 +163,13 @@ impl FrozenWeight {
         })
     }
 
-    /// This bf16 weight packed once for the kernel ([`crate::compute::bf16::pack`]), when it is
-    /// one, `T` is f32 and the kernel is in use; else `None`.
+    /// This bf16 weight prepared once for each of `products` ([`crate::compute::bf16::pack_many`]:
+    /// packed for the kernel or widened for the portable path), when it is one and `T` is f32;
+    /// else `None`.
     pub(crate) fn pack_bf16<T: Float>(
         &self,
-        product: Product,
-    ) -> candle_core::Result<Option<crate::compute::bf16::Packed>> {
+        products: &[Product],
+    ) -> candle_core::Result<Option<Vec<crate::compute::bf16::Packed>>> {
         let FrozenWeight::Dense(w) = self else { return Ok(None) };
         if w.dtype() != DType::BF16 || T::DTYPE != DType::F32 {
             return Ok(None);
@@ -179,7 +180,7 @@ impl FrozenWeight {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("fused op: the weight is not contiguous")
         };
-        Ok(crate::compute::bf16::pack(&cpu.as_slice::<half::bf16>()?[start..end], dims, product))
+        Ok(Some(crate::compute::bf16::pack_many(&cpu.as_slice::<half::bf16>()?[start..end], dims, products)))
     }
 
     /// Whether this is a dense bf16 weight (multiplied by [`crate::compute::bf16`] beside f32).
