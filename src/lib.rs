@@ -16,7 +16,8 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`error`], [`io`] | the error type; atomic file writes |
+//! | [`error`], [`io`] | the error type; atomic file writes and checksums |
+//! | [`fetch`] | every download (Hub, PyPI wheels, E2E's release) and the offline cache |
 //! | [`compute`] | ops with their backward, fused CPU kernels, quantized weight formats, threads |
 //! | [`lora`] | `Param`, `Linear`, `LinearSlot`, `LoraModel`, `LoraConfig`, reports |
 //! | [`peft`] | PEFT's on-disk format: keys, config, adapter tensors, files |
@@ -30,6 +31,7 @@
 pub mod compute;
 pub mod error;
 pub mod experiments;
+pub mod fetch;
 pub mod inference;
 pub mod io;
 pub mod lora;

@@ -7,11 +7,11 @@ use std::io::Write;
 use std::path::Path;
 
 use lora_from_scratch::experiments::heldout::heldout_prompts;
+use lora_from_scratch::fetch::e2e::{extract_e2e_zip, E2E_FILES};
 use lora_from_scratch::train::data::{
     e2e_references, e2e_sample, embedded_instructions, encode_samples, epoch_batches, load_e2e, load_instructions,
     read_instructions, split_e2e_by_mr, InstructionRecord, Sample, Template,
 };
-use lora_from_scratch::train::download::{extract_e2e_zip, E2E_FILES};
 use proptest::prelude::*;
 
 const DEVSET: &str = "data/e2e/devset.csv";

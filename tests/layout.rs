@@ -95,14 +95,15 @@ fn expand(tree: &str) -> Vec<String> {
     parts.iter().filter(|p| !p.is_empty()).flat_map(|p| expand(p)).map(|p| format!("{prefix}{p}")).collect()
 }
 
-/// Every `crate::...` path a file's code names (use trees expanded), without the `crate::`.
-fn crate_paths(code: &str) -> Vec<String> {
+/// Every `prefix...` path a file's code names (`crate::` or `super::`; use trees expanded),
+/// without the prefix. `super::*` gives the empty path.
+fn paths_after(code: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = code;
-    while let Some(i) = rest.find("crate::") {
+    while let Some(i) = rest.find(prefix) {
         let before = rest[..i].chars().last();
-        let tail = &rest[i + "crate::".len()..];
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+        let tail = &rest[i + prefix.len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
             rest = tail;
             continue;
         }
@@ -129,6 +130,41 @@ fn crate_paths(code: &str) -> Vec<String> {
         }
         rest = &tail[end..];
     }
+    out
+}
+
+/// The code without its inline `mod name { ... }` blocks (tests, kernels): their `super::` is the
+/// file's own module, not its parent.
+fn outside_inline_modules(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(i) = rest.find("mod ") {
+        let starts_word = rest[..i].chars().last().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        let after = &rest[i + 4..];
+        let name_end = after.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let is_block = starts_word && name_end > 0 && after[name_end..].trim_start().starts_with('{');
+        if !is_block {
+            out.push_str(&rest[..i + 4]);
+            rest = after;
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let body = &after[after.find('{').expect("a block")..];
+        let mut depth = 0;
+        let close = body
+            .char_indices()
+            .find(|&(_, c)| {
+                depth += match c {
+                    '{' => 1,
+                    '}' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .map_or(body.len(), |(j, _)| j + 1);
+        rest = &body[close..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -163,25 +199,33 @@ impl Crate {
         (1..=segs.len()).rev().map(|n| segs[..n].join("::")).find(|m| self.files.contains_key(m))
     }
 
+    /// The other modules that `module`'s code (one file of it, comments and strings removed)
+    /// names: `crate::a::b::Item` lands in `a::b`, and `super::x::Item` in the sibling `x` when
+    /// `x` is a module, else in the parent (outside inline modules, whose `super` is the file).
+    fn imports_of(&self, module: &str, code: &str) -> BTreeSet<String> {
+        let mut deps = BTreeSet::new();
+        for p in paths_after(code, "crate::") {
+            deps.extend(self.resolve(&p));
+        }
+        if let Some((parent, _)) = module.rsplit_once("::") {
+            for p in paths_after(&outside_inline_modules(code), "super::") {
+                let full = if p.is_empty() || p == "*" { parent.to_string() } else { format!("{parent}::{p}") };
+                deps.extend(self.resolve(&full));
+            }
+        }
+        deps.remove(module);
+        deps
+    }
+
     /// module -> the other modules it names.
     fn imports(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (module, paths) in &self.files {
-            let deps = graph.entry(module.clone()).or_default();
+            let mut deps = BTreeSet::new();
             for f in paths {
-                let code = code_only(&fs::read_to_string(f).unwrap());
-                for p in crate_paths(&code) {
-                    if let Some(m) = self.resolve(&p).filter(|m| m != module) {
-                        deps.insert(m);
-                    }
-                }
-                // `super::x` in a child module names its parent's items.
-                if let Some((parent, _)) = module.rsplit_once("::") {
-                    if code.contains("super::") && !code.contains("use super::*") {
-                        deps.insert(parent.to_string());
-                    }
-                }
+                deps.extend(self.imports_of(module, &code_only(&fs::read_to_string(f).unwrap())));
             }
+            graph.insert(module.clone(), deps);
         }
         graph
     }
@@ -250,12 +294,33 @@ fn the_circle_finder_finds_a_planted_circle() {
 }
 
 #[test]
+fn a_sibling_named_through_super_is_an_edge_to_the_sibling() {
+    // `super::gguf::GgufFile` in models::load is an edge to the sibling models::gguf, not to
+    // the parent; an item of the parent (`super::CausalLm`) is an edge to the parent.
+    let krate = the_crate();
+    let deps = krate.imports_of("models::load", "use super::gguf::GgufFile; use super::CausalLm;");
+    assert_eq!(deps, BTreeSet::from(["models::gguf".to_string(), "models".to_string()]));
+    // A test module's `super::` is the file's own module: no edge.
+    let deps =
+        krate.imports_of("models::load", "fn f() {}\n#[cfg(test)]\nmod tests { use super::*; use super::gguf::X; }");
+    assert!(deps.is_empty(), "{deps:?}");
+    // And a circle between two siblings is found: models::load uses models::gguf (the real
+    // graph), and a planted `use super::load::load_model;` in models::gguf closes it.
+    let mut graph = krate.imports();
+    assert!(graph["models::load"].contains("models::gguf"), "{:?}", graph["models::load"]);
+    let planted = krate.imports_of("models::gguf", "use super::load::load_model;");
+    graph.get_mut("models::gguf").unwrap().extend(planted);
+    let circle = find_circle(&graph).expect("a planted circle between siblings is found");
+    assert!(circle.contains(&"models::load".to_string()) && circle.contains(&"models::gguf".to_string()), "{circle:?}");
+}
+
+#[test]
 fn crate_code_names_the_module_of_every_path() {
     let krate = the_crate();
     let mut bad = Vec::new();
     for f in krate.files.values().flatten() {
         let code = code_only(&fs::read_to_string(f).unwrap());
-        for p in crate_paths(&code) {
+        for p in paths_after(&code, "crate::") {
             let first = p.split("::").next().unwrap_or_default();
             if !krate.top.contains(first) && first != "solutions" && first != "exercises" {
                 bad.push(format!("{}: crate::{p}", f.display()));

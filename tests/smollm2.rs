@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use common::{max_abs_diff, values, CPU};
+use lora_from_scratch::fetch::offline_models::SMOLLM2;
 use lora_from_scratch::inference::generate::{generate, GenerateOptions, Sampling};
-use lora_from_scratch::models::load::{load_gguf, smollm2_gguf, LoadOptions, LoadedModel};
+use lora_from_scratch::models::load::{load_gguf, LoadOptions, LoadedModel};
 use lora_from_scratch::models::tokenizer::{decode, encode, smollm2_chat_prompt, token_id, ChatMessage};
 
 fn smollm2() -> Option<LoadedModel> {
@@ -114,7 +115,7 @@ fn a_character_cut_by_the_budget_is_dropped() {
 #[test]
 fn gguf_q4_1_base_kept_quantized_matches_transformers() {
     let Some(mut m) = smollm2() else { return };
-    let path = smollm2_gguf().unwrap();
+    let path = SMOLLM2.cached().unwrap();
     let mut file = lora_from_scratch::models::gguf::GgufFile::open(&path).unwrap();
     let config = file.llama_config().unwrap();
     let weights = file.quantized_linears(&config).unwrap();

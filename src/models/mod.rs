@@ -5,14 +5,13 @@
 //! [`weights`] and [`gguf`] read the files, [`tokenizer`] the tokenizers. This module holds the
 //! [`CausalLm`] trait every model implements.
 //!
-//! May use: `error`, `io`, `compute` (the ops and quantized weight formats), `lora`.
+//! May use: `error`, `io`, `fetch` (model files), `compute` (the ops and quantized weight formats), `lora`.
 
 pub mod family;
 pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
-pub mod offline;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

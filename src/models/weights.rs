@@ -11,11 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{LoraError, Result};
-
-/// The file of a single-file Hugging Face checkpoint.
-pub const SAFETENSORS_FILE: &str = "model.safetensors";
-/// The index of a sharded checkpoint: `{"weight_map": {"tensor name": "shard file"}}`.
-pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
+use crate::fetch::hub::{SAFETENSORS_FILE, SAFETENSORS_INDEX};
 
 /// Tensors by name, converted to one dtype, with the place they came from for error messages.
 #[derive(Debug)]

@@ -1,5 +1,5 @@
-//! What a training run needs besides the model: instruction and E2E data ([`data`],
-//! [`download`]), AdamW with parameter groups and saved state ([`optim`]), the run's history
+//! What a training run needs besides the model: instruction and E2E data ([`data`]; E2E's
+//! release is downloaded by `fetch::e2e`), AdamW with parameter groups and saved state ([`optim`]), the run's history
 //! and plot ([`history`]), checkpoint files ([`checkpoint`]), the progress bar
 //! ([`progress_bar`]), the divergence checks ([`guard`]), the settings a command takes
 //! ([`settings`]), and the [`trainee`] interface: what a run trains. The loop itself is the
@@ -9,7 +9,6 @@
 
 pub mod checkpoint;
 pub mod data;
-pub mod download;
 pub mod guard;
 pub mod history;
 pub mod optim;

@@ -245,7 +245,7 @@ pub fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
 #[allow(dead_code)] // not every test binary that includes `common` uses it
 pub fn smollm2_or_skip() -> Option<std::path::PathBuf> {
     use std::io::Write;
-    if let Some(path) = lora_from_scratch::models::load::smollm2_gguf() {
+    if let Some(path) = lora_from_scratch::fetch::offline_models::SMOLLM2.cached() {
         return Some(path);
     }
     let msg = "SmolLM2-135M-Instruct is not fetched: run scripts/fetch-smollm2.sh";
