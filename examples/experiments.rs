@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lora_from_scratch::experiments::report::write_report;
 use lora_from_scratch::experiments::run::{run_e2e, E2eContext};
-use lora_from_scratch::experiments::spec::{run_cached, Method, ModuleNames, RunResult, RunSpec};
+use lora_from_scratch::experiments::spec::{run_sweep, Method, ModuleNames, RunResult, RunSpec, SweepOutcome};
 use lora_from_scratch::inference::generate::{GenerateOptions, Sampling};
 use lora_from_scratch::models::load::{load_model, LoadOptions};
 use lora_from_scratch::train::data::E2eTask;
@@ -195,9 +195,9 @@ fn run() -> Result<()> {
         eos,
     };
 
-    let mut results: Vec<RunResult> = Vec::new();
-    for (name, method, lr) in runs {
-        let spec = RunSpec {
+    let specs: Vec<RunSpec> = runs
+        .into_iter()
+        .map(|(name, method, lr)| RunSpec {
             name,
             method,
             steps: args.steps,
@@ -207,10 +207,17 @@ fn run() -> Result<()> {
             eval_mrs: mrs.len(),
             seed: args.seed,
             base: None,
-        };
-        let result = run_cached(&out, &spec, |spec| run_e2e(&ctx, spec))?;
-        results.push(result);
-    }
+        })
+        .collect();
+    // A run that diverges is named in the report's notes; the others go on.
+    let SweepOutcome { results, diverged } = run_sweep(&out, &specs, |spec| run_e2e(&ctx, spec))?;
+    let notes = match diverged.is_empty() {
+        true => notes,
+        false => format!(
+            "{notes}\n\nLeft out, diverged:\n\n{}",
+            diverged.iter().map(|d| format!("- {d}")).collect::<Vec<_>>().join("\n")
+        ),
+    };
     let rank_of = |r: &RunResult| match &r.spec.method {
         Method::Lora { rank, .. } => Some(*rank as f64),
         Method::FullFineTuning | Method::Mixed { .. } => None,

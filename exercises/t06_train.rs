@@ -172,7 +172,8 @@ pub fn train(
     //   the mean loss and the norm before clipping;
     // - before the first step of a fresh run, the validation loss at step 0 (the base model) is
     //   recorded and is the first best, saved as best: weights that never beat it never replace it;
-    // - a non-finite loss stops the run with an error naming the step and the learning rate;
+    // - a non-finite loss stops the run with `LoraError::Diverged` (its step, the loss, the peak
+    //   learning rate, and which weights are kept);
     // - a `DivergenceGuard::from_history` checks the run (src/train/guard.rs): `after_step` after
     //   every step, `after_eval` after every validation (and saving the best); their error stops
     //   the run, and no checkpoint is written while `guard.suspect()`;

@@ -105,7 +105,7 @@ pub fn causal_lm_loss(model: &dyn CausalLm, batch: &Batch, train: bool) -> Resul
         .map(|(i, &l)| ((i / (t - 1)) as u32 * t as u32 + (i % (t - 1)) as u32, l as u32))
         .unzip();
     if rows.is_empty() {
-        return Err(LoraError::config("batch", "has no supervised tokens (every label is ignored)"));
+        return Err(LoraError::input("batch", "has no supervised tokens (every label is ignored)"));
     }
     let device = hidden.device();
     let picked = hidden.reshape((b * t, d))?.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
@@ -201,7 +201,7 @@ pub fn train(
     on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
 ) -> Result<TrainHistory> {
     if train_set.is_empty() || val.is_empty() {
-        return Err(LoraError::config("dataset", "train and validation sets must both be non-empty"));
+        return Err(LoraError::input("dataset", "train and validation sets must both be non-empty"));
     }
     let params = AdamWParams { lr: lr_at(&cfg.schedule, 0), weight_decay: cfg.weight_decay, ..Default::default() };
     let mut history = TrainHistory::default();
@@ -247,17 +247,16 @@ pub fn train(
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
                 let kept = match trainee.keeps_files() {
-                    true => format!(" (the best weights so far are in {})", best_adapter_dir(&cfg.out_dir).display()),
-                    false => String::new(),
+                    true => format!("the best weights so far are in {}", best_adapter_dir(&cfg.out_dir).display()),
+                    false => "no weights were kept".to_string(),
                 };
-                return Err(LoraError::config(
-                    "loss",
-                    format!(
-                        "is {value} at step {}; stopped: the learning rate (peak {:e}) is the likely cause{kept}",
-                        step + 1,
-                        cfg.schedule.peak_lr
-                    ),
-                ));
+                return Err(LoraError::Diverged {
+                    step: step + 1,
+                    loss: value,
+                    peak_lr: cfg.schedule.peak_lr,
+                    what: format!("the loss is {value} at step {}", step + 1),
+                    kept,
+                });
             }
             loss_sum += value;
             tokens += n;

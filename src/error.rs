@@ -40,8 +40,23 @@ pub enum LoraError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// A setting that cannot be right (a rank of 0, a negative learning rate, a model config
+    /// that contradicts itself): `what` names it, `why` says what was expected.
     #[error("{what}: {why}")]
     InvalidConfig { what: String, why: String },
+
+    /// Data handed to a function that cannot be used as it is: an empty dataset, prompt or batch,
+    /// a batch with no supervised token, a token id past the vocabulary, more positions than the
+    /// model has, a KV cache used out of order.
+    #[error("{what}: {why}")]
+    InvalidInput { what: String, why: String },
+
+    /// A training run stopped because it diverged: at optimizer step `step` (from 1) the training
+    /// loss was `loss` (NaN when that is what diverged) and `what` says what was seen; `peak_lr`
+    /// is the schedule's peak learning rate, the likely cause; `kept` says which weights are kept.
+    /// A caller can match this variant to tell a run that diverged from one that failed.
+    #[error("training: diverged: {what}; the learning rate (peak {peak_lr:e}) is the likely cause, try one 10 times lower; {kept}")]
+    Diverged { step: usize, loss: f64, peak_lr: f64, what: String, kept: String },
 
     #[error("{what} has shape {found:?}, expected {expected}")]
     Shape { what: String, expected: String, found: Vec<usize> },
@@ -59,6 +74,7 @@ pub enum LoraError {
     #[error("adapter in {path} does not fit the model:\n  {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
     AdapterMismatch { path: PathBuf, problems: Vec<TensorProblem> },
 
+    /// A file that exists but is not what it should be (its format, a checksum, its contents).
     #[error("{path}: {why}")]
     File { path: PathBuf, why: String },
 
@@ -79,6 +95,11 @@ impl LoraError {
     /// A bad setting: `what` names it, `why` says what was expected.
     pub fn config(what: impl Into<String>, why: impl Into<String>) -> Self {
         LoraError::InvalidConfig { what: what.into(), why: why.into() }
+    }
+
+    /// Input data that cannot be used: `what` names it, `why` says what was expected.
+    pub fn input(what: impl Into<String>, why: impl Into<String>) -> Self {
+        LoraError::InvalidInput { what: what.into(), why: why.into() }
     }
 
     /// A tensor with the wrong shape.

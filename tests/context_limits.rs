@@ -23,7 +23,7 @@ fn refuses_past(model: &dyn CausalLm, limit: usize) {
     model.forward(&ids(limit), None, false).unwrap();
     let err = model.forward(&ids(limit + 1), None, false).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, LoraError::InvalidConfig { .. }), "{msg}");
+    assert!(matches!(err, LoraError::InvalidInput { .. }), "{msg}");
     assert!(msg.contains(&(limit + 1).to_string()) && msg.contains(&limit.to_string()), "{msg}");
 
     let mut cache = model.new_cache();

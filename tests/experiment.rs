@@ -6,7 +6,7 @@ use std::path::Path;
 
 use lora_from_scratch::experiments::report::write_report;
 
-use lora_from_scratch::experiments::spec::{run_cached, Method, RunResult, RunSpec};
+use lora_from_scratch::experiments::spec::{run_cached, run_sweep, Method, RunResult, RunSpec};
 use lora_from_scratch::train::history::{EvalRecord, StepRecord, TrainHistory};
 
 fn spec(name: &str, rank: usize) -> RunSpec {
@@ -84,6 +84,40 @@ fn a_failed_run_leaves_no_result() {
     let err = run_cached(dir.path(), &s, |_| Err(lora_from_scratch::LoraError::config("loss", "is NaN"))).unwrap_err();
     assert!(err.to_string().contains("NaN"));
     assert!(!dir.path().join("broken/result.json").exists(), "a failed run must be retried, not cached");
+}
+
+/// A run that diverges is left out of the sweep's results and named, with its step, and the
+/// sweep goes on; any other error stops the sweep. Nothing is cached for a diverged run.
+#[test]
+fn a_sweep_names_a_diverged_run_and_goes_on() {
+    use lora_from_scratch::LoraError;
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [spec("r4", 4), spec("r8", 8), spec("r16", 16)];
+    let diverge = |s: &RunSpec| LoraError::Diverged {
+        step: 7,
+        loss: f64::NAN,
+        peak_lr: s.lr,
+        what: "the loss is NaN at step 7".into(),
+        kept: "no weights were kept".into(),
+    };
+    let outcome =
+        run_sweep(dir.path(), &specs, |s| if s.name == "r8" { Err(diverge(s)) } else { Ok(result(s, s.lr * 1e4)) })
+            .unwrap();
+    let names: Vec<&str> = outcome.results.iter().map(|r| r.spec.name.as_str()).collect();
+    assert_eq!(names, ["r4", "r16"], "the runs after the diverged one still ran, in order");
+    assert_eq!(outcome.diverged.len(), 1, "{:?}", outcome.diverged);
+    assert!(outcome.diverged[0].starts_with("r8: diverged at step 7"), "{:?}", outcome.diverged);
+    assert!(!dir.path().join("r8/result.json").exists(), "a diverged run is not cached");
+    // Another error is not a finding: it stops the sweep.
+    let dir = tempfile::tempdir().unwrap();
+    let ran = Cell::new(0);
+    let err = run_sweep(dir.path(), &specs, |_| {
+        ran.set(ran.get() + 1);
+        Err(LoraError::file("data.csv", "is not a CSV"))
+    })
+    .unwrap_err();
+    assert!(matches!(err, LoraError::File { .. }), "{err:?}");
+    assert_eq!(ran.get(), 1, "the sweep stopped at the first failure");
 }
 
 fn png_ok(path: &Path) -> bool {

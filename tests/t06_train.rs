@@ -242,6 +242,15 @@ fn a_nan_loss_stops_the_run_and_keeps_the_best_adapter() {
     let err = train_lora(m.model.as_mut(), &lora(), &data, &data, PAD, &config(dir.path(), 10, 1e-2), &mut poison)
         .expect_err("training on a NaN loss must stop with an error");
     assert!(err.to_string().to_lowercase().contains("nan"), "the error should say the loss is NaN: {err}");
+    // The variant a caller matches on divergence, with the step whose loss was NaN (step 3: the
+    // adapter broke after step 2), the loss and the peak learning rate.
+    match &err {
+        lora_from_scratch::LoraError::Diverged { step, loss, peak_lr, .. } => {
+            assert_eq!(*step, 3, "the loss of step 3 is the first NaN one: {err}");
+            assert!(loss.is_nan() && *peak_lr == 1e-2, "loss {loss}, peak learning rate {peak_lr}: {err}");
+        }
+        other => panic!("a NaN loss is LoraError::Diverged, not {other:?}"),
+    }
     // The best adapter from step 2 is intact (loading refuses non-finite values).
     let mut fresh = model();
     load_lora_weights(fresh.model.as_mut(), &dir.path().join("best")).unwrap();

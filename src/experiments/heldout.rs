@@ -102,7 +102,7 @@ pub fn run_heldout(
     progress: bool,
 ) -> Result<(Vec<HeldoutAnswer>, HeldoutSummary)> {
     if prompts.is_empty() {
-        return Err(LoraError::config("held-out prompts", "the set is empty"));
+        return Err(LoraError::input("held-out prompts", "the set is empty"));
     }
     let t0 = std::time::Instant::now();
     let mut answers = Vec::with_capacity(prompts.len());

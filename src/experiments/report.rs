@@ -75,7 +75,7 @@ pub fn write_report(
     x_of: Option<XAxis>,
 ) -> Result<PathBuf> {
     let Some(first) = results.first() else {
-        return Err(LoraError::config("report", "has no results to show"));
+        return Err(LoraError::input("report", "has no results to show"));
     };
     let mut md = format!("# {title}\n\n{notes}\n\n");
     md.push_str(&format!(

@@ -133,6 +133,41 @@ pub fn run_cached(dir: &Path, spec: &RunSpec, run: impl FnOnce(&RunSpec) -> Resu
     Ok(result)
 }
 
+/// What a sweep of runs gives: the results of the runs that finished, in order, and one line
+/// for each run that diverged.
+#[derive(Debug, Default)]
+pub struct SweepOutcome {
+    pub results: Vec<RunResult>,
+    pub diverged: Vec<String>,
+}
+
+/// Each spec through [`run_cached`] with `run`. A run that diverges ([`LoraError::Diverged`],
+/// the highest rate of a learning-rate sweep, say) is a finding, not a failure of the sweep: it
+/// is recorded in [`SweepOutcome::diverged`] and the next run goes on. Any other error stops the
+/// sweep and is returned.
+pub fn run_sweep(
+    dir: &Path,
+    specs: &[RunSpec],
+    mut run: impl FnMut(&RunSpec) -> Result<RunResult>,
+) -> Result<SweepOutcome> {
+    let mut outcome = SweepOutcome::default();
+    for spec in specs {
+        match run_cached(dir, spec, &mut run) {
+            Ok(result) => outcome.results.push(result),
+            Err(LoraError::Diverged { step, loss, peak_lr, what, .. }) => {
+                let line = format!(
+                    "{}: diverged at step {step} ({what}; training loss {loss:.4}, peak learning rate {peak_lr:e})",
+                    spec.name
+                );
+                println!("{line}");
+                outcome.diverged.push(line);
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(outcome)
+}
+
 /// Mean of the last `n` training losses.
 pub fn final_loss(history: &TrainHistory, n: usize) -> f64 {
     let tail: Vec<f64> = history.train.iter().rev().take(n).map(|r| r.loss).collect();

@@ -88,7 +88,7 @@ pub struct Generation {
 /// Continue `prompt` with up to `opts.max_new_tokens` tokens.
 pub fn generate(model: &dyn CausalLm, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
     if prompt.is_empty() {
-        return Err(LoraError::config("prompt", "is empty; generation needs at least one token"));
+        return Err(LoraError::input("prompt", "is empty; generation needs at least one token"));
     }
     let mut sampler = opts.sampling.processor();
     let mut cache = model.new_cache();
@@ -150,7 +150,7 @@ pub fn greedy_batch(
     stop_ids: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
-        return Err(LoraError::config("prompts", "need at least one, each with at least one token"));
+        return Err(LoraError::input("prompts", "need at least one, each with at least one token"));
     }
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     if max_new_tokens == 0 {

@@ -47,7 +47,7 @@ impl KvCache {
     /// This (empty) cache for a batch whose row i starts with `pads[i]` padding columns.
     pub fn left_padded(mut self, pads: Vec<usize>) -> Result<Self> {
         if !self.is_empty() {
-            return Err(crate::error::LoraError::config("KV cache", "padding is set before the first forward pass"));
+            return Err(crate::error::LoraError::input("KV cache", "padding is set before the first forward pass"));
         }
         self.left_pad = Some(pads);
         Ok(self)
@@ -185,14 +185,14 @@ pub(crate) fn check_ids(
     }
     let max_id = ids.to_dtype(candle_core::DType::U32)?.flatten_all()?.max(0)?.to_scalar::<u32>()?;
     if max_id as usize >= vocab {
-        return Err(crate::error::LoraError::config(
+        return Err(crate::error::LoraError::input(
             "token ids",
             format!("contain id {max_id}, the vocabulary has {vocab}"),
         ));
     }
     if let Some(max) = max_positions {
         if offset + t > max {
-            return Err(crate::error::LoraError::config(
+            return Err(crate::error::LoraError::input(
                 "sequence",
                 format!("{} positions ({offset} cached + {t} new) exceed the model's {max}", offset + t),
             ));

@@ -215,7 +215,7 @@ pub fn encode_samples(
     max_len: usize,
 ) -> Result<(Vec<Example>, Truncation)> {
     if samples.is_empty() {
-        return Err(LoraError::config("dataset", "is empty"));
+        return Err(LoraError::input("dataset", "is empty"));
     }
     let mut cut = Truncation::default();
     let mut out = Vec::with_capacity(samples.len());

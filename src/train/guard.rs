@@ -62,7 +62,7 @@ impl DivergenceGuard {
         guard
     }
 
-    fn stop(&self, what: String, best: Option<(usize, f64)>) -> LoraError {
+    fn stop(&self, step: usize, what: String, best: Option<(usize, f64)>) -> LoraError {
         let kept = match best {
             Some((0, loss)) => format!(
                 "the best is still the starting point (validation loss {loss:.4} at step 0), so nothing worse was saved as best"
@@ -70,13 +70,7 @@ impl DivergenceGuard {
             Some((step, loss)) => format!("the best weights, validation loss {loss:.4} at step {step}, are kept"),
             None => "no weights were kept".to_string(),
         };
-        LoraError::config(
-            "training",
-            format!(
-                "diverged: {what}; the learning rate (peak {:e}) is the likely cause, try one 10 times lower; {kept}",
-                self.peak_lr
-            ),
-        )
+        LoraError::Diverged { step, loss: self.last_train, peak_lr: self.peak_lr, what, kept }
     }
 
     /// After optimizer step `step` (from 1), with its training loss and the gradient norm before
@@ -85,11 +79,12 @@ impl DivergenceGuard {
         self.last_train = loss;
         self.min_train = self.min_train.min(loss);
         if !grad_norm.is_finite() {
-            return Err(self.stop(format!("the gradient norm is {grad_norm} at step {step}"), best));
+            return Err(self.stop(step, format!("the gradient norm is {grad_norm} at step {step}"), best));
         }
         self.zero_norms_in_a_row = if grad_norm == 0.0 { self.zero_norms_in_a_row + 1 } else { 0 };
         if self.zero_norms_in_a_row >= ZERO_NORM_STEPS {
             return Err(self.stop(
+                step,
                 format!(
                     "the gradient norm is 0 for {ZERO_NORM_STEPS} steps in a row, up to step {step} (nothing is learned any more)"
                 ),
@@ -104,7 +99,7 @@ impl DivergenceGuard {
     /// loss is far above its own best too, for several evaluations in a row.
     pub fn after_eval(&mut self, step: usize, val_loss: f64, best: Option<(usize, f64)>) -> Result<()> {
         if !val_loss.is_finite() {
-            return Err(self.stop(format!("the validation loss is {val_loss} at step {step}"), best));
+            return Err(self.stop(step, format!("the validation loss is {val_loss} at step {step}"), best));
         }
         let Some((_, best_loss)) = best else { return Ok(()) };
         let far = |x: f64, low: f64| x > FAR_FACTOR * low && x > low + FAR_MARGIN;
@@ -113,6 +108,7 @@ impl DivergenceGuard {
         self.far_in_a_row = if far { self.far_in_a_row + 1 } else { 0 };
         if self.far_in_a_row >= FAR_EVALS {
             return Err(self.stop(
+                step,
                 format!(
                     "the validation loss is {val_loss:.4} at step {step}, far above the best {best_loss:.4}, \
                      for {FAR_EVALS} evaluations in a row, and the training loss rose with it"
@@ -142,7 +138,13 @@ mod tests {
         g.after_step(20, 20.0, 1.0, best).unwrap();
         g.after_eval(20, 16.0, best).unwrap(); // once may be a spike
         assert!(g.suspect(), "a far validation is suspect: its checkpoint is not written");
-        let msg = g.after_eval(40, 15.0, best).unwrap_err().to_string();
+        let err = g.after_eval(40, 15.0, best).unwrap_err();
+        // A variant a caller can match, with the step, the last training loss and the peak rate.
+        assert!(
+            matches!(err, LoraError::Diverged { step: 40, loss, peak_lr, .. } if loss == 20.0 && peak_lr == 1e6),
+            "{err:?}"
+        );
+        let msg = err.to_string();
         assert!(msg.contains("15.0000 at step 40") && msg.contains("1e6"), "{msg}");
         assert!(msg.contains("step 0") && msg.contains("nothing worse was saved"), "{msg}");
     }
