@@ -122,7 +122,7 @@ fn bench_frozen_linear(args: &Args) -> Result<()> {
 fn matmul_shapes(model: &dyn CausalLm) -> Result<BTreeMap<(usize, usize), usize>> {
     let mut shapes = BTreeMap::new();
     for (_, slot) in model.linears() {
-        *shapes.entry(slot.features()).or_insert(0) += 1;
+        *shapes.entry(slot.in_out_features()).or_insert(0) += 1;
     }
     if model.output_head().is_none() {
         if let Some(w) = model.head_weight()? {

@@ -27,6 +27,10 @@ pub fn lora_scaling(alpha: f64, r: usize, use_rslora: bool) -> f64 {
 // ANCHOR_END: scaling
 
 /// The adapter of one linear layer: A [r, in], B [out, r] and the scaling.
+///
+/// Not PEFT's class of the same name: PEFT's `LoraLayer` is the base layer's mixin that holds
+/// its adapters by name (closer to t02's `LinearWithLora`); this is one adapter, what PEFT keeps
+/// as `lora_A[name]`, `lora_B[name]` and `scaling[name]`.
 #[derive(Clone, Debug)]
 pub struct LoraLayer {
     a: Param,

@@ -71,7 +71,7 @@ pub fn inject_lora(model: &mut dyn LoraModel, config: &LoraConfig) -> Result<Inj
         if !targets.contains(&name) {
             continue;
         }
-        let (in_features, out_features) = slot.features();
+        let (in_features, out_features) = slot.in_out_features();
         // Adapters are kept in f32 whatever the base's dtype: they are small, and f32 keeps
         // their small updates from being rounded away.
         let lora = LoraLayer::new(in_features, out_features, config, &mut rng, DType::F32, slot.device())?;

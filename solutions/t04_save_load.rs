@@ -104,7 +104,7 @@ pub fn load_lora_tensors(
         model.linears().into_iter().filter(|(_, s)| s.adapter().is_some()).map(|(n, _)| n).collect();
     let modules = if already.is_empty() { find_target_modules(model, &config.target_modules)? } else { already };
     let layout: HashMap<String, _> =
-        model.linears().into_iter().map(|(n, s)| (n, (s.features(), s.device().clone()))).collect();
+        model.linears().into_iter().map(|(n, s)| (n, (s.in_out_features(), s.device().clone()))).collect();
 
     let mut problems = Vec::new();
     let mut expected_keys: HashSet<String> = other_keys.iter().cloned().collect();

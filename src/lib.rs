@@ -57,4 +57,4 @@ pub use lora::linear::Linear;
 pub use lora::model::LoraModel;
 pub use lora::param::Param;
 pub use lora::report::{GradientReport, InjectionReport, InjectionSummary, ParameterCount};
-pub use lora::slot::{LinearKind, LinearSlot};
+pub use lora::slot::{CustomLinear, LinearSlot};

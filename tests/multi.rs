@@ -93,7 +93,7 @@ fn greedy_batch_with_an_adapter_per_row_equals_each_alone() {
 fn a_per_row_layer_checks_its_parts() {
     let m = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
     let slot = m.model.linears()[0].1.clone();
-    let (in_f, out_f) = slot.features();
+    let (in_f, out_f) = slot.in_out_features();
     let cfg = LoraConfig::new(2, 4.0, &["q_proj"]);
     let fits = LoraLayer::from_tensors(
         &randn(&mut rng(2), &[2, in_f], DType::F32),

@@ -58,7 +58,7 @@ proptest! {
         prop_assert_eq!(summary_names, want, "the summary must list the adapted layers in model order");
 
         // Trainable parameters: r * (in + out) per adapted layer, and nothing else.
-        let expected: usize = model.linears().into_iter().filter_map(|(_, s)| s.lora().map(|_| s.features()))
+        let expected: usize = model.linears().into_iter().filter_map(|(_, s)| s.lora().map(|_| s.in_out_features()))
             .map(|(i, o)| r * (i + o)).sum();
         prop_assert_eq!(summary.params.trainable, expected, "trainable count must be r * (in + out) per adapted layer");
         prop_assert_eq!(count_parameters(&model), summary.params, "the summary's counts must be count_parameters'");

@@ -56,19 +56,29 @@ fn the_book_lists_every_task_chapter() {
     }
 }
 
+/// The hints file (src/tasks/hints.toml) has a section for every task and none for a task that
+/// does not exist: a renamed task cannot lose its hints silently.
+#[test]
+fn the_hints_file_names_exactly_the_tasks() {
+    let mut want: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
+    want.sort();
+    assert_eq!(lora_from_scratch::tasks::manifest::hinted_tasks(), want);
+}
+
 /// Hints come in levels, from a nudge to nearly the answer: two or three per task, each longer
 /// than the one before, and the first points to a section of the task's chapter by its heading.
 #[test]
 fn every_task_has_hints_in_levels_that_point_into_its_chapter() {
     for task in TASKS {
-        let n = task.hints.len();
+        let hints = task.hints_in(Lang::En);
+        let n = hints.len();
         assert!((2..=3).contains(&n), "{}: {n} hints, expected 2 or 3", task.name);
-        for pair in task.hints.windows(2) {
+        for pair in hints.windows(2) {
             assert!(pair[1].len() > pair[0].len(), "{}: a later hint says less than the one before", task.name);
         }
         let chapter = std::fs::read_to_string(root().join(task.chapter())).unwrap();
         let headings: Vec<&str> = chapter.lines().filter_map(|l| l.strip_prefix("## ")).collect();
-        let quoted: Vec<&str> = task.hints[0].split('"').skip(1).step_by(2).collect();
+        let quoted: Vec<&str> = hints[0].split('"').skip(1).step_by(2).collect();
         assert!(
             quoted.iter().any(|q| headings.contains(q)),
             "{}: the first hint should name a section of {} in quotes, one of {headings:?}",
@@ -89,11 +99,11 @@ fn every_task_has_chinese_hints_that_point_into_its_chinese_chapter() {
         let hints = task.hints_in(Lang::Zh);
         assert_eq!(
             hints.len(),
-            task.hints.len(),
+            task.hints_in(Lang::En).len(),
             "{}: {} Chinese hints for {} English",
             task.name,
             hints.len(),
-            task.hints.len()
+            task.hints_in(Lang::En).len()
         );
         for (i, hint) in hints.iter().enumerate() {
             assert!(han(hint) >= 10, "{}: Chinese hint {} is not Chinese: {hint}", task.name, i + 1);

@@ -18,7 +18,7 @@ pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core
     }
     let mut vars = Vec::new();
     for (name, slot) in model.linears_mut() {
-        let why = match slot.not_plain() {
+        let why = match slot.why_not_plain() {
             Some(why) => why,
             None if slot.kind::<crate::qlora::linear::QuantizedLinear>().is_some() => "is quantized",
             None => "",

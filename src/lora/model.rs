@@ -13,6 +13,10 @@ use crate::lora::slot::LinearSlot;
 
 /// A model whose linear layers can carry LoRA adapters.
 ///
+/// Not PEFT's class of the same name: PEFT's `LoraModel` wraps a model and injects adapters into
+/// it; this trait is what a model offers so that `inject_lora` (task 1.3) can: its slots and
+/// weights by name, the Rust `named_modules()`.
+///
 /// Names follow Hugging Face: a linear slot is named like its module (`lm_head`,
 /// `model.layers.0.mlp.up_proj`), any other weight like its parameter (`model.norm.weight`).
 pub trait LoraModel {

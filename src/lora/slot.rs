@@ -3,7 +3,7 @@
 //! Rust has no `setattr`, so a model cannot have a layer swapped from outside the way PEFT does
 //! it. Instead every linear layer sits in a slot, and a model lists its slots by Hugging Face name
 //! ([`crate::lora::model::LoraModel`]). A slot holds a plain linear layer, the same layer with a
-//! LoRA adapter (task 1.2), or a kind of layer a later chapter plugs in through [`LinearKind`]
+//! LoRA adapter (task 1.2), or a kind of layer a later chapter plugs in through [`CustomLinear`]
 //! (QLoRA's quantized base, several adapters per row). The tasks use the slot's methods
 //! (`adapter`, `set_adapter`, `base_weight`, ...), which every kind answers, so chapter-1 code
 //! never names a kind from a later chapter.
@@ -31,15 +31,15 @@ pub enum LinearSlot {
     Linear(Linear),
     /// A frozen linear layer plus a LoRA adapter.
     Lora(LinearWithLora),
-    /// Another kind of linear layer, plugged in by a later chapter (see [`LinearKind`]).
-    Other(Box<dyn LinearKind>),
+    /// Another kind of linear layer, plugged in by a later chapter (see [`CustomLinear`]).
+    Custom(Box<dyn CustomLinear>),
 }
 // ANCHOR_END: slot
 
 /// A kind of linear layer that lives in a slot without the tasks knowing it: QLoRA's quantized
 /// base (`crate::qlora`), a base serving several adapters per row (`crate::serving`). Each
 /// answers the questions the tasks ask every slot.
-pub trait LinearKind: std::fmt::Debug + Send + Sync {
+pub trait CustomLinear: std::fmt::Debug + Send + Sync {
     /// The layer's output for `x` [..., in]; `train` switches the adapter's dropout on.
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     /// `residual + forward(x)`; a kind may fuse the two.
@@ -59,7 +59,7 @@ pub trait LinearKind: std::fmt::Debug + Send + Sync {
     /// The base bias [out], if any.
     fn base_bias(&self) -> Option<&Tensor>;
     /// (in_features, out_features).
-    fn features(&self) -> (usize, usize);
+    fn in_out_features(&self) -> (usize, usize);
     /// The device the layer computes on.
     fn device(&self) -> &Device;
     /// The layer without any adapter. Cheap: tensors are shared.
@@ -68,14 +68,14 @@ pub trait LinearKind: std::fmt::Debug + Send + Sync {
     /// `lora_A.weight`, `lora_B.weight`), for counting and gradient reports.
     fn named_params(&self) -> Vec<(String, Param)>;
     /// Why the base cannot be read as a plain layer now (export, full fine-tuning), if so.
-    fn not_plain(&self) -> Option<&'static str>;
+    fn why_not_plain(&self) -> Option<&'static str>;
     /// For downcasting to the concrete kind.
     fn as_any(&self) -> &dyn Any;
     /// A copy in a new box (`Clone` for a trait object).
-    fn box_clone(&self) -> Box<dyn LinearKind>;
+    fn box_clone(&self) -> Box<dyn CustomLinear>;
 }
 
-impl Clone for Box<dyn LinearKind> {
+impl Clone for Box<dyn CustomLinear> {
     fn clone(&self) -> Self {
         self.box_clone()
     }
@@ -93,7 +93,7 @@ impl LinearSlot {
                 }
                 l.forward(x, train)
             }
-            LinearSlot::Other(k) => k.forward(x, train),
+            LinearSlot::Custom(k) => k.forward(x, train),
         }
     }
 
@@ -102,7 +102,7 @@ impl LinearSlot {
     /// does not keep the layer's output alive for the backward.
     pub fn forward_residual(&self, residual: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            LinearSlot::Other(k) => k.forward_residual(residual, x, train),
+            LinearSlot::Custom(k) => k.forward_residual(residual, x, train),
             LinearSlot::Linear(l) => {
                 let (w, b) = (l.weight.tensor(), l.bias.as_ref().map(|b| b.tensor()));
                 let frozen = !w.track_op() && !b.is_some_and(|b| b.track_op());
@@ -135,9 +135,9 @@ impl LinearSlot {
     }
 
     /// The plugged-in kind as its concrete type `K`, if it is one.
-    pub fn kind<K: LinearKind + 'static>(&self) -> Option<&K> {
+    pub fn kind<K: CustomLinear + 'static>(&self) -> Option<&K> {
         match self {
-            LinearSlot::Other(k) => k.as_any().downcast_ref::<K>(),
+            LinearSlot::Custom(k) => k.as_any().downcast_ref::<K>(),
             _ => None,
         }
     }
@@ -147,7 +147,7 @@ impl LinearSlot {
         match self {
             LinearSlot::Lora(l) => Some(l.lora()),
             LinearSlot::Linear(_) => None,
-            LinearSlot::Other(k) => k.adapter(),
+            LinearSlot::Custom(k) => k.adapter(),
         }
     }
 
@@ -156,7 +156,7 @@ impl LinearSlot {
         match self {
             LinearSlot::Lora(l) => Some(l.lora_mut()),
             LinearSlot::Linear(_) => None,
-            LinearSlot::Other(k) => k.adapter_mut(),
+            LinearSlot::Custom(k) => k.adapter_mut(),
         }
     }
 
@@ -172,10 +172,10 @@ impl LinearSlot {
                 Ok(())
             }
             LinearSlot::Lora(_) => Err(LoraError::config("slot", "already has a LoRA adapter")),
-            LinearSlot::Other(k) if k.adapter().is_some() => {
+            LinearSlot::Custom(k) if k.adapter().is_some() => {
                 Err(LoraError::config("slot", "already has a LoRA adapter"))
             }
-            LinearSlot::Other(k) => k.set_adapter(lora),
+            LinearSlot::Custom(k) => k.set_adapter(lora),
         }
     }
     // ANCHOR_END: set_adapter
@@ -189,7 +189,7 @@ impl LinearSlot {
                 *self = LinearSlot::Linear(Linear::frozen(l.weight(), l.bias())?);
                 Ok(Some(lora))
             }
-            LinearSlot::Other(k) => Ok(k.take_adapter()),
+            LinearSlot::Custom(k) => Ok(k.take_adapter()),
         }
     }
 
@@ -199,7 +199,7 @@ impl LinearSlot {
         Ok(match self {
             LinearSlot::Linear(l) => l.weight.tensor().clone(),
             LinearSlot::Lora(l) => l.weight().clone(),
-            LinearSlot::Other(k) => k.base_weight()?,
+            LinearSlot::Custom(k) => k.base_weight()?,
         })
     }
 
@@ -208,16 +208,16 @@ impl LinearSlot {
         match self {
             LinearSlot::Linear(l) => l.bias.as_ref().map(|b| b.tensor()),
             LinearSlot::Lora(l) => l.bias(),
-            LinearSlot::Other(k) => k.base_bias(),
+            LinearSlot::Custom(k) => k.base_bias(),
         }
     }
 
     /// (in_features, out_features) of the base layer.
-    pub fn features(&self) -> (usize, usize) {
+    pub fn in_out_features(&self) -> (usize, usize) {
         match self {
             LinearSlot::Linear(l) => (l.in_features(), l.out_features()),
             LinearSlot::Lora(l) => (l.weight().dims()[1], l.weight().dims()[0]),
-            LinearSlot::Other(k) => k.features(),
+            LinearSlot::Custom(k) => k.in_out_features(),
         }
     }
 
@@ -226,7 +226,7 @@ impl LinearSlot {
         match self {
             LinearSlot::Linear(l) => l.weight.tensor().device(),
             LinearSlot::Lora(l) => l.weight().device(),
-            LinearSlot::Other(k) => k.device(),
+            LinearSlot::Custom(k) => k.device(),
         }
     }
 
@@ -244,17 +244,17 @@ impl LinearSlot {
                 out.push(("lora_B.weight".to_string(), l.lora().b().clone()));
                 out
             }
-            LinearSlot::Other(k) => k.named_params(),
+            LinearSlot::Custom(k) => k.named_params(),
         }
     }
 
     /// Why this slot cannot be read as a plain layer now (an adapter still in it, a layer
     /// serving several adapters), or `None` for a plain layer.
-    pub fn not_plain(&self) -> Option<&'static str> {
+    pub fn why_not_plain(&self) -> Option<&'static str> {
         match self {
             LinearSlot::Linear(_) => None,
             LinearSlot::Lora(_) => Some("still has a LoRA adapter; merge it (merge_lora_weights)"),
-            LinearSlot::Other(k) => k.not_plain(),
+            LinearSlot::Custom(k) => k.why_not_plain(),
         }
     }
 
@@ -264,7 +264,7 @@ impl LinearSlot {
         Ok(match self {
             LinearSlot::Linear(_) => self.clone(),
             LinearSlot::Lora(l) => LinearSlot::Linear(Linear::frozen(l.weight(), l.bias())?),
-            LinearSlot::Other(k) => k.without_adapter()?,
+            LinearSlot::Custom(k) => k.without_adapter()?,
         })
     }
 

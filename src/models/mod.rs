@@ -165,7 +165,7 @@ pub trait CausalLm: LoraModel {
 /// The weight and bias of a slot that holds no adapter, or an error naming the module. A
 /// quantized base is exported dequantized, in f32.
 pub(crate) fn plain_weights(name: &str, slot: &LinearSlot) -> Result<(Tensor, Option<Tensor>)> {
-    if let Some(why) = slot.not_plain() {
+    if let Some(why) = slot.why_not_plain() {
         return Err(crate::error::LoraError::module(name, format!("{why} before exporting")));
     }
     Ok((slot.base_weight()?, slot.base_bias().cloned()))

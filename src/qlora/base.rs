@@ -66,7 +66,7 @@ pub fn quantize_base(model: &mut dyn LoraModel, q: BaseQuantization) -> Result<u
         };
         let bias = l.bias.as_ref().map(|b| b.tensor().clone());
         let device = l.weight.tensor().device().clone();
-        *slot = LinearSlot::Other(Box::new(QuantizedLinear::new(weight, bias.as_ref(), &device)?));
+        *slot = LinearSlot::Custom(Box::new(QuantizedLinear::new(weight, bias.as_ref(), &device)?));
         count += 1;
     }
     // Then the tables the model can keep quantized (Llama's embedding); 1-D norms never are.
@@ -114,7 +114,7 @@ pub fn use_quantized_weights(
         }
         let bias = l.bias.as_ref().map(|b| b.tensor().clone());
         let device = l.weight.tensor().device().clone();
-        *slot = LinearSlot::Other(Box::new(QuantizedLinear::new(w, bias.as_ref(), &device)?));
+        *slot = LinearSlot::Custom(Box::new(QuantizedLinear::new(w, bias.as_ref(), &device)?));
         count += 1;
     }
     if let Some(name) = weights.keys().next() {

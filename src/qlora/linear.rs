@@ -4,7 +4,7 @@
 //! format), with an optional f32 LoRA adapter: its forward dequantizes the weight on the fly, one
 //! layer at a time ([`crate::compute::ops::quantized_linear`]), and its backward returns the
 //! input's gradient, so that adapters below it train. It plugs into a model's
-//! [`LinearSlot::Other`] as a [`LinearKind`].
+//! [`LinearSlot::Custom`] as a [`CustomLinear`].
 //!
 //! May use: `compute`, `lora`, tasks t01-t02.
 
@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::compute::quantized::QuantizedWeight;
 use crate::error::{LoraError, Result};
 use crate::lora::param::Param;
-use crate::lora::slot::{LinearKind, LinearSlot};
+use crate::lora::slot::{CustomLinear, LinearSlot};
 use crate::tasks::t01_lora_layer::LoraLayer;
 
 /// A frozen quantized linear layer `x W^T + b`, with an optional f32 LoRA adapter beside it.
@@ -117,7 +117,7 @@ impl QuantizedLinear {
     }
 }
 
-impl LinearKind for QuantizedLinear {
+impl CustomLinear for QuantizedLinear {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         QuantizedLinear::forward(self, x, train)
     }
@@ -158,7 +158,7 @@ impl LinearKind for QuantizedLinear {
         self.bias()
     }
 
-    fn features(&self) -> (usize, usize) {
+    fn in_out_features(&self) -> (usize, usize) {
         let (o, i) = self.weight().dims();
         (i, o)
     }
@@ -170,7 +170,7 @@ impl LinearKind for QuantizedLinear {
     fn without_adapter(&self) -> Result<LinearSlot> {
         let mut q = self.clone();
         q.take_adapter();
-        Ok(LinearSlot::Other(Box::new(q)))
+        Ok(LinearSlot::Custom(Box::new(q)))
     }
 
     fn named_params(&self) -> Vec<(String, Param)> {
@@ -189,7 +189,7 @@ impl LinearKind for QuantizedLinear {
         out
     }
 
-    fn not_plain(&self) -> Option<&'static str> {
+    fn why_not_plain(&self) -> Option<&'static str> {
         // A quantized base alone is exported dequantized (f32); an adapter beside it is not.
         self.adapter().map(|_| "still has a LoRA adapter; merge it (merge_lora_weights)")
     }
@@ -198,7 +198,7 @@ impl LinearKind for QuantizedLinear {
         self
     }
 
-    fn box_clone(&self) -> Box<dyn LinearKind> {
+    fn box_clone(&self) -> Box<dyn CustomLinear> {
         Box::new(self.clone())
     }
 }

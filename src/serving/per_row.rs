@@ -7,7 +7,7 @@
 //! layer: the base, the adapters stacked (padded to the largest rank with zeros, which add
 //! nothing), and which adapter each row of the batch uses. Its low-rank part is t10's
 //! [`crate::tasks::t10_multi_lora::per_row_lora`]; a model's linear layer holds one in its
-//! [`LinearSlot::Other`] while a mixed batch is served ([`PerRowServing::set_per_row`]).
+//! [`LinearSlot::Custom`] while a mixed batch is served ([`PerRowServing::set_per_row`]).
 //!
 //! May use: `compute` (its matmul), `lora`, tasks t01-t10.
 
@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{LoraError, Result};
 use crate::lora::model::LoraModel;
 use crate::lora::param::Param;
-use crate::lora::slot::{LinearKind, LinearSlot};
+use crate::lora::slot::{CustomLinear, LinearSlot};
 use crate::tasks::t01_lora_layer::LoraLayer;
 use crate::tasks::t10_multi_lora::{per_row_lora, AdapterSet, NamedAdapter};
 
@@ -58,7 +58,7 @@ impl PerRowLinear {
         if base.adapter().is_some() || base.kind::<PerRowLinear>().is_some() {
             return Err(LoraError::config("per-row layer", "the base slot must not carry an adapter"));
         }
-        let (in_f, out_f) = base.features();
+        let (in_f, out_f) = base.in_out_features();
         let device = base.device().clone();
         let r_max = adapters.iter().map(|l| l.rank()).max().unwrap_or(1);
         let (mut a_all, mut b_all, mut scales) = (Vec::new(), Vec::new(), Vec::new());
@@ -142,7 +142,7 @@ impl PerRowLinear {
     fn per_row_lora_cpu(&self, x: &Tensor) -> Result<Tensor> {
         use crate::compute::matmul::{matmul, Mat};
         let (batch, seq, in_f) = x.dims3()?;
-        let out_f = self.base.features().1;
+        let out_f = self.base.in_out_features().1;
         let h = &self.host;
         let r = h.r_max;
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -176,7 +176,7 @@ impl PerRowLinear {
     }
 }
 
-impl LinearKind for PerRowLinear {
+impl CustomLinear for PerRowLinear {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         PerRowLinear::forward(self, x)
     }
@@ -205,8 +205,8 @@ impl LinearKind for PerRowLinear {
         self.base.base_bias()
     }
 
-    fn features(&self) -> (usize, usize) {
-        self.base.features()
+    fn in_out_features(&self) -> (usize, usize) {
+        self.base.in_out_features()
     }
 
     fn device(&self) -> &Device {
@@ -222,7 +222,7 @@ impl LinearKind for PerRowLinear {
         self.base.named_params()
     }
 
-    fn not_plain(&self) -> Option<&'static str> {
+    fn why_not_plain(&self) -> Option<&'static str> {
         Some("serves several adapters per row; clear them (AdapterSet::clear)")
     }
 
@@ -230,7 +230,7 @@ impl LinearKind for PerRowLinear {
         self
     }
 
-    fn box_clone(&self) -> Box<dyn LinearKind> {
+    fn box_clone(&self) -> Box<dyn CustomLinear> {
         Box::new(self.clone())
     }
 }
@@ -270,7 +270,7 @@ impl PerRowServing for AdapterSet {
                         .and_then(|k| here.iter().position(|(j, _)| *j == k))
                 })
                 .collect();
-            new_slots.push(LinearSlot::Other(Box::new(PerRowLinear::new(base, &layers, &row_idx)?)));
+            new_slots.push(LinearSlot::Custom(Box::new(PerRowLinear::new(base, &layers, &row_idx)?)));
         }
         // No adapter is active while rows choose their own.
         self.clear(model)?;

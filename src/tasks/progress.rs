@@ -124,7 +124,7 @@ pub fn describe(task: &Task, heading: &str, level: usize, chosen: bool, lang: La
     let env_prefix = if lang == env_lang { String::new() } else { format!("LORA_LANG={} ", lang.code()) };
     let _ = writeln!(out, "  {} {env_prefix}{}", words.grade, task.grade_command());
     let hints = task.hints_in(lang);
-    let shown = level.clamp(1, hints.len());
+    let shown = level.max(1).min(hints.len());
     for (i, hint) in hints.iter().take(shown).enumerate() {
         let _ = writeln!(out, "  {} {}/{}: {hint}", words.hint, i + 1, hints.len());
     }

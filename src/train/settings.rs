@@ -94,7 +94,7 @@ pub fn check_adapter_fits(model: &dyn LoraModel, config: &LoraConfig) -> Result<
         .linears()
         .into_iter()
         .filter(|(name, _)| targets.contains(name))
-        .map(|(name, slot)| (name, slot.features().0, slot.features().1))
+        .map(|(name, slot)| (name, slot.in_out_features().0, slot.in_out_features().1))
         .filter(|&(_, i, o)| config.r > i.min(o))
         .collect();
     if let Some((name, i, o)) = too_small.first() {

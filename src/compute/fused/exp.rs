@@ -11,14 +11,14 @@
 
 use candle_core::DType;
 
-use super::{bytemuck_f32, bytemuck_f32_mut, Float};
+use super::{as_f32, as_f32_mut, Float};
 
 /// `sum_i exp(row_i - shift)`.
 pub(crate) fn sum_exp<T: Float>(row: &[T], shift: T) -> T {
     if T::DTYPE == DType::F32 && avx512() {
         let shift = <T as candle_core::WithDType>::to_f64(shift) as f32;
         // SAFETY: the CPU has AVX-512F (checked).
-        let s = unsafe { sum_exp_avx512(bytemuck_f32(row), shift) };
+        let s = unsafe { sum_exp_avx512(as_f32(row), shift) };
         return <T as candle_core::WithDType>::from_f64(s as f64);
     }
     row.iter().map(|&v| (v - shift).exp()).sum()
@@ -29,7 +29,7 @@ pub(crate) fn exp_scaled<T: Float>(row: &mut [T], shift: T, scale: T) {
     if T::DTYPE == DType::F32 && avx512() {
         let to = |v: T| <T as candle_core::WithDType>::to_f64(v) as f32;
         // SAFETY: the CPU has AVX-512F (checked).
-        unsafe { exp_scaled_avx512(bytemuck_f32_mut(row), to(shift), to(scale)) };
+        unsafe { exp_scaled_avx512(as_f32_mut(row), to(shift), to(scale)) };
         return;
     }
     row.iter_mut().for_each(|v| *v = (*v - shift).exp() * scale);
@@ -40,7 +40,7 @@ pub(crate) fn exp_neg<T: Float>(src: &[T], dst: &mut [T]) {
     assert_eq!(src.len(), dst.len(), "exp_neg: lengths");
     if T::DTYPE == DType::F32 && avx512() {
         // SAFETY: the CPU has AVX-512F (checked).
-        unsafe { exp_neg_avx512(bytemuck_f32(src), bytemuck_f32_mut(dst)) };
+        unsafe { exp_neg_avx512(as_f32(src), as_f32_mut(dst)) };
         return;
     }
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (-s).exp());

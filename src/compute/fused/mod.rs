@@ -141,7 +141,7 @@ impl FrozenWeight {
                 };
                 let w = &cpu.as_slice::<half::bf16>()?[start..end];
                 // T is f32 (checked above), so these casts only change the name of the type.
-                let (c, x) = (bytemuck_f32_mut(c), bytemuck_f32(x));
+                let (c, x) = (as_f32_mut(c), as_f32(x));
                 crate::compute::bf16::matmul(
                     c,
                     c_ld(product, out_f, in_f),
@@ -231,16 +231,16 @@ fn c_ld(product: Product, out_f: usize, in_f: usize) -> usize {
 }
 
 /// `s` as f32: only called where `T::DTYPE` is f32, so T is f32.
-pub(crate) fn bytemuck_f32<T: Float>(s: &[T]) -> &[f32] {
+pub(crate) fn as_f32<T: Float>(s: &[T]) -> &[f32] {
     assert_eq!(T::DTYPE, DType::F32);
     // SAFETY: T is f32 (asserted), so the slice is reinterpreted as itself.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
 }
 
-/// [`bytemuck_f32`] for a mutable slice.
-pub(crate) fn bytemuck_f32_mut<T: Float>(s: &mut [T]) -> &mut [f32] {
+/// [`as_f32`] for a mutable slice.
+pub(crate) fn as_f32_mut<T: Float>(s: &mut [T]) -> &mut [f32] {
     assert_eq!(T::DTYPE, DType::F32);
-    // SAFETY: as in `bytemuck_f32`.
+    // SAFETY: as in `as_f32`.
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) }
 }
 
@@ -253,5 +253,5 @@ pub(crate) fn matmul_packed<T: Float>(
     w: &crate::compute::bf16::Packed,
     accumulate: bool,
 ) {
-    crate::compute::bf16::matmul_packed(bytemuck_f32_mut(c), ldc, bytemuck_f32(x), m, w, accumulate)
+    crate::compute::bf16::matmul_packed(as_f32_mut(c), ldc, as_f32(x), m, w, accumulate)
 }
