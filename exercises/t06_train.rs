@@ -109,6 +109,13 @@ pub struct TrainConfig {
     pub progress: bool,
 }
 
+impl TrainConfig {
+    /// Micro-batches per optimizer step: `grad_accum`, and at least one.
+    pub fn micro_batches(&self) -> usize {
+        self.grad_accum.max(1)
+    }
+}
+
 /// Token-weighted mean loss over `examples`, with the adapters frozen so no graph is built.
 pub fn evaluate_loss(model: &mut dyn CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<f64> {
     // TODO: the token-weighted mean of `causal_lm_loss` over `examples`, taken in batches of
@@ -150,6 +157,109 @@ pub fn train_lora(
     train(model, &LoraAdapters(lora), train_set, val, pad_id, cfg, on_eval)
 }
 
+/// What a run carries from one optimizer step to the next.
+pub struct TrainState {
+    /// AdamW over the trainee's parameter groups.
+    pub opt: AdamW,
+    /// The trained `Var`s, in the optimizer's order.
+    pub vars: Vec<Var>,
+    /// Every step's record, every validation, and the best so far.
+    pub history: TrainHistory,
+    /// The divergence checks (src/train/guard.rs).
+    pub guard: DivergenceGuard,
+    /// Optimizer steps done: 0 for a fresh run, the checkpoint's step for a resumed one, so the
+    /// next step to run is `step` (0-based).
+    pub step: usize,
+}
+
+/// The state a run starts from: resumed from the checkpoint, or fresh with step 0 validated.
+pub fn start_run(
+    model: &mut dyn CausalLm,
+    trainee: &dyn Trainee,
+    val: &[Example],
+    pad_id: u32,
+    cfg: &TrainConfig,
+) -> Result<TrainState> {
+    // TODO: the state the loop of "The training loop" starts from. It must guarantee:
+    // - with cfg.resume and a checkpoint in out_dir (`read_checkpoint_state`): the trainee's
+    //   weights loaded from `checkpoint_dir` by `trainee.load`, which replaces the `Var`s, so the
+    //   optimizer is built after it; the optimizer's moments (`optimizer_state_path`), the step
+    //   and the history are the checkpoint's;
+    // - otherwise: step 0, and the validation loss of the model as it starts recorded at step 0
+    //   and made the first best, saved to best_adapter_dir(out_dir) when the trainee keeps files;
+    // - the optimizer is AdamW over exactly `trainee.groups(model)`, with cfg.weight_decay; `vars`
+    //   are its `Var`s in its order;
+    // - the guard is `DivergenceGuard::from_history` of the history it starts with.
+    // Book: "The training loop", "Resuming a run".
+    todo!("t06: start_run")
+}
+
+/// The mean gradient of one optimizer step over its micro-batches, its mean loss and tokens.
+pub fn accumulate_gradients(
+    model: &dyn CausalLm,
+    trainee: &dyn Trainee,
+    vars: &[Var],
+    train_set: &[Example],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    step: usize,
+) -> Result<(GradStore, f64, usize)> {
+    // TODO: the gradient of optimizer step `step` (0-based). It must guarantee:
+    // - the step takes cfg.micro_batches() micro-batches, the consecutive batches
+    //   step * k .. step * k + k of the seeded order `epoch_batches(len, batch_size, seed, epoch)`,
+    //   continuing across epochs (k micro-batches of 1 = one batch of k);
+    // - each micro-batch's loss (`causal_lm_loss`, in training mode) is divided by k before its
+    //   backward, so the returned gradient of each of `vars` is the mean over the micro-batches,
+    //   not their sum; a `Var` no micro-batch reaches has no gradient;
+    // - it returns that gradient, the mean of the micro-batches' losses, and their supervised
+    //   tokens summed;
+    // - a non-finite loss stops the run with `LoraError::Diverged` at step `step + 1` (its loss,
+    //   the peak learning rate, and which weights are kept: best_adapter_dir when the trainee
+    //   keeps files).
+    // Book: "The training loop", "When the loss is NaN".
+    todo!("t06: accumulate_gradients")
+}
+
+/// One optimizer step with the accumulated gradient; its record joins the history.
+pub fn optimizer_step(
+    state: &mut TrainState,
+    grads: GradStore,
+    loss: f64,
+    tokens: usize,
+    cfg: &TrainConfig,
+    started: Instant,
+) -> Result<StepRecord> {
+    // TODO: step number state.step (0-based). It must guarantee:
+    // - the optimizer steps once, at lr_at(step), on the gradient clipped to cfg.max_grad_norm
+    //   (`None`: not clipped);
+    // - state.step counts the step; then `state.guard.after_step` checks it (with the history's
+    //   best), and its error stops the run;
+    // - the record (the step counted from 1, `loss`, the rate, the norm before clipping, `tokens`
+    //   and tokens per second since `started`) is appended to the history and returned.
+    // Book: "The learning-rate schedule", "Clipping the gradient", "When training diverges".
+    todo!("t06: optimizer_step")
+}
+
+/// Validate after `state.step` steps and keep the best; returns the validation loss.
+pub fn validate_and_keep_best(
+    model: &mut dyn CausalLm,
+    trainee: &dyn Trainee,
+    state: &mut TrainState,
+    val: &[Example],
+    pad_id: u32,
+    cfg: &TrainConfig,
+) -> Result<f64> {
+    // TODO: the validation after state.step steps. It must guarantee:
+    // - the validation loss (`evaluate_loss`) is recorded in the history at state.step;
+    // - a loss below the best so far is the new best, saved to best_adapter_dir(out_dir) when the
+    //   trainee keeps files; a loss that is not below it saves nothing;
+    // - then `state.guard.after_eval` checks it, and its error stops the run;
+    // - then, when the trainee keeps files and the guard is not `suspect()`, a checkpoint
+    //   (`save_checkpoint`) of the optimizer, the step and the history.
+    // Book: "The training loop", "Resuming a run", "When training diverges".
+    todo!("t06: validate_and_keep_best")
+}
+
 /// Train what `trainee` names on `train_set`, validating on `val`. `on_eval` runs after each
 /// validation (for sample generations). Returns the history; the best weights are in
 /// `out_dir/best` when the trainee keeps files.
@@ -162,28 +272,14 @@ pub fn train(
     cfg: &TrainConfig,
     on_eval: &mut dyn FnMut(&dyn CausalLm, usize),
 ) -> Result<TrainHistory> {
-    // TODO: the loop of the book's "The training loop". It must guarantee:
+    // TODO: the loop of "The training loop", made of the four steps above. It must guarantee:
     // - empty train or validation sets are an error;
-    // - only what `trainee.groups(model)` returns is optimised, by AdamW with cfg.weight_decay, at
-    //   lr_at(step) on every step;
-    // - a step accumulates cfg.grad_accum micro-batches, taken in the seeded order of
-    //   `epoch_batches` and continuing across epochs (k micro-batches of 1 = one batch of k),
-    //   averages their gradients, clips them to cfg.max_grad_norm and steps; its StepRecord holds
-    //   the mean loss and the norm before clipping;
-    // - before the first step of a fresh run, the validation loss at step 0 (the base model) is
-    //   recorded and is the first best, saved as best: weights that never beat it never replace it;
-    // - a non-finite loss stops the run with `LoraError::Diverged` (its step, the loss, the peak
-    //   learning rate, and which weights are kept);
-    // - a `DivergenceGuard::from_history` checks the run (src/train/guard.rs): `after_step` after
-    //   every step, `after_eval` after every validation (and saving the best); their error stops
-    //   the run, and no checkpoint is written while `guard.suspect()`;
-    // - every eval_every steps and after the last: the validation loss; when the trainee keeps
-    //   files, the best weights in best_adapter_dir(out_dir) and a checkpoint (`save_checkpoint`);
-    //   then on_eval;
-    // - with cfg.resume and a checkpoint in out_dir, the run continues from it and ends where an
-    //   uninterrupted run would (the trainee's `load` replaces the Vars: the optimizer comes after
-    //   it); cfg.stop_after stops early as if interrupted;
+    // - the run starts from `start_run` and takes steps until cfg.schedule.total_steps (or
+    //   cfg.stop_after, which stops early as if interrupted): `accumulate_gradients`, then
+    //   `optimizer_step`;
+    // - after every eval_every-th step and after the last: `validate_and_keep_best`, then
+    //   on_eval(model, steps done);
     // - training_history.json and .png end up in out_dir, and the history is returned.
-    // Book: "The training loop", "Resuming a run", "When the loss is NaN", "When training diverges".
+    // Book: "The training loop".
     todo!("t06: train")
 }

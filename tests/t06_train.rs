@@ -15,7 +15,8 @@ use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
 use lora_from_scratch::tasks::t04_save_load::load_lora_weights;
 use lora_from_scratch::tasks::t05_data::{collate, tokenize_example, Example, IGNORE_INDEX};
 use lora_from_scratch::tasks::t06_train::{
-    causal_lm_loss, clip_grad_norm, evaluate_loss, lr_at, train_lora, Decay, Schedule, TrainConfig,
+    accumulate_gradients, causal_lm_loss, clip_grad_norm, evaluate_loss, lr_at, optimizer_step, start_run, train_lora,
+    validate_and_keep_best, Decay, LoraAdapters, Schedule, TrainConfig, TrainState,
 };
 use lora_from_scratch::LoraConfig;
 use proptest::prelude::*;
@@ -426,4 +427,339 @@ fn clipping_scales_the_gradient_before_the_step() {
     cfg.max_grad_norm = None;
     let (_, free, _) = run_steps(&data, &cfg, 1);
     assert!(largest_b_move(&start, &free) > 0.5 * lr0);
+}
+
+// The loop's steps, each graded on its own: `start_run`, `accumulate_gradients`,
+// `optimizer_step`, `validate_and_keep_best`. The tests above grade them together through `train`.
+
+/// The tiny model with every adapter moved off its start (seeded), so that every A and B has a
+/// gradient and the loss depends on all of them.
+fn moved_model(seed: u64) -> LoadedModel {
+    let m = model();
+    for (i, (_, v)) in get_lora_parameters(m.model.as_ref()).into_iter().enumerate() {
+        let t = (randn(&mut rng(seed + i as u64), v.dims(), DType::F32) * 0.05).unwrap();
+        v.set(&t).unwrap();
+    }
+    m
+}
+
+/// The ids of the tensors of `vars`, for "the same `Var`s", not merely equal values.
+fn ids(vars: &[Var]) -> Vec<candle_core::TensorId> {
+    vars.iter().map(|v| v.as_tensor().id()).collect()
+}
+
+/// The same ids, whatever their order (and no id twice).
+fn same_set(a: &[candle_core::TensorId], b: &[candle_core::TensorId]) -> bool {
+    use std::collections::HashSet;
+    let (x, y): (HashSet<_>, HashSet<_>) = (a.iter().collect(), b.iter().collect());
+    a.len() == b.len() && x.len() == a.len() && x == y
+}
+
+fn adapter_vars(m: &LoadedModel) -> Vec<Var> {
+    get_lora_parameters(m.model.as_ref()).into_iter().map(|(_, v)| v).collect()
+}
+
+#[test]
+fn a_fresh_run_starts_from_its_validated_starting_point() {
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = moved_model(40);
+    let val = examples(3, 3);
+    let cfg = config(dir.path(), 6, 1e-2);
+    let start = evaluate_loss(m.model.as_mut(), &val, cfg.batch_size, PAD).unwrap();
+    let state = start_run(m.model.as_mut(), &LoraAdapters(&lora()), &val, PAD, &cfg).unwrap();
+    assert_eq!(state.step, 0, "a fresh run has done no step");
+    assert!(state.history.train.is_empty(), "a fresh run has no step records");
+    assert_eq!(state.history.val.len(), 1, "one validation, of the starting point: {:?}", state.history.val);
+    assert_eq!(state.history.val[0].step, 0, "the starting point is validated at step 0");
+    assert_close!(
+        [state.history.val[0].val_loss],
+        [start],
+        1e-5,
+        "step 0's validation loss is the model's as it starts"
+    );
+    assert_eq!(state.history.best, Some((0, state.history.val[0].val_loss)), "step 0 is the first best");
+    // The optimizer trains the trainee's groups: every adapter, nothing else, the model's own Vars.
+    let (want, got) = (ids(&adapter_vars(&m)), ids(&state.vars));
+    let in_opt: Vec<_> = state.opt.vars().iter().map(|(_, v)| v.as_tensor().id()).collect();
+    assert_eq!(got, in_opt, "`vars` are the optimizer's Vars, in its order");
+    assert!(same_set(&got, &want), "the optimizer holds exactly the model's adapter Vars");
+    assert_eq!(state.opt.steps(), 0);
+    // best/ holds the starting point.
+    let mut fresh = model();
+    load_lora_weights(fresh.model.as_mut(), &dir.path().join("best")).expect("step 0 is saved as best");
+    assert_eq!(adapter_values(&fresh), adapter_values(&m), "best/ holds the adapters the run started with");
+    // cfg.resume without a checkpoint is a fresh start too.
+    let other = tempfile::tempdir().unwrap();
+    let mut cfg = config(other.path(), 6, 1e-2);
+    cfg.resume = true;
+    let state = start_run(moved_model(40).model.as_mut(), &LoraAdapters(&lora()), &val, PAD, &cfg).unwrap();
+    assert_eq!((state.step, state.history.val.len()), (0, 1), "no checkpoint: a fresh start");
+}
+
+#[test]
+fn a_resumed_run_starts_from_its_checkpoint() {
+    use lora_from_scratch::tasks::t04_save_load::save_lora_weights;
+    use lora_from_scratch::train::checkpoint::save_checkpoint;
+    use lora_from_scratch::train::history::{EvalRecord, StepRecord, TrainHistory};
+    use lora_from_scratch::train::optim::{AdamW, AdamWParams};
+    book("t06_train", "Resuming a run");
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = (examples(4, 6), examples(5, 2));
+    // A checkpoint written without the loop: the adapters of a moved model after two AdamW
+    // steps, their moments, step 3 and a history of three steps.
+    let written = moved_model(50);
+    let mut opt = AdamW::new(get_lora_parameters(written.model.as_ref()), AdamWParams::default()).unwrap();
+    for _ in 0..2 {
+        let batch = collate(&train[..2], PAD, &CPU).unwrap();
+        let (loss, _) = causal_lm_loss(written.model.as_ref(), &batch, true).unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+    let record = |step| StepRecord { step, loss: 2.0, lr: 1e-2, grad_norm: 1.0, tokens: 9, tokens_per_s: 1.0 };
+    let history = TrainHistory {
+        train: (1..=3).map(record).collect(),
+        val: vec![EvalRecord { step: 0, val_loss: 4.5 }, EvalRecord { step: 2, val_loss: 4.25 }],
+        best: Some((2, 4.25)),
+    };
+    save_checkpoint(&opt, 3, &history, dir.path(), |d| save_lora_weights(written.model.as_ref(), &lora(), d)).unwrap();
+
+    let mut cfg = config(dir.path(), 6, 1e-2);
+    cfg.resume = true;
+    let mut resumed = model();
+    let state = start_run(resumed.model.as_mut(), &LoraAdapters(&lora()), &val, PAD, &cfg).unwrap();
+    assert_eq!(state.step, 3, "a resumed run continues after the checkpoint's step");
+    assert_eq!(state.history, history, "the history is the checkpoint's (no new step-0 validation)");
+    assert_eq!(adapter_values(&resumed), adapter_values(&written), "the adapters are the checkpoint's");
+    assert_eq!(state.opt.steps(), 2, "the optimizer's state (moments and step count) is the checkpoint's");
+    assert!(
+        same_set(&ids(&state.vars), &ids(&adapter_vars(&resumed))),
+        "the optimizer must hold the Vars loading put in place: build it after loading"
+    );
+    // Without cfg.resume the same folder starts afresh.
+    cfg.resume = false;
+    let state = start_run(model().model.as_mut(), &LoraAdapters(&lora()), &val, PAD, &cfg).unwrap();
+    assert_eq!(state.step, 0, "cfg.resume is off: the checkpoint is not used");
+}
+
+#[test]
+fn a_step_gradient_is_the_mean_over_its_micro_batches_in_the_seeded_order() {
+    use lora_from_scratch::train::data::epoch_batches;
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let m = moved_model(60);
+    let data = examples(9, 5);
+    let mut cfg = config(dir.path(), 10, 1e-2);
+    (cfg.batch_size, cfg.grad_accum) = (2, 2);
+    let vars = adapter_vars(&m);
+    let trainee = LoraAdapters(&lora());
+    // 5 examples in batches of 2: 3 batches an epoch. Step 1's micro-batches are 2 and 3: the
+    // last batch of epoch 0 and the first of epoch 1.
+    let (grads, loss, tokens) = accumulate_gradients(m.model.as_ref(), &trainee, &vars, &data, PAD, &cfg, 1).unwrap();
+    let mut want: Vec<Vec<f64>> = vec![Vec::new(); vars.len()];
+    let (mut want_loss, mut want_tokens) = (0.0, 0);
+    for micro in [2, 3] {
+        let idx = &epoch_batches(data.len(), 2, cfg.seed, micro / 3)[micro % 3];
+        let batch: Vec<Example> = idx.iter().map(|&i| data[i].clone()).collect();
+        let (l, n) = causal_lm_loss(m.model.as_ref(), &collate(&batch, PAD, &CPU).unwrap(), true).unwrap();
+        want_loss += f64::from(l.to_scalar::<f32>().unwrap()) / 2.0;
+        want_tokens += n;
+        let g = l.backward().unwrap();
+        for (w, v) in want.iter_mut().zip(&vars) {
+            let gv = values(g.get(v.as_tensor()).unwrap());
+            if w.is_empty() {
+                *w = vec![0.0; gv.len()];
+            }
+            w.iter_mut().zip(gv).for_each(|(w, g)| *w += g / 2.0);
+        }
+    }
+    assert_close!([loss], [want_loss], 1e-5, "the step's loss is the mean of its micro-batches' losses");
+    assert_eq!(tokens, want_tokens, "the step's tokens are its micro-batches' supervised tokens");
+    for ((name, _), (v, w)) in get_lora_parameters(m.model.as_ref()).iter().zip(vars.iter().zip(&want)) {
+        let got = values(grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient")));
+        let scale = w.iter().fold(0f64, |a, b| a.max(b.abs()));
+        assert_close!(
+            got,
+            w,
+            1e-4 * scale + 1e-7,
+            "{name}: the gradient must be the mean over micro-batches 2 and 3 of the seeded order (across the epoch boundary)"
+        );
+    }
+}
+
+#[test]
+fn a_non_finite_loss_is_a_divergence_at_its_step() {
+    book("t06_train", "When the loss is NaN");
+    let dir = tempfile::tempdir().unwrap();
+    let m = moved_model(70);
+    let (_, v) = get_lora_parameters(m.model.as_ref()).remove(0);
+    v.set(&Tensor::full(f32::NAN, v.dims(), &CPU).unwrap()).unwrap();
+    let cfg = config(dir.path(), 10, 3e-3);
+    let err = accumulate_gradients(
+        m.model.as_ref(),
+        &LoraAdapters(&lora()),
+        &adapter_vars(&m),
+        &examples(2, 4),
+        PAD,
+        &cfg,
+        4,
+    )
+    .expect_err("a NaN loss must stop the step");
+    match &err {
+        lora_from_scratch::LoraError::Diverged { step, loss, peak_lr, .. } => {
+            assert_eq!(*step, 5, "step 4 (0-based) is the run's step 5: {err}");
+            assert!(loss.is_nan() && *peak_lr == 3e-3, "loss {loss}, peak learning rate {peak_lr}: {err}");
+        }
+        other => panic!("a NaN loss is LoraError::Diverged, not {other:?}"),
+    }
+}
+
+/// A fresh state over a moved model, and the gradient of its step 0 (batches of 2, no accumulation).
+fn state_and_gradient(
+    dir: &Path,
+    seed: u64,
+) -> (LoadedModel, TrainState, candle_core::backprop::GradStore, TrainConfig) {
+    let mut m = moved_model(seed);
+    let data = examples(11, 4);
+    let mut cfg = config(dir, 10, 1e-2);
+    cfg.grad_accum = 1;
+    let trainee = LoraAdapters(&lora());
+    let state = start_run(m.model.as_mut(), &trainee, &data, PAD, &cfg).unwrap();
+    let (grads, _, _) = accumulate_gradients(m.model.as_ref(), &trainee, &state.vars, &data, PAD, &cfg, 0).unwrap();
+    (m, state, grads, cfg)
+}
+
+fn global_norm(grads: &candle_core::backprop::GradStore, vars: &[Var]) -> f64 {
+    vars.iter()
+        .filter_map(|v| grads.get(v.as_tensor()))
+        .map(|g| values(g).iter().map(|x| x * x).sum::<f64>())
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[test]
+fn an_optimizer_step_runs_at_its_rate_on_the_clipped_gradient_and_is_recorded() {
+    book("t06_train", "Clipping the gradient");
+    let dir = tempfile::tempdir().unwrap();
+    let (m, mut state, grads, mut cfg) = state_and_gradient(dir.path(), 80);
+    let norm = global_norm(&grads, &state.vars);
+    // Pretend three steps are done: this is step 3 (0-based), at lr_at(3).
+    state.step = 3;
+    cfg.max_grad_norm = None;
+    let before = adapter_values(&m);
+    let started = std::time::Instant::now();
+    let record = optimizer_step(&mut state, grads, 2.5, 17, &cfg, started).unwrap();
+    let lr = lr_at(&cfg.schedule, 3);
+    assert_eq!(record.step, 4, "the record counts steps from 1");
+    assert_eq!(record.lr, lr, "step 3 runs at lr_at(3)");
+    assert_close!([record.grad_norm], [norm], 1e-5 * norm, "the record holds the global norm of the gradient");
+    assert_eq!((record.loss, record.tokens), (2.5, 17), "the record holds the step's loss and tokens");
+    assert!(record.tokens_per_s > 0.0 && record.tokens_per_s.is_finite());
+    assert_eq!(state.history.train.last(), Some(&record), "the record joins the history");
+    assert_eq!(state.step, 4, "state.step counts the step");
+    assert_eq!(state.opt.steps(), 1, "the optimizer stepped once");
+    // Adam's first step moves each entry by about the rate, whatever the gradient's size.
+    let after = adapter_values(&m);
+    let moved = before
+        .iter()
+        .zip(&after)
+        .flat_map(|((_, a), (_, b))| {
+            a.iter().zip(b).map(|(x, y)| (f32::from_bits(*x) - f32::from_bits(*y)).abs() as f64)
+        })
+        .fold(0.0, f64::max);
+    assert_close!([moved], [lr], 0.05 * lr, "the largest move is the step's rate lr_at(3)");
+
+    // Clipped to a norm of 1e-12, the gradient is far below Adam's eps: the step all but vanishes.
+    let dir = tempfile::tempdir().unwrap();
+    let (m, mut state, grads, mut cfg) = state_and_gradient(dir.path(), 80);
+    cfg.max_grad_norm = Some(1e-12);
+    let before = adapter_values(&m);
+    let record = optimizer_step(&mut state, grads, 2.5, 17, &cfg, std::time::Instant::now()).unwrap();
+    assert_close!([record.grad_norm], [norm], 1e-5 * norm, "the record holds the norm before clipping");
+    let moved = before
+        .iter()
+        .zip(&adapter_values(&m))
+        .flat_map(|((_, a), (_, b))| {
+            a.iter().zip(b).map(|(x, y)| (f32::from_bits(*x) - f32::from_bits(*y)).abs() as f64)
+        })
+        .fold(0.0, f64::max);
+    assert!(moved < 1e-3 * lr_at(&cfg.schedule, 0), "with max_grad_norm = 1e-12 an entry moved by {moved}: clip first");
+}
+
+#[test]
+fn a_step_with_a_broken_gradient_stops_the_run() {
+    book("t06_train", "When training diverges");
+    let dir = tempfile::tempdir().unwrap();
+    let (_m, mut state, mut grads, cfg) = state_and_gradient(dir.path(), 90);
+    let v = state.vars[0].clone();
+    grads.insert(v.as_tensor(), Tensor::full(f32::INFINITY, v.dims(), &CPU).unwrap());
+    let err = optimizer_step(&mut state, grads, 2.0, 5, &cfg, std::time::Instant::now())
+        .expect_err("an infinite gradient norm must stop the run");
+    assert!(
+        matches!(err, lora_from_scratch::LoraError::Diverged { step: 1, .. }),
+        "the guard's after_step stops step 1: {err:?}"
+    );
+}
+
+#[test]
+fn validation_keeps_only_a_better_adapter_and_checkpoints_unless_suspect() {
+    use lora_from_scratch::train::checkpoint::read_checkpoint_state;
+    use lora_from_scratch::train::guard::DivergenceGuard;
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = moved_model(100);
+    let val = examples(12, 3);
+    let cfg = config(dir.path(), 10, 1e-2);
+    let trainee = LoraAdapters(&lora());
+    let mut state = start_run(m.model.as_mut(), &trainee, &val, PAD, &cfg).unwrap();
+    let best_dir = dir.path().join("best");
+    let loss_now = evaluate_loss(m.model.as_mut(), &val, cfg.batch_size, PAD).unwrap();
+
+    // Better than the best: recorded, the new best, saved, checkpointed.
+    state.step = 2;
+    state.history.best = Some((0, f64::INFINITY));
+    std::fs::remove_dir_all(&best_dir).unwrap();
+    let v = validate_and_keep_best(m.model.as_mut(), &trainee, &mut state, &val, PAD, &cfg).unwrap();
+    assert_close!([v], [loss_now], 1e-5, "the validation loss is evaluate_loss's");
+    assert_eq!(state.history.val.last().map(|r| (r.step, r.val_loss)), Some((2, v)), "recorded at step 2");
+    assert_eq!(state.history.best, Some((2, v)), "a lower loss is the new best");
+    let mut fresh = model();
+    load_lora_weights(fresh.model.as_mut(), &best_dir).expect("a new best is saved to best/");
+    assert_eq!(adapter_values(&fresh), adapter_values(&m));
+    let (step, history) = read_checkpoint_state(dir.path()).unwrap().expect("a checkpoint is written");
+    assert_eq!((step, &history), (2, &state.history), "the checkpoint holds the step and the history");
+
+    // Not better: recorded, but neither the best nor best/ changes; the checkpoint moves on.
+    state.step = 4;
+    state.history.best = Some((2, -1.0));
+    std::fs::remove_dir_all(&best_dir).unwrap();
+    let v = validate_and_keep_best(m.model.as_mut(), &trainee, &mut state, &val, PAD, &cfg).unwrap();
+    assert_eq!(state.history.val.last().map(|r| (r.step, r.val_loss)), Some((4, v)));
+    assert_eq!(state.history.best, Some((2, -1.0)), "a loss that is not lower is not the best");
+    assert!(!best_dir.exists(), "best/ is written only for a new best");
+    assert_eq!(read_checkpoint_state(dir.path()).unwrap().map(|(s, _)| s), Some(4));
+
+    // Suspect (far above the best, with the training loss up as well): no checkpoint.
+    state.step = 6;
+    state.history.best = Some((4, 0.01));
+    state.guard = DivergenceGuard::new(cfg.schedule.peak_lr);
+    state.guard.after_step(5, 0.5, 1.0, state.history.best).unwrap();
+    state.guard.after_step(6, 20.0, 1.0, state.history.best).unwrap();
+    validate_and_keep_best(m.model.as_mut(), &trainee, &mut state, &val, PAD, &cfg)
+        .expect("one far validation may be a spike: it does not stop the run");
+    assert!(state.guard.suspect(), "the guard's after_eval saw the far validation");
+    assert_eq!(read_checkpoint_state(dir.path()).unwrap().map(|(s, _)| s), Some(4), "no checkpoint while suspect");
+
+    // A NaN validation stops the run at once, and writes no checkpoint.
+    state.step = 8;
+    state.guard = DivergenceGuard::new(cfg.schedule.peak_lr);
+    let (_, v) = get_lora_parameters(m.model.as_ref()).remove(0);
+    v.set(&Tensor::full(f32::NAN, v.dims(), &CPU).unwrap()).unwrap();
+    let err = validate_and_keep_best(m.model.as_mut(), &trainee, &mut state, &val, PAD, &cfg)
+        .expect_err("a NaN validation loss must stop the run");
+    assert!(matches!(err, lora_from_scratch::LoraError::Diverged { step: 8, .. }), "{err:?}");
+    assert_eq!(
+        read_checkpoint_state(dir.path()).unwrap().map(|(s, _)| s),
+        Some(4),
+        "no checkpoint after a failed check"
+    );
 }
