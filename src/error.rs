@@ -162,7 +162,7 @@ where
 
 /// An error and its chain of causes on one line, "outer: inner", each said once: an error that
 /// already shows its cause (`LoraError::Io` prints "path: the I/O error") does not get it again.
-pub fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(c) = cause {

@@ -227,18 +227,18 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Read a whole file; the error names the path.
-pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| LoraError::io(path, e))
 }
 
 /// Lowercase hex SHA-256 of `bytes`: what a pinned download is checked against.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// CRC-32 of `bytes` as 8 hex digits: what we store beside each tensor to detect corruption.
-pub fn crc32_hex(bytes: &[u8]) -> String {
+pub(crate) fn crc32_hex(bytes: &[u8]) -> String {
     format!("{:08x}", crc32fast::hash(bytes))
 }
 

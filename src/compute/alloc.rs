@@ -22,7 +22,7 @@ pub fn keep_freed_memory() -> bool {
 /// Hand the heap's free memory back to the OS now (glibc's `malloc_trim`), for a process that
 /// runs several trainings one after the other and measures each one's peak memory. Does nothing
 /// where the allocator is not glibc's.
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns unused heap pages to the kernel.
     unsafe {

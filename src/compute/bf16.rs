@@ -315,7 +315,7 @@ fn portable(
 }
 
 /// Each value rounded to the nearest bf16 (ties to even), kept as f32.
-pub fn round_to_bf16(x: &[f32]) -> Vec<f32> {
+fn round_to_bf16(x: &[f32]) -> Vec<f32> {
     use rayon::prelude::*;
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(1 << 14)

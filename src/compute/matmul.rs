@@ -25,7 +25,7 @@ impl<'a, T> Mat<'a, T> {
     }
 
     /// Row-major with rows `stride` apart (a column block of a wider matrix).
-    pub fn strided(data: &'a [T], stride: usize) -> Self {
+    pub(crate) fn strided(data: &'a [T], stride: usize) -> Self {
         Mat { data, rs: stride as isize, cs: 1 }
     }
 

@@ -47,7 +47,7 @@ pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
     })
 }
 
-/// `x W^T` where W [out, in] gets no gradient. On the CPU this is [`FrozenLinear`]; elsewhere
+/// `x W^T` where W [out, in] gets no gradient. On the CPU this is `FrozenLinear`; elsewhere
 /// the plain matmul of a detached weight (same values, candle just computes a gradient it
 /// throws away).
 pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -221,7 +221,7 @@ pub mod composed {
     }
 
     /// [batch, seq, heads * hd] -> [batch, heads, seq, hd]
-    pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, t, n) = x.dims3()?;
         Ok(x.reshape((b, t, heads, n / heads))?.transpose(1, 2)?.contiguous()?)
     }

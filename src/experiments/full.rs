@@ -42,7 +42,7 @@ pub fn unfreeze_all(model: &mut dyn CausalLm) -> Result<Vec<(String, candle_core
 
 /// Every weight of the model, trained in full: one parameter group, nothing kept on disk (a full
 /// model is 540 MB a copy; the sweep reruns an interrupted run instead).
-pub struct FullTrainee;
+pub(crate) struct FullTrainee;
 
 impl Trainee for FullTrainee {
     fn groups(&self, model: &mut dyn CausalLm) -> Result<Vec<ParamGroup>> {

@@ -72,7 +72,7 @@ pub struct HeldoutSummary {
 /// Distinct n-grams over all n-grams of every answer (0 when there are none): 1.0 means no
 /// n-gram repeats, within an answer or across answers; a model that loops or gives every prompt
 /// the same answer scores low.
-pub fn distinct_n(answers: &[Vec<u32>], n: usize) -> f64 {
+fn distinct_n(answers: &[Vec<u32>], n: usize) -> f64 {
     let mut all = 0usize;
     let mut seen = HashSet::new();
     for ids in answers {

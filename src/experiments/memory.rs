@@ -5,12 +5,12 @@
 /// of a sweep (Linux; elsewhere the peak stays the process's). The heap's free memory goes back
 /// to the OS first: [`crate::compute::alloc::keep_freed_memory`] keeps it mapped, and the mark restarts
 /// from what is mapped.
-pub fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     crate::compute::alloc::release_free_memory();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Peak resident memory of this process since start or the last [`reset_peak_rss`] (MiB).
+/// Peak resident memory of this process since start or the last `reset_peak_rss` (MiB).
 pub fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

@@ -27,7 +27,7 @@ fn method_label(m: &Method) -> String {
 }
 
 /// The report's table: one row per run.
-pub fn markdown_table(results: &[RunResult]) -> String {
+fn markdown_table(results: &[RunResult]) -> String {
     let mut s = String::from(
         "| run | method | lr | trainable params | adapter | train s | tokens/s | peak MiB | final train loss | best val loss | val ppl | BLEU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -57,7 +57,7 @@ pub fn markdown_table(results: &[RunResult]) -> String {
 
 /// A numeric setting to plot BLEU against: its label and how to read it from a result (`None`
 /// for a run that lacks it).
-pub type XAxis<'a> = (&'a str, &'a dyn Fn(&RunResult) -> Option<f64>);
+type XAxis<'a> = (&'a str, &'a dyn Fn(&RunResult) -> Option<f64>);
 
 /// A plot to draw: its file name and how.
 type Plot<'a> = (String, Box<dyn Fn(&Path) -> PlotResult + 'a>);

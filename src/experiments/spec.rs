@@ -105,7 +105,7 @@ pub struct RunResult {
 }
 
 /// Where a run's files go: `dir/<name>/`.
-pub fn run_dir(dir: &Path, spec: &RunSpec) -> PathBuf {
+pub(crate) fn run_dir(dir: &Path, spec: &RunSpec) -> PathBuf {
     dir.join(&spec.name)
 }
 
@@ -169,7 +169,7 @@ pub fn run_sweep(
 }
 
 /// Mean of the last `n` training losses.
-pub fn final_loss(history: &TrainHistory, n: usize) -> f64 {
+pub(crate) fn final_loss(history: &TrainHistory, n: usize) -> f64 {
     let tail: Vec<f64> = history.train.iter().rev().take(n).map(|r| r.loss).collect();
     tail.iter().sum::<f64>() / tail.len().max(1) as f64
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// Where offline copies live: `$LORA_FROM_SCRATCH_CACHE`, else `$XDG_CACHE_HOME/lora-from-scratch`,
 /// else `~/.cache/lora-from-scratch` (the folder `scripts/fetch-smollm2.sh` fills).
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LORA_FROM_SCRATCH_CACHE") {
         return PathBuf::from(dir);
     }

@@ -11,13 +11,13 @@ use crate::error::{LoraError, Result};
 use crate::io::write_atomic;
 
 /// The official release.
-pub const E2E_URL: &str = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip";
+const E2E_URL: &str = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip";
 
 /// The CSV files of the release.
 pub const E2E_FILES: [&str; 3] = ["trainset.csv", "devset.csv", "testset_w_refs.csv"];
 
 /// Where the downloaded release is kept.
-pub fn e2e_cache_dir() -> PathBuf {
+fn e2e_cache_dir() -> PathBuf {
     cache_dir().join("e2e")
 }
 

@@ -8,9 +8,9 @@ use hf_hub::{Repo, RepoType};
 use crate::error::{LoraError, Result};
 
 /// A checkpoint's weights in one file, as Hugging Face names it.
-pub const SAFETENSORS_FILE: &str = "model.safetensors";
+pub(crate) const SAFETENSORS_FILE: &str = "model.safetensors";
 /// The index of a checkpoint whose weights are sharded over several files.
-pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
+pub(crate) const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 
 /// Download (or find in hf-hub's cache) `config.json`, the weights (one file or every shard of
 /// the index) and `tokenizer.json` if there is one; return the snapshot folder that holds them.

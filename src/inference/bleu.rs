@@ -27,7 +27,7 @@ pub fn bleu_tokens(text: &str) -> Vec<String> {
 }
 
 /// How often each n-gram of `tokens` occurs.
-pub fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
+pub(crate) fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
     let mut counts = HashMap::new();
     for g in tokens.windows(n) {
         *counts.entry(g).or_insert(0) += 1;

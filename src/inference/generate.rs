@@ -5,7 +5,7 @@
 //! [`KvCache`](crate::models::KvCache) supplies the keys and values of everything before it.
 //!
 //! Picking the token is candle-transformers' [`LogitsProcessor`], the sampler candle's own
-//! examples use: [`Sampling`] is turned into its `Sampling` variants by [`Sampling::to_candle`].
+//! examples use: [`Sampling`] is turned into its `Sampling` variants by `Sampling::to_candle`.
 //! One difference from transformers' `generate` to know: with both top-k and top-p, candle
 //! measures p against the probabilities before the top-k cut (transformers renormalises the k
 //! kept tokens first), so the same p keeps as many or more tokens here.
@@ -38,7 +38,7 @@ impl Sampling {
     /// candle-transformers' variant for these settings: `ArgMax` when greedy, else `All`,
     /// `TopK`, `TopP` or `TopKThenTopP` at this temperature. A top-k of 0 keeps one token; a
     /// top-p outside (0, 1) keeps every token, as candle reads it.
-    pub fn to_candle(&self) -> CandleSampling {
+    fn to_candle(&self) -> CandleSampling {
         let temperature = self.temperature;
         if temperature <= 0.0 {
             return CandleSampling::ArgMax;

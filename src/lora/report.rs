@@ -25,7 +25,7 @@ pub struct ParameterCount {
 
 impl ParameterCount {
     /// Trainable parameters as a percentage of all parameters.
-    pub fn trainable_percent(&self) -> f64 {
+    fn trainable_percent(&self) -> f64 {
         if self.total == 0 {
             0.0
         } else {

@@ -100,7 +100,7 @@ impl LinearSlot {
     /// `residual + self.forward(x)`: the residual connection after a layer. A frozen plain
     /// layer on the CPU takes one fused op ([`crate::compute::fused::residual_linear`]), which
     /// does not keep the layer's output alive for the backward.
-    pub fn forward_residual(&self, residual: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
+    pub(crate) fn forward_residual(&self, residual: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             LinearSlot::Custom(k) => k.forward_residual(residual, x, train),
             LinearSlot::Linear(l) => {
@@ -152,7 +152,7 @@ impl LinearSlot {
     }
 
     /// The LoRA adapter of this layer, mutably.
-    pub fn adapter_mut(&mut self) -> Option<&mut LoraLayer> {
+    pub(crate) fn adapter_mut(&mut self) -> Option<&mut LoraLayer> {
         match self {
             LinearSlot::Lora(l) => Some(l.lora_mut()),
             LinearSlot::Linear(_) => None,
@@ -250,7 +250,7 @@ impl LinearSlot {
 
     /// Why this slot cannot be read as a plain layer now (an adapter still in it, a layer
     /// serving several adapters), or `None` for a plain layer.
-    pub fn why_not_plain(&self) -> Option<&'static str> {
+    pub(crate) fn why_not_plain(&self) -> Option<&'static str> {
         match self {
             LinearSlot::Linear(_) => None,
             LinearSlot::Lora(_) => Some("still has a LoRA adapter; merge it (merge_lora_weights)"),

@@ -29,7 +29,7 @@ pub enum Family {
 
 impl Family {
     /// The family of a `model_type`, or an error naming the ones this crate runs.
-    pub fn from_model_type(model_type: &str) -> Result<Self> {
+    pub(crate) fn from_model_type(model_type: &str) -> Result<Self> {
         match model_type {
             "llama" => Ok(Family::Llama),
             "qwen2" => Ok(Family::Qwen2),
@@ -70,7 +70,7 @@ impl Family {
     }
 
     /// Whether the MLP projections have biases (only Llama's `mlp_bias` can say yes).
-    pub fn mlp_bias(self, mlp_bias: bool) -> bool {
+    pub(crate) fn mlp_bias(self, mlp_bias: bool) -> bool {
         self == Family::Llama && mlp_bias
     }
 }

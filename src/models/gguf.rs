@@ -57,7 +57,7 @@ impl GgufFile {
     }
 
     /// A string metadata entry, if present.
-    pub fn meta_str(&self, key: &str) -> Option<&str> {
+    pub(crate) fn meta_str(&self, key: &str) -> Option<&str> {
         self.content.metadata.get(key).and_then(|v| v.to_string().ok()).map(String::as_str)
     }
 

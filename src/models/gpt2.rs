@@ -54,7 +54,7 @@ fn default_activation() -> String {
 }
 
 /// The slices of `c_attn`, in the order the fused weight stacks them.
-pub const QKV: [&str; 3] = ["q", "k", "v"];
+const QKV: [&str; 3] = ["q", "k", "v"];
 
 /// `c_attn` as loaded, or split into its q, k and v slices.
 #[derive(Clone, Debug)]

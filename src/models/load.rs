@@ -78,7 +78,7 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
 
 /// A Hugging Face checkpoint folder: `config.json`, the safetensors weights, and
 /// `tokenizer.json` if present.
-pub fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+fn load_folder(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let config_path = dir.join("config.json");
     let raw: serde_json::Value = read_config(&config_path)?;
     let architecture = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("(missing model_type)").to_string();
@@ -132,7 +132,7 @@ pub fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedMo
 
 /// A model id on the Hub (`openai-community/gpt2`), fetched into hf-hub's cache on first use.
 /// If the Hub cannot be reached and the id has an offline copy, that copy is used.
-pub fn load_hub(model_id: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+fn load_hub(model_id: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     match (hub::snapshot(model_id, &opts.revision), offline_models::find(model_id)) {
         (Ok(dir), _) => load_folder(&dir, model_id, opts),
         (Err(err), Some(offline)) => {

@@ -53,11 +53,6 @@ impl KvCache {
         Ok(self)
     }
 
-    /// The padding of each row, for a left-padded batch.
-    pub fn left_pad(&self) -> Option<&[usize]> {
-        self.left_pad.as_deref()
-    }
-
     /// For a left-padded batch: the position of each of the `t` new columns of each row
     /// (column minus the row's padding; 0 on padding), [batch][t]. Checks the batch size.
     pub(crate) fn row_positions(&self, batch: usize, t: usize) -> Result<Option<Vec<Vec<u32>>>> {
@@ -95,7 +90,7 @@ impl KvCache {
 
     /// Append this step's `k`, `v` [batch, kv_heads, seq, head_dim] to layer `layer`'s cache and
     /// return the keys and values of every position so far.
-    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let entry = &mut self.layers[layer];
         let (k, v) = match entry.take() {
             None => (k, v),

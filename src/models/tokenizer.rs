@@ -18,12 +18,12 @@ use crate::error::{LoraError, Result};
 use crate::models::gguf::GgufFile;
 
 /// Read a `tokenizer.json`.
-pub fn from_file(path: &Path) -> Result<Tokenizer> {
+pub(crate) fn from_file(path: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(path).map_err(|e| LoraError::file(path, format!("is not a readable tokenizer.json: {e}")))
 }
 
 /// The tokenizer stored in a GGUF file's metadata.
-pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
+pub(crate) fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
     let mut tok = Tokenizer::from_gguf(&gguf.content)
         .map_err(|e| LoraError::config("GGUF tokenizer", format!("cannot be built: {e}")))?;
     match gguf.meta_str("tokenizer.ggml.pre") {
@@ -69,10 +69,10 @@ impl ChatMessage {
 }
 
 /// The system prompt SmolLM2-Instruct's template adds when the conversation has none.
-pub const SMOLLM2_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+const SMOLLM2_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
 /// The system prompt Qwen2.5-Instruct's template adds when the conversation has none.
-pub const QWEN2_5_SYSTEM: &str = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+pub(crate) const QWEN2_5_SYSTEM: &str = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
 /// SmolLM2-Instruct's chat template (ChatML) written out: each message as
 /// `<|im_start|>{role}\n{content}<|im_end|>\n`, a default system message first when there is
@@ -84,7 +84,7 @@ pub fn smollm2_chat_prompt(messages: &[ChatMessage], add_generation_prompt: bool
 
 /// ChatML with `default_system` as the system message when the conversation has none: SmolLM2's
 /// template with [`SMOLLM2_SYSTEM`], Qwen2.5's with [`QWEN2_5_SYSTEM`] (the same markers).
-pub fn chat_ml_prompt(messages: &[ChatMessage], default_system: &str, add_generation_prompt: bool) -> String {
+pub(crate) fn chat_ml_prompt(messages: &[ChatMessage], default_system: &str, add_generation_prompt: bool) -> String {
     let mut out = String::new();
     if messages.first().is_some_and(|m| m.role != "system") {
         out.push_str(&format!("<|im_start|>system\n{default_system}<|im_end|>\n"));

@@ -49,7 +49,7 @@ impl Weights {
 
     /// Every tensor of the checkpoint in `dir`: `model.safetensors`, or the shards its index
     /// names. Floating-point tensors are converted to `dtype`.
-    pub fn from_hf_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+    pub(crate) fn from_hf_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let single = dir.join(SAFETENSORS_FILE);
         let index = dir.join(SAFETENSORS_INDEX);
         let files = if single.is_file() {
@@ -133,7 +133,7 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Read and parse a model's `config.json`.
-pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| LoraError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| LoraError::file(path, format!("is not a valid model config: {e}")))
 }

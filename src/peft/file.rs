@@ -22,7 +22,7 @@ use crate::peft::format::{AdapterConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FI
 
 /// Metadata key prefix under which each tensor's CRC-32 is stored. PEFT ignores it; reading uses
 /// it to name a tensor whose bytes were damaged on disk.
-pub const CRC_PREFIX: &str = "lora_from_scratch.crc32.";
+const CRC_PREFIX: &str = "lora_from_scratch.crc32.";
 
 // ANCHOR: write
 /// Write `tensors` (PEFT keys) and `config` into folder `dir` as PEFT does, with every tensor's
@@ -76,7 +76,7 @@ impl AdapterFile {
 
     /// The LoRA config the adapter was saved with; one this crate cannot honour is an error
     /// naming the config file.
-    pub fn lora_config(&self) -> Result<LoraConfig> {
+    pub(crate) fn lora_config(&self) -> Result<LoraConfig> {
         let path = self.path.with_file_name(ADAPTER_CONFIG_FILE);
         self.config.to_lora_config().map_err(|e| LoraError::file(&path, e.to_string()))
     }

@@ -16,7 +16,7 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// File name of the adapter config.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 /// What PEFT puts before a module name in its keys.
-pub const PEFT_KEY_PREFIX: &str = "base_model.model.";
+pub(crate) const PEFT_KEY_PREFIX: &str = "base_model.model.";
 
 /// Which of the two LoRA matrices a key holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,7 +29,7 @@ pub enum LoraMatrix {
 
 impl LoraMatrix {
     /// PEFT's name for the matrix: `lora_A` or `lora_B`.
-    pub fn peft_name(self) -> &'static str {
+    fn peft_name(self) -> &'static str {
         match self {
             LoraMatrix::A => "lora_A",
             LoraMatrix::B => "lora_B",
@@ -40,19 +40,6 @@ impl LoraMatrix {
 /// The safetensors key of one LoRA matrix of `module`, exactly as PEFT writes it.
 pub fn peft_key(module: &str, matrix: LoraMatrix) -> String {
     format!("{PEFT_KEY_PREFIX}{module}.{}.weight", matrix.peft_name())
-}
-
-/// Split a PEFT key into (module, matrix); `None` for anything that is not a LoRA matrix key.
-pub fn parse_peft_key(key: &str) -> Option<(String, LoraMatrix)> {
-    let rest = key.strip_prefix(PEFT_KEY_PREFIX)?.strip_suffix(".weight")?;
-    for m in [LoraMatrix::A, LoraMatrix::B] {
-        if let Some(module) = rest.strip_suffix(&format!(".{}", m.peft_name())) {
-            if !module.is_empty() {
-                return Some((module.to_string(), m));
-            }
-        }
-    }
-    None
 }
 
 /// PEFT writes `target_modules` as a list, or as one string (a regex, or `"all-linear"`).
@@ -129,7 +116,7 @@ impl AdapterConfig {
     }
 
     /// Back to a [`LoraConfig`]; refuses what this crate cannot honour rather than ignoring it.
-    pub fn to_lora_config(&self) -> Result<LoraConfig> {
+    pub(crate) fn to_lora_config(&self) -> Result<LoraConfig> {
         if self.peft_type != "LORA" {
             return Err(LoraError::config("peft_type", format!("expected \"LORA\", found {:?}", self.peft_type)));
         }
@@ -172,12 +159,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_round_trip() {
+    fn keys_are_peft_s() {
         let key = peft_key("model.layers.3.self_attn.q_proj", LoraMatrix::B);
         assert_eq!(key, "base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight");
-        assert_eq!(parse_peft_key(&key), Some(("model.layers.3.self_attn.q_proj".into(), LoraMatrix::B)));
-        assert_eq!(parse_peft_key("model.layers.3.self_attn.q_proj.lora_A.weight"), None, "no prefix, no adapter key");
-        assert_eq!(parse_peft_key("base_model.model.lora_A.weight"), None);
+        assert_eq!(peft_key("lm_head", LoraMatrix::A), "base_model.model.lm_head.lora_A.weight");
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl QuantizedLinear {
     }
 
     /// The adapter, mutably.
-    pub fn adapter_mut(&mut self) -> Option<&mut LoraLayer> {
+    pub(crate) fn adapter_mut(&mut self) -> Option<&mut LoraLayer> {
         self.adapter.as_mut()
     }
 
@@ -112,7 +112,7 @@ impl QuantizedLinear {
     }
 
     /// Detach and return the adapter.
-    pub fn take_adapter(&mut self) -> Option<LoraLayer> {
+    pub(crate) fn take_adapter(&mut self) -> Option<LoraLayer> {
         self.adapter.take()
     }
 }

@@ -169,11 +169,6 @@ impl PerRowLinear {
     pub fn base(&self) -> &LinearSlot {
         &self.base
     }
-
-    /// The base slot, taken back out.
-    pub fn into_base(self) -> LinearSlot {
-        *self.base
-    }
 }
 
 impl CustomLinear for PerRowLinear {

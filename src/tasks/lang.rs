@@ -16,7 +16,7 @@ pub enum Lang {
 
 impl Lang {
     /// The language of the locale: Chinese when it starts with `zh` (`zh_CN.UTF-8`, `zh_TW`, `zh`).
-    pub fn from_locale(locale: &str) -> Lang {
+    fn from_locale(locale: &str) -> Lang {
         if locale.trim().to_ascii_lowercase().starts_with("zh") {
             Lang::Zh
         } else {

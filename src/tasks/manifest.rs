@@ -68,7 +68,7 @@ impl Task {
     }
 
     /// The title in `lang`.
-    pub fn title_in(&self, lang: Lang) -> &'static str {
+    pub(crate) fn title_in(&self, lang: Lang) -> &'static str {
         match lang {
             Lang::En => self.title,
             Lang::Zh => self.title_zh,
@@ -89,7 +89,7 @@ impl Task {
     }
 
     /// The command that grades this task.
-    pub fn grade_command(&self) -> String {
+    pub(crate) fn grade_command(&self) -> String {
         format!("cargo test --features exercises --test {}", self.name)
     }
 }

@@ -26,7 +26,7 @@ pub struct Words {
     pub all_done: &'static str,
 }
 
-pub const EN: Words = Words {
+const EN: Words = Words {
     building: "Building the graders against your exercises...",
     not_compiling: "\nYour exercises do not compile yet: fix the errors above, then run this again.",
     progress: "Progress",
@@ -43,7 +43,7 @@ pub const EN: Words = Words {
     all_done: "Every task is done. Well done! Compare your code with solutions/ and read on in the book.",
 };
 
-pub const ZH: Words = Words {
+const ZH: Words = Words {
     building: "正在用你的练习编译评分测试……",
     not_compiling: "\n你的练习还不能编译：先修好上面的错误，再运行一次。",
     progress: "进度",
@@ -74,7 +74,7 @@ fn bar(done: usize, total: usize, width: usize) -> String {
 }
 
 /// Whether a task is done: it has graders and all of them pass.
-pub fn is_done((passed, total): (usize, usize)) -> bool {
+fn is_done((passed, total): (usize, usize)) -> bool {
     total > 0 && passed == total
 }
 

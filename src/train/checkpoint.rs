@@ -29,7 +29,7 @@ const OPTIMIZER_STATE_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 
 /// The optimizer's state file inside a checkpoint.
-pub fn optimizer_state_path(out_dir: &Path) -> PathBuf {
+pub(crate) fn optimizer_state_path(out_dir: &Path) -> PathBuf {
     checkpoint_dir(out_dir).join(OPTIMIZER_STATE_FILE)
 }
 
@@ -77,7 +77,7 @@ pub fn read_checkpoint_state(out_dir: &Path) -> Result<Option<(usize, TrainHisto
 
 /// Run `f` with every adapter frozen (so no graph is built), then give back the same `Var`s, so
 /// an optimizer holding them is not disturbed.
-pub fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
+pub(crate) fn with_frozen_adapters<R>(model: &mut dyn CausalLm, f: impl FnOnce(&dyn CausalLm) -> R) -> R {
     let mut saved: Vec<Option<Var>> = Vec::new();
     for (_, slot) in model.linears_mut() {
         if let Some(l) = slot.adapter_mut() {

@@ -43,7 +43,7 @@ impl DivergenceGuard {
 
     /// A guard for a run that resumes with `history`: the steps and validations it has seen are
     /// replayed, so a resumed run stops where an uninterrupted one would.
-    pub fn from_history(peak_lr: f64, history: &crate::train::history::TrainHistory) -> Self {
+    pub(crate) fn from_history(peak_lr: f64, history: &crate::train::history::TrainHistory) -> Self {
         let mut guard = DivergenceGuard::new(peak_lr);
         let mut best: Option<(usize, f64)> = None;
         let (mut steps, mut vals) = (history.train.iter().peekable(), history.val.iter());

@@ -41,15 +41,9 @@ pub struct TrainHistory {
 
 impl TrainHistory {
     /// Write the history as JSON, atomically.
-    pub fn save_json(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save_json(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self).expect("history serializes");
         write_atomic(path, json.as_bytes())
-    }
-
-    /// Read a history written by [`TrainHistory::save_json`].
-    pub fn load_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| LoraError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| LoraError::file(path, format!("is not a training history: {e}")))
     }
 
     /// Draw the loss curves and the learning rate to a PNG (drawn beside it, then renamed, so

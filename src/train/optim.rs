@@ -86,7 +86,7 @@ impl AdamW {
         self.steps
     }
 
-    pub fn set_lr(&mut self, lr: f64) {
+    pub(crate) fn set_lr(&mut self, lr: f64) {
         self.params.lr = lr;
     }
 
@@ -128,7 +128,7 @@ impl AdamW {
     }
 
     /// Write the moments and the step count to `path` (atomically).
-    pub fn save_state(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save_state(&self, path: &Path) -> Result<()> {
         let mut tensors = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
             tensors.insert(format!("m.{name}"), self.m[i].clone());
@@ -140,7 +140,7 @@ impl AdamW {
         write_atomic(path, &bytes)
     }
 
-    /// Restore the state [`AdamW::save_state`] wrote, for the same `Var` names and shapes.
+    /// Restore the state `AdamW::save_state` wrote, for the same `Var` names and shapes.
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| LoraError::io(path, e))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)

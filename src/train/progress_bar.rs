@@ -1,6 +1,6 @@
 //! Training progress: on a terminal an indicatif bar (steps done, elapsed and remaining time, and
 //! a message with the loss, learning rate and tokens/s); with stderr redirected (a log file, CI,
-//! `nohup`) the same facts as plain lines, at most one every [`LINE_EVERY`], since a bar that is
+//! `nohup`) the same facts as plain lines, at most one every `LINE_EVERY`, since a bar that is
 //! never drawn would leave a log silent for the whole run.
 
 use std::io::IsTerminal;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The longest a redirected run stays silent while training.
-pub const LINE_EVERY: Duration = Duration::from_secs(10);
+const LINE_EVERY: Duration = Duration::from_secs(10);
 
 /// Progress over a run's steps: a bar on a terminal, lines otherwise, nothing when hidden.
 pub struct Progress {
@@ -51,7 +51,7 @@ impl Lines {
 }
 
 /// `m:ss`, or `h:mm:ss` past an hour.
-pub fn clock(d: Duration) -> String {
+fn clock(d: Duration) -> String {
     let s = d.as_secs();
     match s / 3600 {
         0 => format!("{}:{:02}", s / 60, s % 60),
@@ -87,7 +87,7 @@ impl Progress {
 
     /// Steps done so far. In line mode the line for a step is printed by [`Self::set_message`],
     /// which the loop calls right after, so that the line carries that step's loss.
-    pub fn set_position(&self, position: u64) {
+    pub(crate) fn set_position(&self, position: u64) {
         match &self.mode {
             Mode::Hidden => {}
             Mode::Bar(bar) => bar.set_position(position),
@@ -96,8 +96,8 @@ impl Progress {
     }
 
     /// The facts of the latest step (loss, learning rate, tokens/s). In line mode, prints a line
-    /// if none was printed for [`LINE_EVERY`], and always for the first and the last step.
-    pub fn set_message(&self, message: impl Into<String>) {
+    /// if none was printed for `LINE_EVERY`, and always for the first and the last step.
+    pub(crate) fn set_message(&self, message: impl Into<String>) {
         match &self.mode {
             Mode::Hidden => {}
             Mode::Bar(bar) => bar.set_message(message.into()),
@@ -123,14 +123,15 @@ impl Progress {
     }
 
     /// The run is over: the bar goes away (lines mode has nothing to clear).
-    pub fn finish_and_clear(&self) {
+    pub(crate) fn finish_and_clear(&self) {
         if let Mode::Bar(bar) = &self.mode {
             bar.finish_and_clear();
         }
     }
 
     /// The line that would be printed now (line mode only): for tests.
-    pub fn current_line(&self) -> Option<String> {
+    #[cfg(test)]
+    fn current_line(&self) -> Option<String> {
         match &self.mode {
             Mode::Lines(lines) => Some(lines.lock().expect("not poisoned").line()),
             _ => None,

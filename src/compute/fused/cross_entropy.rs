@@ -26,7 +26,7 @@ const CHUNK_ROWS: usize = 128;
 /// The op: targets, which gradients to form, and the gradients of the mean loss the forward left
 /// for the backward.
 #[derive(Debug)]
-pub struct HeadCrossEntropy {
+struct HeadCrossEntropy {
     targets: Vec<u32>,
     want_dh: bool,
     want_dw: bool,

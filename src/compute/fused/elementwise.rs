@@ -21,7 +21,7 @@ fn f<T: Float>(v: f64) -> T {
 const CHUNK: usize = 1 << 14;
 
 /// `silu(g) * u` for `g`, `u` of one shape.
-pub struct SwiGlu;
+struct SwiGlu;
 
 fn swiglu_fwd<T: Float>(
     g: &CpuStorage,
@@ -101,7 +101,7 @@ impl CustomOp2 for SwiGlu {
 }
 
 /// GPT-2's `gelu_new` (the tanh approximation).
-pub struct GeluNew;
+struct GeluNew;
 
 const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 const GELU_A: f64 = 0.044_715;

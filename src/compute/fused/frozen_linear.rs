@@ -48,7 +48,7 @@ impl CustomOp1 for FrozenLinear {
     // ANCHOR_END: frozen_bwd
 }
 
-/// `x W^T` as one [`FrozenLinear`] op (CPU; f32/f64 activations, the weight of their dtype or
+/// `x W^T` as one `FrozenLinear` op (CPU; f32/f64 activations, the weight of their dtype or
 /// bf16 beside f32; the caller checks).
 pub fn frozen_linear(x: &Tensor, weight: FrozenWeight) -> candle_core::Result<Tensor> {
     let op = FrozenLinear { weight };

@@ -16,7 +16,7 @@ use super::{by_dtype, matmul, owned, storage_slice, tensor, with_slice, Float, F
 
 /// The frozen part of the layer and the adapter's scaling.
 #[derive(Clone, Debug)]
-pub struct LoraLinear {
+struct LoraLinear {
     /// W0 [out, in] on the CPU, dense or quantized.
     pub weight: FrozenWeight,
     /// b [out].
@@ -176,7 +176,7 @@ pub fn lora_linear(
 }
 
 /// [`lora_linear`] over a frozen weight that may be quantized (QLoRA).
-pub fn lora_linear_with(
+pub(crate) fn lora_linear_with(
     x: &Tensor,
     weight: FrozenWeight,
     bias: Option<&Tensor>,

@@ -52,7 +52,7 @@ pub fn usable(tensors: &[&Tensor]) -> bool {
 /// [`usable`] for ops that hold a frozen weight: the tensors as [`usable`] asks, and the weight
 /// of their dtype or, beside f32 tensors, bf16 (the `--bf16` base on the CPU, multiplied by
 /// [`crate::compute::bf16`]).
-pub fn usable_with_weight(tensors: &[&Tensor], weight: &Tensor) -> bool {
+pub(crate) fn usable_with_weight(tensors: &[&Tensor], weight: &Tensor) -> bool {
     usable(tensors)
         && weight.device().is_cpu()
         && (weight.dtype() == tensors[0].dtype() || (weight.dtype() == DType::BF16 && tensors[0].dtype() == DType::F32))
@@ -108,7 +108,7 @@ pub enum FrozenWeight {
 
 impl FrozenWeight {
     /// A dense weight, detached and made contiguous.
-    pub fn dense_from(w: &Tensor) -> candle_core::Result<Self> {
+    pub(crate) fn dense_from(w: &Tensor) -> candle_core::Result<Self> {
         Ok(FrozenWeight::Dense(w.detach().contiguous()?))
     }
 
@@ -184,13 +184,13 @@ impl FrozenWeight {
     }
 
     /// Whether this is a dense bf16 weight (multiplied by [`crate::compute::bf16`] beside f32).
-    pub fn is_bf16(&self) -> bool {
+    fn is_bf16(&self) -> bool {
         matches!(self, FrozenWeight::Dense(w) if w.dtype() == DType::BF16)
     }
 
     /// `x W^T` or `x W` for f32 `x` [..., k] when this is a bf16 weight, by the bf16 kernel;
     /// `None` otherwise (the caller multiplies in its own way).
-    pub fn bf16_times(&self, x: &Tensor, product: Product) -> candle_core::Result<Option<Tensor>> {
+    pub(crate) fn bf16_times(&self, x: &Tensor, product: Product) -> candle_core::Result<Option<Tensor>> {
         if !self.is_bf16() || x.dtype() != DType::F32 || !x.device().is_cpu() {
             return Ok(None);
         }

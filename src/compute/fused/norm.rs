@@ -31,7 +31,7 @@ fn stats<T: Float>(x: &[T], center: bool, eps: f64) -> (T, T) {
 
 /// A norm over the last dim: RMSNorm (`center: false`) or LayerNorm (`center: true`).
 #[derive(Clone, Copy, Debug)]
-pub struct Norm {
+struct Norm {
     pub eps: f64,
     pub center: bool,
 }

@@ -12,7 +12,7 @@ use super::{by_dtype, owned, storage_slice, tensor, with_slice, Float, FrozenWei
 
 /// The frozen weight [out, in] and bias [out].
 #[derive(Clone, Debug)]
-pub struct ResidualLinear {
+struct ResidualLinear {
     pub weight: FrozenWeight,
     pub bias: Option<Tensor>,
 }
@@ -96,7 +96,7 @@ pub fn residual_linear(h: &Tensor, x: &Tensor, weight: &Tensor, bias: Option<&Te
 }
 
 /// [`residual_linear`] over a frozen weight that may be quantized (QLoRA).
-pub fn residual_linear_with(
+pub(crate) fn residual_linear_with(
     h: &Tensor,
     x: &Tensor,
     weight: FrozenWeight,

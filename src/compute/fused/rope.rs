@@ -30,7 +30,7 @@ impl RopeTables {
 
     /// Rotate one head vector `x` [2 * half] at position `pos` in place; `inverse` rotates back
     /// (the backward).
-    pub fn rotate<T: Float>(&self, x: &mut [T], pos: usize, inverse: bool) {
+    pub(crate) fn rotate<T: Float>(&self, x: &mut [T], pos: usize, inverse: bool) {
         let h = self.half;
         let (cos, sin) = (&self.cos[pos * h..(pos + 1) * h], &self.sin[pos * h..(pos + 1) * h]);
         for i in 0..h {
