@@ -95,6 +95,21 @@ fn expand(tree: &str) -> Vec<String> {
     parts.iter().filter(|p| !p.is_empty()).flat_map(|p| expand(p)).map(|p| format!("{prefix}{p}")).collect()
 }
 
+/// Where the `{ ... }` block that `s` starts with ends: just past its matching `}` (or the end).
+fn block_end(s: &str) -> usize {
+    let mut depth = 0;
+    s.char_indices()
+        .find(|&(_, c)| {
+            depth += match c {
+                '{' => 1,
+                '}' => -1,
+                _ => 0,
+            };
+            depth == 0
+        })
+        .map_or(s.len(), |(j, _)| j + 1)
+}
+
 /// Every `prefix...` path a file's code names (`crate::` or `super::`; use trees expanded),
 /// without the prefix. `super::*` gives the empty path.
 fn paths_after(code: &str, prefix: &str) -> Vec<String> {
@@ -108,17 +123,7 @@ fn paths_after(code: &str, prefix: &str) -> Vec<String> {
             continue;
         }
         let end = if tail.starts_with('{') {
-            let mut depth = 0;
-            tail.char_indices()
-                .find(|&(_, c)| {
-                    depth += match c {
-                        '{' => 1,
-                        '}' => -1,
-                        _ => 0,
-                    };
-                    depth == 0
-                })
-                .map_or(tail.len(), |(j, _)| j + 1)
+            block_end(tail)
         } else {
             tail.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':' || c == '{')).unwrap_or(tail.len())
         };
@@ -150,19 +155,7 @@ fn outside_inline_modules(code: &str) -> String {
         }
         out.push_str(&rest[..i]);
         let body = &after[after.find('{').expect("a block")..];
-        let mut depth = 0;
-        let close = body
-            .char_indices()
-            .find(|&(_, c)| {
-                depth += match c {
-                    '{' => 1,
-                    '}' => -1,
-                    _ => 0,
-                };
-                depth == 0
-            })
-            .map_or(body.len(), |(j, _)| j + 1);
-        rest = &body[close..];
+        rest = &body[block_end(body)..];
     }
     out.push_str(rest);
     out
