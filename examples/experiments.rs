@@ -211,6 +211,9 @@ fn run() -> Result<()> {
         .collect();
     // A run that diverges is named in the report's notes; the others go on.
     let SweepOutcome { results, diverged } = run_sweep(&out, &specs, |spec| run_e2e(&ctx, spec))?;
+    if results.is_empty() {
+        bail!("every run of the sweep diverged, so there is no report:\n{}", diverged.join("\n"));
+    }
     let notes = match diverged.is_empty() {
         true => notes,
         false => format!(

@@ -45,9 +45,10 @@ pub enum LoraError {
     #[error("{what}: {why}")]
     InvalidConfig { what: String, why: String },
 
-    /// Data handed to a function that cannot be used as it is: an empty dataset, prompt or batch,
-    /// a batch with no supervised token, a token id past the vocabulary, more positions than the
-    /// model has, a KV cache used out of order.
+    /// Data handed to a function that cannot be used as it is: an empty dataset or prompt, a batch
+    /// with no supervised token, a token id past the vocabulary, more positions than the model
+    /// has, a KV cache used out of order. (The learner's tasks keep `InvalidConfig` where their
+    /// stubs name it: t05's empty batch, for one.)
     #[error("{what}: {why}")]
     InvalidInput { what: String, why: String },
 

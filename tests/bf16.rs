@@ -82,7 +82,8 @@ fn portable_is_exact_past_one_block() {
 /// never forces a path, and CI runs it with and without `LORA_FROM_SCRATCH_BF16_KERNEL=off`).
 #[test]
 fn the_path_is_the_kernel_where_the_cpu_has_it() {
-    let forced_off = std::env::var(KERNEL_ENV).is_ok_and(|v| ["off", "0", "false"].contains(&v.trim()));
+    let forced_off = std::env::var(KERNEL_ENV)
+        .is_ok_and(|v| ["off", "0", "false"].contains(&v.trim().to_ascii_lowercase().as_str()));
     let want = if kernel_available() && !forced_off { Path::Kernel } else { Path::Portable };
     assert_eq!(path(), want, "{KERNEL_ENV}={:?}, AVX512_BF16: {}", std::env::var(KERNEL_ENV), kernel_available());
 }

@@ -175,6 +175,20 @@ fn the_e2e_release_zip_unpacks_its_csvs() {
     assert_eq!(written.len(), 3);
     assert_eq!(load_e2e(&dir.path().join("devset.csv")).unwrap()[0].mr, "name[devset.csv]");
     assert!(extract_e2e_zip(b"not a zip", dir.path()).is_err());
+    // Two devset.csv and no testset_w_refs.csv is not the release, though it holds three CSVs.
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default();
+        for f in ["a/trainset.csv", "a/devset.csv", "b/devset.csv"] {
+            zip.start_file(f, opts).unwrap();
+            zip.write_all(b"mr,ref\n").unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    let other = tempfile::tempdir().unwrap();
+    let err = extract_e2e_zip(buf.get_ref(), other.path()).unwrap_err().to_string();
+    assert!(err.contains("devset.csv twice"), "{err}");
 }
 
 /// A word-level tokenizer over a few words (the tokenizers crate's own WordLevel model), enough

@@ -143,18 +143,20 @@ fn paths_after(code: &str, prefix: &str) -> Vec<String> {
 fn outside_inline_modules(code: &str) -> String {
     let mut out = String::with_capacity(code.len());
     let mut rest = code;
-    while let Some(i) = rest.find("mod ") {
+    while let Some(i) = rest.find("mod") {
         let starts_word = rest[..i].chars().last().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-        let after = &rest[i + 4..];
-        let name_end = after.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(after.len());
-        let is_block = starts_word && name_end > 0 && after[name_end..].trim_start().starts_with('{');
+        let after = &rest[i + 3..];
+        let name = after.trim_start();
+        let spaced = name.len() < after.len();
+        let name_end = name.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(name.len());
+        let is_block = starts_word && spaced && name_end > 0 && name[name_end..].trim_start().starts_with('{');
         if !is_block {
-            out.push_str(&rest[..i + 4]);
+            out.push_str(&rest[..i + 3]);
             rest = after;
             continue;
         }
         out.push_str(&rest[..i]);
-        let body = &after[after.find('{').expect("a block")..];
+        let body = &name[name.find('{').expect("a block")..];
         rest = &body[block_end(body)..];
     }
     out.push_str(rest);
@@ -202,7 +204,14 @@ impl Crate {
         }
         if let Some((parent, _)) = module.rsplit_once("::") {
             for p in paths_after(&outside_inline_modules(code), "super::") {
-                let full = if p.is_empty() || p == "*" { parent.to_string() } else { format!("{parent}::{p}") };
+                // `super::super::x`: one level up per further `super`.
+                let (mut base, mut rest) = (Some(parent), p.as_str());
+                while let Some(r) = rest.strip_prefix("super::").or((rest == "super").then_some("")) {
+                    base = base.and_then(|b| b.rsplit_once("::").map(|(up, _)| up));
+                    rest = r;
+                }
+                let Some(base) = base else { continue };
+                let full = if rest.is_empty() || rest == "*" { base.to_string() } else { format!("{base}::{rest}") };
                 deps.extend(self.resolve(&full));
             }
         }
@@ -293,10 +302,16 @@ fn a_sibling_named_through_super_is_an_edge_to_the_sibling() {
     let krate = the_crate();
     let deps = krate.imports_of("models::load", "use super::gguf::GgufFile; use super::CausalLm;");
     assert_eq!(deps, BTreeSet::from(["models::gguf".to_string(), "models".to_string()]));
-    // A test module's `super::` is the file's own module: no edge.
-    let deps =
-        krate.imports_of("models::load", "fn f() {}\n#[cfg(test)]\nmod tests { use super::*; use super::gguf::X; }");
-    assert!(deps.is_empty(), "{deps:?}");
+    // A test module's `super::` is the file's own module: no edge, however the block is spaced.
+    for code in
+        ["fn f() {}\n#[cfg(test)]\nmod tests { use super::*; use super::gguf::X; }", "mod\ttests\n{ use super::*; }"]
+    {
+        let deps = krate.imports_of("models::load", code);
+        assert!(deps.is_empty(), "{code:?}: {deps:?}");
+    }
+    // `super::super::x` goes up two levels: from compute::fused::norm to the sibling of compute.
+    let deps = krate.imports_of("compute::fused::norm", "use super::super::matmul::Mat;");
+    assert_eq!(deps, BTreeSet::from(["compute::matmul".to_string()]));
     // And a circle between two siblings is found: models::load uses models::gguf (the real
     // graph), and a planted `use super::load::load_model;` in models::gguf closes it.
     let mut graph = krate.imports();

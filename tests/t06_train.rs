@@ -515,11 +515,13 @@ fn a_resumed_run_starts_from_its_checkpoint() {
         let (loss, _) = causal_lm_loss(written.model.as_ref(), &batch, true).unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
     }
-    let record = |step| StepRecord { step, loss: 2.0, lr: 1e-2, grad_norm: 1.0, tokens: 9, tokens_per_s: 1.0 };
+    // A run that may be diverging: at step 2 the validation loss is far above the best and the
+    // training loss rose with it, so a guard rebuilt from this history is suspect.
+    let record = |step, loss| StepRecord { step, loss, lr: 1e-2, grad_norm: 1.0, tokens: 9, tokens_per_s: 1.0 };
     let history = TrainHistory {
-        train: (1..=3).map(record).collect(),
-        val: vec![EvalRecord { step: 0, val_loss: 4.5 }, EvalRecord { step: 2, val_loss: 4.25 }],
-        best: Some((2, 4.25)),
+        train: vec![record(1, 3.0), record(2, 20.0), record(3, 20.0)],
+        val: vec![EvalRecord { step: 0, val_loss: 2.5 }, EvalRecord { step: 2, val_loss: 16.0 }],
+        best: Some((0, 2.5)),
     };
     save_checkpoint(&opt, 3, &history, dir.path(), |d| save_lora_weights(written.model.as_ref(), &lora(), d)).unwrap();
 
@@ -531,6 +533,10 @@ fn a_resumed_run_starts_from_its_checkpoint() {
     assert_eq!(state.history, history, "the history is the checkpoint's (no new step-0 validation)");
     assert_eq!(adapter_values(&resumed), adapter_values(&written), "the adapters are the checkpoint's");
     assert_eq!(state.opt.steps(), 2, "the optimizer's state (moments and step count) is the checkpoint's");
+    assert!(
+        state.guard.suspect(),
+        "the guard is rebuilt from the checkpoint's history (DivergenceGuard::from_history), which saw a far validation"
+    );
     assert!(
         same_set(&ids(&state.vars), &ids(&adapter_vars(&resumed))),
         "the optimizer must hold the Vars loading put in place: build it after loading"
@@ -728,14 +734,15 @@ fn validation_keeps_only_a_better_adapter_and_checkpoints_unless_suspect() {
     let (step, history) = read_checkpoint_state(dir.path()).unwrap().expect("a checkpoint is written");
     assert_eq!((step, &history), (2, &state.history), "the checkpoint holds the step and the history");
 
-    // Not better: recorded, but neither the best nor best/ changes; the checkpoint moves on.
+    // Not better: the same weights give the same loss, which is not *below* the best: recorded,
+    // but neither the best nor best/ changes; the checkpoint moves on.
     state.step = 4;
-    state.history.best = Some((2, -1.0));
     std::fs::remove_dir_all(&best_dir).unwrap();
-    let v = validate_and_keep_best(m.model.as_mut(), &trainee, &mut state, &val, PAD, &cfg).unwrap();
+    let again = validate_and_keep_best(m.model.as_mut(), &trainee, &mut state, &val, PAD, &cfg).unwrap();
+    assert_eq!(again, v, "the same weights, the same validation loss");
     assert_eq!(state.history.val.last().map(|r| (r.step, r.val_loss)), Some((4, v)));
-    assert_eq!(state.history.best, Some((2, -1.0)), "a loss that is not lower is not the best");
-    assert!(!best_dir.exists(), "best/ is written only for a new best");
+    assert_eq!(state.history.best, Some((2, v)), "a loss equal to the best is not a new best");
+    assert!(!best_dir.exists(), "best/ is written only for a new best (strictly lower)");
     assert_eq!(read_checkpoint_state(dir.path()).unwrap().map(|(s, _)| s), Some(4));
 
     // Suspect (far above the best, with the training loss up as well): no checkpoint.
@@ -762,4 +769,34 @@ fn validation_keeps_only_a_better_adapter_and_checkpoints_unless_suspect() {
         Some(4),
         "no checkpoint after a failed check"
     );
+}
+
+#[test]
+fn empty_train_or_validation_sets_are_errors() {
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let data = examples(13, 3);
+    for (train, val) in [(&data[..0], &data[..]), (&data[..], &data[..0])] {
+        let err =
+            train_lora(model().model.as_mut(), &lora(), train, val, PAD, &config(dir.path(), 4, 1e-2), &mut |_, _| {})
+                .expect_err("an empty set must be an error, not a panic or a loss of 0");
+        assert!(matches!(err, lora_from_scratch::LoraError::InvalidInput { .. }), "{err:?}");
+    }
+}
+
+#[test]
+fn validation_runs_every_eval_every_steps_and_after_the_last() {
+    book("t06_train", "The training loop");
+    let dir = tempfile::tempdir().unwrap();
+    let data = examples(14, 4);
+    let mut seen = Vec::new();
+    // 5 steps, a validation every 2: at 0 (the start), 2, 4 and 5 (the last).
+    let h =
+        train_lora(model().model.as_mut(), &lora(), &data, &data, PAD, &config(dir.path(), 5, 1e-2), &mut |_, s| {
+            seen.push(s)
+        })
+        .unwrap();
+    let steps: Vec<usize> = h.val.iter().map(|r| r.step).collect();
+    assert_eq!(steps, [0, 2, 4, 5], "validations at step 0, every eval_every steps, and after the last");
+    assert_eq!(seen, [2, 4, 5], "on_eval runs after each validation of the run, with the steps done");
 }

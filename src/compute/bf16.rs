@@ -13,12 +13,12 @@
 //!   as stored, where packing W would cost as much as the multiply.
 //! - [`Path::Portable`], everywhere else: the activations rounded to bf16 into an f32 copy, W
 //!   widened to f32, candle's f32 gemm. Its products are exact too, so it differs from the kernel
-//!   only in the order of the f32 sums.
+//!   only in the order of the f32 sums (and in subnormals, which the kernel flushes to zero).
 //!
 //! Rounding the activations on the portable path (which costs it no measurable time) buys one
 //! specification: every op over a bf16 weight is the same function on every CPU, up to the order
-//! of f32 sums, so one f64 reference tests both paths (`tests/bf16.rs`); it is also what PyTorch's
-//! bf16 matmul does. A whole model is not bit for bit the same on the two paths: a sum that
+//! of f32 sums, so one f64 reference tests both paths (`tests/bf16.rs`); PyTorch's bf16 matmul
+//! rounds its inputs the same way (and its output too, which stays f32 here). A whole model is not bit for bit the same on the two paths: a sum that
 //! differs in its last bit can move an activation across a bf16 rounding boundary, and those
 //! one-step differences spread through the layers. SmolLM2's loss on the two paths agrees to
 //! about 2e-4 relative, as the kernel's agrees with the f32 model's (the performance chapter).

@@ -42,6 +42,9 @@ pub fn extract_e2e_zip(bytes: &[u8], dir: &Path) -> Result<Vec<PathBuf>> {
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
         let Some(name) = E2E_FILES.iter().find(|f| entry.name().rsplit('/').next() == Some(**f)) else { continue };
+        if written.contains(&dir.join(name)) {
+            return Err(bad(format!("holds {name} twice")));
+        }
         let mut data = Vec::new();
         entry.read_to_end(&mut data).map_err(|e| bad(e.to_string()))?;
         let path = dir.join(name);
