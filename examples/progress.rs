@@ -40,12 +40,14 @@ fn build_graders(root: &Path) -> Option<Vec<PathBuf>> {
     // `cargo run` gives this program the package's own variables (CARGO_PKG_NAME,
     // CARGO_MANIFEST_DIR, ...). Some build scripts (ring's) ask to rerun when those change, and
     // cargo compares them with its own environment, so an inner cargo that inherited them would
-    // rebuild those crates, and the next `cargo run` rebuild them back: a minute per call.
+    // rebuild those crates, and the next `cargo run` rebuild them back: a minute per call. Since
+    // the package has a build script, `cargo run` sets OUT_DIR too, which ring's build script
+    // reads.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         if key.starts_with("CARGO_PKG_")
             || key.starts_with("CARGO_MANIFEST_")
-            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&key.as_ref())
+            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&key.as_ref())
         {
             cmd.env_remove(key.as_ref());
         }
