@@ -41,6 +41,7 @@ pub fn write_adapter(dir: &Path, config: &AdapterConfig, tensors: &BTreeMap<Stri
     }
     let bytes = safetensors::serialize(&contiguous, Some(metadata))
         .map_err(|e| LoraError::file(&weights_path, format!("cannot serialize: {e}")))?;
+    let bytes = with_sorted_header(bytes);
     let json = serde_json::to_string_pretty(config).expect("AdapterConfig always serializes");
     write_dir_atomic(dir, |tmp| {
         write_atomic(&tmp.join(ADAPTER_WEIGHTS_FILE), &bytes)?;
@@ -48,6 +49,25 @@ pub fn write_adapter(dir: &Path, config: &AdapterConfig, tensors: &BTreeMap<Stri
     })
 }
 // ANCHOR_END: write
+
+/// The same file with its JSON header's keys sorted. safetensors writes the metadata from a
+/// `HashMap`, whose order changes from run to run, so the same adapter would be other bytes every
+/// time (and a regenerated fixture a diff). Same keys, same values, same compact JSON: the header
+/// keeps its length and the tensors their offsets. A header that does not parse is left as it is.
+fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else {
+        return bytes;
+    };
+    let Some(text) = bytes.get(8..8 + len).and_then(|h| std::str::from_utf8(h).ok()) else { return bytes };
+    let text = text.trim_end();
+    // serde_json's maps are ordered by key (this crate does not enable `preserve_order`).
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else { return bytes };
+    let sorted = value.to_string();
+    if sorted.len() == text.len() {
+        bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    }
+    bytes
+}
 
 /// A PEFT adapter folder read into memory: its config, and its weights file checked to be a
 /// valid safetensors file. Tensors are read one by one, each checked ([`AdapterFile::tensor`]).
