@@ -18,9 +18,10 @@
 //! Rounding the activations on the portable path (which costs it no measurable time) buys one
 //! specification: every op over a bf16 weight is the same function on every CPU, up to the order
 //! of f32 sums, so one f64 reference tests both paths (`tests/bf16.rs`); PyTorch's bf16 matmul
-//! rounds its inputs the same way (and its output too, which stays f32 here). A whole model is not bit for bit the same on the two paths: a sum that
-//! differs in its last bit can move an activation across a bf16 rounding boundary, and those
-//! one-step differences spread through the layers. SmolLM2's loss on the two paths agrees to
+//! rounds its inputs the same way (and its output too, which stays f32 here). A whole model is
+//! not bit for bit the same on the two paths: a sum that differs in its last bit can move an
+//! activation across a bf16 rounding boundary, and those one-step differences spread through the
+//! layers. SmolLM2's loss on the two paths agrees to
 //! about 2e-4 relative, as the kernel's agrees with the f32 model's (the performance chapter).
 //!
 //! [`path`] says which path [`matmul`] takes now; [`set_kernel_enabled`] or the environment
@@ -53,7 +54,7 @@ pub enum Product {
 
 impl Product {
     /// (n, k) of `c [m, n] = x [m, k] B` for a weight [out, in].
-    fn n_k(self, (out_f, in_f): (usize, usize)) -> (usize, usize) {
+    pub(crate) fn n_k(self, (out_f, in_f): (usize, usize)) -> (usize, usize) {
         match self {
             Product::XWt => (out_f, in_f),
             Product::XW => (in_f, out_f),
@@ -197,6 +198,8 @@ pub fn matmul_on(
             // keep every access inside the slices.
             unsafe {
                 if m <= FEW_ROWS && product == Product::XWt {
+                    // Decoding: a few rows against each weight row where it lies, no packing
+                    // (which would read and write the whole weight for a handful of rows).
                     avx512::few_rows(c, ldc, x, w, (m, n, k), accumulate);
                 } else {
                     avx512::gemm_b(c, ldc, x, avx512::B::Raw(w, product), (m, n, k), accumulate);

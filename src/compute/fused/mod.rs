@@ -144,7 +144,7 @@ impl FrozenWeight {
                 let (c, x) = (as_f32_mut(c), as_f32(x));
                 crate::compute::bf16::matmul(
                     c,
-                    c_ld(product, out_f, in_f),
+                    product.n_k((out_f, in_f)).0,
                     x,
                     w,
                     (m, out_f, in_f),
@@ -195,10 +195,7 @@ impl FrozenWeight {
             return Ok(None);
         }
         let (out_f, in_f) = self.dims()?;
-        let (k, n) = match product {
-            Product::XWt => (in_f, out_f),
-            Product::XW => (out_f, in_f),
-        };
+        let (n, k) = product.n_k((out_f, in_f));
         if x.dims().last() != Some(&k) {
             candle_core::bail!("bf16 matmul: expected x [..., {k}] for a [{out_f}, {in_f}] weight, got {:?}", x.dims());
         }
@@ -219,14 +216,6 @@ impl FrozenWeight {
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?
                 .to_dtype(dtype),
         }
-    }
-}
-
-/// The row length of `c` for `product`: out for `XWt`, in for `XW`.
-fn c_ld(product: Product, out_f: usize, in_f: usize) -> usize {
-    match product {
-        Product::XWt => out_f,
-        Product::XW => in_f,
     }
 }
 
