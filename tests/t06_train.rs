@@ -634,6 +634,17 @@ fn state_and_gradient(
     (m, state, grads, cfg)
 }
 
+/// The largest change of any adapter entry between two `adapter_values` snapshots.
+fn largest_move(before: &[(String, Vec<u32>)], after: &[(String, Vec<u32>)]) -> f64 {
+    before
+        .iter()
+        .zip(after)
+        .flat_map(|((_, a), (_, b))| {
+            a.iter().zip(b).map(|(x, y)| (f32::from_bits(*x) - f32::from_bits(*y)).abs() as f64)
+        })
+        .fold(0.0, f64::max)
+}
+
 fn global_norm(grads: &candle_core::backprop::GradStore, vars: &[Var]) -> f64 {
     vars.iter()
         .filter_map(|v| grads.get(v.as_tensor()))
@@ -665,13 +676,7 @@ fn an_optimizer_step_runs_at_its_rate_on_the_clipped_gradient_and_is_recorded() 
     assert_eq!(state.opt.steps(), 1, "the optimizer stepped once");
     // Adam's first step moves each entry by about the rate, whatever the gradient's size.
     let after = adapter_values(&m);
-    let moved = before
-        .iter()
-        .zip(&after)
-        .flat_map(|((_, a), (_, b))| {
-            a.iter().zip(b).map(|(x, y)| (f32::from_bits(*x) - f32::from_bits(*y)).abs() as f64)
-        })
-        .fold(0.0, f64::max);
+    let moved = largest_move(&before, &after);
     assert_close!([moved], [lr], 0.05 * lr, "the largest move is the step's rate lr_at(3)");
 
     // Clipped to a norm of 1e-12, the gradient is far below Adam's eps: the step all but vanishes.
@@ -681,13 +686,7 @@ fn an_optimizer_step_runs_at_its_rate_on_the_clipped_gradient_and_is_recorded() 
     let before = adapter_values(&m);
     let record = optimizer_step(&mut state, grads, 2.5, 17, &cfg, std::time::Instant::now()).unwrap();
     assert_close!([record.grad_norm], [norm], 1e-5 * norm, "the record holds the norm before clipping");
-    let moved = before
-        .iter()
-        .zip(&adapter_values(&m))
-        .flat_map(|((_, a), (_, b))| {
-            a.iter().zip(b).map(|(x, y)| (f32::from_bits(*x) - f32::from_bits(*y)).abs() as f64)
-        })
-        .fold(0.0, f64::max);
+    let moved = largest_move(&before, &adapter_values(&m));
     assert!(moved < 1e-3 * lr_at(&cfg.schedule, 0), "with max_grad_norm = 1e-12 an entry moved by {moved}: clip first");
 }
 
