@@ -15,8 +15,10 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::table::{self, modules, Embedding, Found, FoundMut, LayerNorm, Modules};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
+use crate::compute::ops::composed::split_heads;
 use crate::compute::ops::linear_forward;
 use crate::compute::ops::{causal_attention_masked, embedding, gelu_new, layer_norm, self_attention};
 use crate::error::{LoraError, Result};
@@ -53,37 +55,87 @@ fn default_activation() -> String {
     "gelu_new".into()
 }
 
-/// The slices of `c_attn`, in the order the fused weight stacks them.
-const QKV: [&str; 3] = ["q", "k", "v"];
-
 /// `c_attn` as loaded, or split into its q, k and v slices.
 #[derive(Clone, Debug)]
 enum CAttn {
     Fused(LinearSlot),
-    Split([LinearSlot; 3]),
+    Split(QkvSlices),
 }
 
+/// The slices of `c_attn`, in the order the fused weight stacks them.
+#[derive(Clone, Debug)]
+struct QkvSlices {
+    q: LinearSlot,
+    k: LinearSlot,
+    v: LinearSlot,
+}
+modules!(QkvSlices { q, k, v });
+
+/// The fused layer is `attn.c_attn`; its slices `attn.c_attn.q`, `.k`, `.v`.
+impl Modules for CAttn {
+    fn visit<'a>(&'a self, path: &str, found: &mut Found<'a>) {
+        match self {
+            CAttn::Fused(slot) => slot.visit(path, found),
+            CAttn::Split(slices) => slices.visit(path, found),
+        }
+    }
+
+    fn visit_mut<'a>(&'a mut self, path: &str, found: &mut FoundMut<'a>) {
+        match self {
+            CAttn::Fused(slot) => slot.visit_mut(path, found),
+            CAttn::Split(slices) => slices.visit_mut(path, found),
+        }
+    }
+}
+
+/// `GPT2Attention`: the fused (or split) q, k, v projection and the output projection.
+#[derive(Clone, Debug)]
+struct Attention {
+    c_attn: CAttn,
+    c_proj: LinearSlot,
+    n_head: usize,
+}
+modules!(Attention { c_attn, c_proj });
+
+/// `GPT2MLP`: widen, `gelu_new`, project back.
+#[derive(Clone, Debug)]
+struct Mlp {
+    c_fc: LinearSlot,
+    c_proj: LinearSlot,
+}
+modules!(Mlp { c_fc, c_proj });
+
+/// `GPT2Block`: pre-norm attention, then a pre-norm MLP, each added to the residual.
 #[derive(Clone, Debug)]
 struct Block {
-    ln_1: (Param, Param),
-    c_attn: CAttn,
-    attn_proj: LinearSlot,
-    ln_2: (Param, Param),
-    c_fc: LinearSlot,
-    mlp_proj: LinearSlot,
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+    layer_norm_epsilon: f64,
 }
+modules!(Block { ln_1, attn, ln_2, mlp });
+
+/// `GPT2Model`: token and position embeddings, the blocks and the final norm, under
+/// `transformer.`.
+#[derive(Clone, Debug)]
+struct Gpt2Model {
+    wte: Embedding,
+    wpe: Embedding,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+}
+modules!(Gpt2Model { wte, wpe, h, ln_f });
 
 /// GPT-2 with a slot for an adapter on every linear layer.
 #[derive(Clone, Debug)]
 pub struct Gpt2 {
     config: Gpt2Config,
-    wte: Param,
-    wpe: Param,
-    blocks: Vec<Block>,
-    ln_f: (Param, Param),
+    transformer: Gpt2Model,
     name_or_path: String,
     device: Device,
 }
+modules!(Gpt2 { transformer });
 
 /// Checkpoints saved from `GPT2LMHeadModel` prefix every name with `transformer.`; the original
 /// `openai-community/gpt2` files (saved from `GPT2Model`) do not. Accept both.
@@ -98,22 +150,105 @@ fn get(w: &Weights, name: &str, shape: &[usize]) -> Result<Tensor> {
     }
 }
 
-/// A Conv1D layer read as an [out, in] linear: weight stored [in, out], transposed once here.
-fn conv1d(w: &Weights, name: &str, inp: usize, out: usize) -> Result<(Tensor, Tensor)> {
+/// A Conv1D layer read as a frozen [out, in] linear: weight stored [in, out], transposed once
+/// here.
+fn conv1d(w: &Weights, name: &str, inp: usize, out: usize) -> Result<LinearSlot> {
     let weight = get(w, &format!("{name}.weight"), &[inp, out])?.t()?.contiguous()?;
     let bias = get(w, &format!("{name}.bias"), &[out])?;
-    Ok((weight, bias))
+    frozen(&weight, &bias)
 }
 
 fn frozen(weight: &Tensor, bias: &Tensor) -> Result<LinearSlot> {
     Ok(LinearSlot::Linear(Linear::frozen(weight, Some(bias))?))
 }
 
-fn norm(w: &Weights, name: &str, d: usize) -> Result<(Param, Param)> {
-    Ok((
-        Param::frozen(&get(w, &format!("{name}.weight"), &[d])?),
-        Param::frozen(&get(w, &format!("{name}.bias"), &[d])?),
-    ))
+fn layer_norm_weights(w: &Weights, name: &str, d: usize) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: Param::frozen(&get(w, &format!("{name}.weight"), &[d])?),
+        bias: Param::frozen(&get(w, &format!("{name}.bias"), &[d])?),
+    })
+}
+
+fn embedding_weights(w: &Weights, name: &str, rows: usize, d: usize) -> Result<Embedding> {
+    Ok(Embedding { weight: Param::frozen(&get(w, &format!("{name}.weight"), &[rows, d])?) })
+}
+
+impl Attention {
+    /// `h + c_proj(attention(x))`. Without a cache, one attention op over the whole sequence in
+    /// the projections' layout; with one (generation), append this layer's keys and values to
+    /// the cache and attend over everything cached, padding keys masked by `key_mask`.
+    fn forward_residual(
+        &self,
+        h: &Tensor,
+        x: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        key_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let nh = self.n_head;
+        let (q, k, v) = match &self.c_attn {
+            CAttn::Fused(qkv) => {
+                let y = qkv.forward(x, train)?;
+                (y.narrow(2, 0, d)?, y.narrow(2, d, d)?, y.narrow(2, 2 * d, d)?)
+            }
+            CAttn::Split(s) => (s.q.forward(x, train)?, s.k.forward(x, train)?, s.v.forward(x, train)?),
+        };
+        let y = match cache {
+            None => self_attention(&q, &k, &v, nh, nh, None, None)?,
+            Some((c, layer)) => {
+                let (q, k, v) = (split_heads(&q, nh)?, split_heads(&k, nh)?, split_heads(&v, nh)?);
+                let (k, v) = c.append(layer, k, v)?;
+                causal_attention_masked(&q, &k, &v, key_mask, None)?.transpose(1, 2)?.reshape((b, t, d))?
+            }
+        };
+        self.c_proj.forward_residual(h, &y, train)
+    }
+}
+
+impl Mlp {
+    /// `h + c_proj(gelu_new(c_fc(x)))`.
+    fn forward_residual(&self, h: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.c_proj.forward_residual(h, &gelu_new(&self.c_fc.forward(x, train)?)?, train)
+    }
+}
+
+impl Block {
+    fn load(w: &Weights, p: &str, config: &Gpt2Config) -> Result<Self> {
+        let d = config.n_embd;
+        let inner = config.n_inner.unwrap_or(4 * d);
+        Ok(Block {
+            ln_1: layer_norm_weights(w, &format!("{p}.ln_1"), d)?,
+            attn: Attention {
+                c_attn: CAttn::Fused(conv1d(w, &format!("{p}.attn.c_attn"), d, 3 * d)?),
+                c_proj: conv1d(w, &format!("{p}.attn.c_proj"), d, d)?,
+                n_head: config.n_head,
+            },
+            ln_2: layer_norm_weights(w, &format!("{p}.ln_2"), d)?,
+            mlp: Mlp {
+                c_fc: conv1d(w, &format!("{p}.mlp.c_fc"), d, inner)?,
+                c_proj: conv1d(w, &format!("{p}.mlp.c_proj"), inner, d)?,
+            },
+            layer_norm_epsilon: config.layer_norm_epsilon,
+        })
+    }
+
+    fn forward(
+        &self,
+        h: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        key_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let a = layer_norm_forward(h, &self.ln_1, self.layer_norm_epsilon)?;
+        let h = self.attn.forward_residual(h, &a, cache, key_mask, train)?;
+        let m = layer_norm_forward(&h, &self.ln_2, self.layer_norm_epsilon)?;
+        self.mlp.forward_residual(&h, &m, train)
+    }
+}
+
+fn layer_norm_forward(x: &Tensor, ln: &LayerNorm, eps: f64) -> Result<Tensor> {
+    layer_norm(x, ln.weight.tensor(), ln.bias.tensor(), eps)
 }
 
 impl Gpt2 {
@@ -129,30 +264,16 @@ impl Gpt2 {
             return Err(LoraError::config("GPT-2 config", "n_embd must be a multiple of n_head"));
         }
         let d = config.n_embd;
-        let inner = config.n_inner.unwrap_or(4 * d);
-        let wte = get(w, "wte.weight", &[config.vocab_size, d])?;
-        let device = wte.device().clone();
-        let mut blocks = Vec::with_capacity(config.n_layer);
-        for i in 0..config.n_layer {
-            let p = format!("h.{i}");
-            let (qkv_w, qkv_b) = conv1d(w, &format!("{p}.attn.c_attn"), d, 3 * d)?;
-            let (proj_w, proj_b) = conv1d(w, &format!("{p}.attn.c_proj"), d, d)?;
-            let (fc_w, fc_b) = conv1d(w, &format!("{p}.mlp.c_fc"), d, inner)?;
-            let (mp_w, mp_b) = conv1d(w, &format!("{p}.mlp.c_proj"), inner, d)?;
-            blocks.push(Block {
-                ln_1: norm(w, &format!("{p}.ln_1"), d)?,
-                c_attn: CAttn::Fused(frozen(&qkv_w, &qkv_b)?),
-                attn_proj: frozen(&proj_w, &proj_b)?,
-                ln_2: norm(w, &format!("{p}.ln_2"), d)?,
-                c_fc: frozen(&fc_w, &fc_b)?,
-                mlp_proj: frozen(&mp_w, &mp_b)?,
-            });
-        }
+        let wte = embedding_weights(w, "wte", config.vocab_size, d)?;
+        let device = wte.weight.tensor().device().clone();
+        let h = (0..config.n_layer).map(|i| Block::load(w, &format!("h.{i}"), &config)).collect::<Result<Vec<_>>>()?;
         Ok(Gpt2 {
-            wpe: Param::frozen(&get(w, "wpe.weight", &[config.n_positions, d])?),
-            wte: Param::frozen(&wte),
-            ln_f: norm(w, "ln_f", d)?,
-            blocks,
+            transformer: Gpt2Model {
+                wpe: embedding_weights(w, "wpe", config.n_positions, d)?,
+                wte,
+                h,
+                ln_f: layer_norm_weights(w, "ln_f", d)?,
+            },
             config,
             name_or_path: name_or_path.to_string(),
             device,
@@ -169,8 +290,8 @@ impl Gpt2 {
     /// layer that already has an adapter is an error.
     pub fn split_qkv(&mut self) -> Result<()> {
         let d = self.config.n_embd;
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            let CAttn::Fused(slot) = &block.c_attn else { continue };
+        for (i, block) in self.transformer.h.iter_mut().enumerate() {
+            let CAttn::Fused(slot) = &block.attn.c_attn else { continue };
             if slot.adapter().is_some() {
                 return Err(LoraError::module(
                     format!("transformer.h.{i}.attn.c_attn"),
@@ -179,20 +300,9 @@ impl Gpt2 {
             }
             let (w, b) = (slot.base_weight()?, slot.base_bias().expect("c_attn has a bias"));
             let slice = |j: usize| frozen(&w.narrow(0, j * d, d)?.contiguous()?, &b.narrow(0, j * d, d)?);
-            block.c_attn = CAttn::Split([slice(0)?, slice(1)?, slice(2)?]);
+            block.attn.c_attn = CAttn::Split(QkvSlices { q: slice(0)?, k: slice(1)?, v: slice(2)? });
         }
         Ok(())
-    }
-
-    fn ln(&self, x: &Tensor, (w, b): &(Param, Param)) -> Result<Tensor> {
-        layer_norm(x, w.tensor(), b.tensor(), self.config.layer_norm_epsilon)
-    }
-
-    /// [batch, seq, d] -> [batch, heads, seq, head_dim]
-    fn heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let h = self.config.n_head;
-        Ok(x.reshape((b, t, h, d / h))?.transpose(1, 2)?.contiguous()?)
     }
 }
 
@@ -209,49 +319,26 @@ impl CausalLm for Gpt2 {
             Some(rows) => Tensor::new(rows, &self.device)?,
             None => Tensor::arange(offset as u32, (offset + t) as u32, &self.device)?.unsqueeze(0)?,
         };
-        let mut h = embedding(ids, self.wte.tensor())?.broadcast_add(&embedding(&positions, self.wpe.tensor())?)?;
+        let model = &self.transformer;
+        let mut h = embedding(ids, model.wte.weight.tensor())?
+            .broadcast_add(&embedding(&positions, model.wpe.weight.tensor())?)?;
         let key_mask = match cache.as_deref() {
             Some(c) => c.key_mask(offset + t, h.dtype(), &self.device)?,
             None => None,
         };
-        for (i, block) in self.blocks.iter().enumerate() {
-            let a = self.ln(&h, &block.ln_1)?;
-            let d = self.config.n_embd;
-            let (q, k, v) = match &block.c_attn {
-                CAttn::Fused(qkv) => {
-                    let y = qkv.forward(&a, train)?;
-                    (y.narrow(2, 0, d)?, y.narrow(2, d, d)?, y.narrow(2, 2 * d, d)?)
-                }
-                CAttn::Split([q, k, v]) => (q.forward(&a, train)?, k.forward(&a, train)?, v.forward(&a, train)?),
-            };
-            let nh = self.config.n_head;
-            let y = match cache.as_deref_mut() {
-                // A whole sequence: one attention op in the projections' layout.
-                None => self_attention(&q, &k, &v, nh, nh, None, None)?,
-                Some(c) => {
-                    let (q, k, v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
-                    let (k, v) = c.append(i, k, v)?;
-                    causal_attention_masked(&q, &k, &v, key_mask.as_ref(), None)?.transpose(1, 2)?.reshape((
-                        b,
-                        t,
-                        self.config.n_embd,
-                    ))?
-                }
-            };
-            h = block.attn_proj.forward_residual(&h, &y, train)?;
-            let m = self.ln(&h, &block.ln_2)?;
-            h = block.mlp_proj.forward_residual(&h, &gelu_new(&block.c_fc.forward(&m, train)?)?, train)?;
+        for (i, block) in model.h.iter().enumerate() {
+            h = block.forward(&h, cache.as_deref_mut().map(|c| (c, i)), key_mask.as_ref(), train)?;
         }
-        self.ln(&h, &self.ln_f)
+        layer_norm_forward(&h, &model.ln_f, self.config.layer_norm_epsilon)
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         // The head is `wte` itself (tied weights).
-        linear_forward(hidden, self.wte.tensor(), None)
+        linear_forward(hidden, self.transformer.wte.weight.tensor(), None)
     }
 
     fn head_weight(&self) -> Result<Option<Tensor>> {
-        Ok(Some(self.wte.tensor().clone()))
+        Ok(Some(self.transformer.wte.weight.tensor().clone()))
     }
 
     fn new_cache(&self) -> KvCache {
@@ -303,69 +390,19 @@ impl CausalLm for Gpt2 {
 
 impl LoraModel for Gpt2 {
     fn linears(&self) -> Vec<(String, &LinearSlot)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter().enumerate() {
-            match &b.c_attn {
-                CAttn::Fused(slot) => out.push((format!("transformer.h.{i}.attn.c_attn"), slot)),
-                CAttn::Split(slots) => {
-                    for (part, slot) in QKV.iter().zip(slots) {
-                        out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
-                    }
-                }
-            }
-            out.push((format!("transformer.h.{i}.attn.c_proj"), &b.attn_proj));
-            out.push((format!("transformer.h.{i}.mlp.c_fc"), &b.c_fc));
-            out.push((format!("transformer.h.{i}.mlp.c_proj"), &b.mlp_proj));
-        }
-        out
+        table::linears(self)
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            match &mut b.c_attn {
-                CAttn::Fused(slot) => out.push((format!("transformer.h.{i}.attn.c_attn"), slot)),
-                CAttn::Split(slots) => {
-                    for (part, slot) in QKV.iter().zip(slots.iter_mut()) {
-                        out.push((format!("transformer.h.{i}.attn.c_attn.{part}"), slot));
-                    }
-                }
-            }
-            out.push((format!("transformer.h.{i}.attn.c_proj"), &mut b.attn_proj));
-            out.push((format!("transformer.h.{i}.mlp.c_fc"), &mut b.c_fc));
-            out.push((format!("transformer.h.{i}.mlp.c_proj"), &mut b.mlp_proj));
-        }
-        out
+        table::linears_mut(self)
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
-        let mut out =
-            vec![("transformer.wte.weight".to_string(), &self.wte), ("transformer.wpe.weight".into(), &self.wpe)];
-        for (i, b) in self.blocks.iter().enumerate() {
-            for (n, (w, bias)) in [("ln_1", &b.ln_1), ("ln_2", &b.ln_2)] {
-                out.push((format!("transformer.h.{i}.{n}.weight"), w));
-                out.push((format!("transformer.h.{i}.{n}.bias"), bias));
-            }
-        }
-        out.push(("transformer.ln_f.weight".into(), &self.ln_f.0));
-        out.push(("transformer.ln_f.bias".into(), &self.ln_f.1));
-        out
+        table::params(self)
     }
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        let mut out = vec![
-            ("transformer.wte.weight".to_string(), &mut self.wte),
-            ("transformer.wpe.weight".into(), &mut self.wpe),
-        ];
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            for (n, (w, bias)) in [("ln_1", &mut b.ln_1), ("ln_2", &mut b.ln_2)] {
-                out.push((format!("transformer.h.{i}.{n}.weight"), w));
-                out.push((format!("transformer.h.{i}.{n}.bias"), bias));
-            }
-        }
-        out.push(("transformer.ln_f.weight".into(), &mut self.ln_f.0));
-        out.push(("transformer.ln_f.bias".into(), &mut self.ln_f.1));
-        out
+        table::params_mut(self)
     }
 
     fn name_or_path(&self) -> String {

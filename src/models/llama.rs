@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::family::{Family, WindowSettings};
+use super::table::{self, modules, Embedding, RmsNorm};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::compute::ops::composed::split_heads;
@@ -187,38 +188,70 @@ impl LlamaConfig {
     }
 }
 
-const ATTN: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
-
+// ANCHOR: llama_modules
+/// `LlamaAttention`: the four projections, named as transformers names them.
 #[derive(Clone, Debug)]
-struct Layer {
-    input_layernorm: Param,
-    /// q, k, v, o
-    attn: [LinearSlot; 4],
-    post_attention_layernorm: Param,
-    /// gate, up, down
-    mlp: [LinearSlot; 3],
+struct Attention {
+    q_proj: LinearSlot,
+    k_proj: LinearSlot,
+    v_proj: LinearSlot,
+    o_proj: LinearSlot,
+    num_heads: usize,
+    num_kv_heads: usize,
     /// The sliding window of this layer's attention, if it has one.
     window: Option<usize>,
 }
+modules!(Attention { q_proj, k_proj, v_proj, o_proj });
+
+/// `LlamaMLP`: the SiLU-gated MLP.
+#[derive(Clone, Debug)]
+struct Mlp {
+    gate_proj: LinearSlot,
+    up_proj: LinearSlot,
+    down_proj: LinearSlot,
+}
+modules!(Mlp { gate_proj, up_proj, down_proj });
+
+/// `LlamaDecoderLayer`: pre-norm attention, then a pre-norm MLP, each added to the residual.
+#[derive(Clone, Debug)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+    rms_norm_eps: f64,
+}
+modules!(DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp });
+
+/// `LlamaModel`: the embeddings, the layers and the final norm, under `model.`.
+#[derive(Clone, Debug)]
+struct LlamaModel {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+}
+modules!(LlamaModel { embed_tokens, layers, norm });
 
 /// A Llama-architecture causal LM with a slot for an adapter on every linear layer.
 #[derive(Clone, Debug)]
 pub struct Llama {
     config: LlamaConfig,
-    embed_tokens: Param,
+    model: LlamaModel,
+    /// `None` when the head is tied to `embed_tokens`.
+    lm_head: Option<LinearSlot>,
     /// The embedding table kept quantized (QLoRA); `embed_tokens` is then a stand-in with its
     /// shape only (see [`LoraModel::quantized_params`]).
     embed_quantized: Option<Arc<dyn QuantizedWeight>>,
-    layers: Vec<Layer>,
-    norm: Param,
-    /// `None` when the head is tied to `embed_tokens`.
-    lm_head: Option<LinearSlot>,
     /// RoPE's inverse frequencies [head_dim / 2], f32.
     inv_freq: Tensor,
     name_or_path: String,
     device: Device,
 }
+modules!(Llama { model, lm_head });
+// ANCHOR_END: llama_modules
+
+/// The embedding table's parameter name.
+const EMBED: &str = "model.embed_tokens.weight";
 
 fn linear(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<LinearSlot> {
     let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
@@ -226,50 +259,149 @@ fn linear(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result
     Ok(LinearSlot::Linear(Linear::frozen(&weight, b.as_ref())?))
 }
 
-/// The embedding table's parameter name.
-const EMBED: &str = "model.embed_tokens.weight";
+fn rms_norm_weight(w: &Weights, name: &str, d: usize) -> Result<RmsNorm> {
+    Ok(RmsNorm { weight: Param::frozen(&w.get(&format!("{name}.weight"), &[d])?) })
+}
+
+/// Where the tokens of one forward pass sit: RoPE's tables for positions `offset..offset + t`
+/// and, for a left-padded batch, each row's own tables [batch, t, hd / 2] and the mask over
+/// its padding keys.
+struct Positions {
+    cos: Tensor,
+    sin: Tensor,
+    rows: Option<(Tensor, Tensor)>,
+    key_mask: Option<Tensor>,
+}
+
+// ANCHOR: llama_layer
+impl DecoderLayer {
+    /// One layer on the residual stream `h` [batch, seq, d]. Each `forward` on a slot runs
+    /// whatever the slot holds (a frozen linear, a LoRA layer, a custom kind).
+    fn forward(
+        &self,
+        h: &Tensor,
+        pos: &Positions,
+        cache: Option<(&mut KvCache, usize)>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let eps = self.rms_norm_eps;
+        let a = rms_norm(h, self.input_layernorm.weight.tensor(), eps)?;
+        let h = self.self_attn.forward_residual(h, &a, pos, cache, train)?;
+        let m = rms_norm(&h, self.post_attention_layernorm.weight.tensor(), eps)?;
+        self.mlp.forward_residual(&h, &m, train)
+    }
+}
+
+impl Attention {
+    /// `h + o_proj(attention(x))`. Without a cache, one attention op over the whole sequence
+    /// in the projections' layout, RoPE inside; with one (generation), rotate, append this
+    /// layer's keys and values to the cache and attend over everything cached.
+    fn forward_residual(
+        &self,
+        h: &Tensor,
+        x: &Tensor,
+        pos: &Positions,
+        cache: Option<(&mut KvCache, usize)>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (nh, nkv) = (self.num_heads, self.num_kv_heads);
+        let q = self.q_proj.forward(x, train)?;
+        let k = self.k_proj.forward(x, train)?;
+        let v = self.v_proj.forward(x, train)?;
+        let y =
+            match cache {
+                None => self_attention(&q, &k, &v, nh, nkv, Some((&pos.cos, &pos.sin)), self.window)?,
+                Some((c, layer)) => {
+                    let (b, t, _) = x.dims3()?;
+                    let (q, k) = (split_heads(&q, nh)?, split_heads(&k, nkv)?);
+                    let (q, k) = match &pos.rows {
+                        None => (rope(&q, &pos.cos, &pos.sin)?, rope(&k, &pos.cos, &pos.sin)?),
+                        Some(tables) => (rope_rows(&q, tables)?, rope_rows(&k, tables)?),
+                    };
+                    let (k, v) = c.append(layer, k, split_heads(&v, nkv)?)?;
+                    causal_attention_masked(&q, &k, &v, pos.key_mask.as_ref(), self.window)?
+                        .transpose(1, 2)?
+                        .reshape((b, t, ()))?
+                }
+            };
+        self.o_proj.forward_residual(h, &y, train)
+    }
+}
+
+impl Mlp {
+    /// `h + down_proj(silu(gate_proj(x)) * up_proj(x))`.
+    fn forward_residual(&self, h: &Tensor, x: &Tensor, train: bool) -> Result<Tensor> {
+        let g = swiglu(&self.gate_proj.forward(x, train)?, &self.up_proj.forward(x, train)?)?;
+        self.down_proj.forward_residual(h, &g, train)
+    }
+}
+// ANCHOR_END: llama_layer
+
+// Loading: each module reads its weights under its own name.
+
+impl DecoderLayer {
+    fn load(w: &Weights, p: &str, config: &LlamaConfig, layer: usize) -> Result<Self> {
+        let d = config.hidden_size;
+        Ok(DecoderLayer {
+            input_layernorm: rms_norm_weight(w, &format!("{p}.input_layernorm"), d)?,
+            self_attn: Attention::load(w, &format!("{p}.self_attn"), config, layer)?,
+            post_attention_layernorm: rms_norm_weight(w, &format!("{p}.post_attention_layernorm"), d)?,
+            mlp: Mlp::load(w, &format!("{p}.mlp"), config)?,
+            rms_norm_eps: config.rms_norm_eps,
+        })
+    }
+}
+
+impl Attention {
+    fn load(w: &Weights, p: &str, config: &LlamaConfig, layer: usize) -> Result<Self> {
+        let family = config.family()?;
+        let (d, hd) = (config.hidden_size, config.head_dim());
+        let (q_out, kv_out) = (config.num_attention_heads * hd, config.kv_heads() * hd);
+        let bias = |j| family.attention_bias(j, config.attention_bias);
+        Ok(Attention {
+            q_proj: linear(w, &format!("{p}.q_proj"), q_out, d, bias(0))?,
+            k_proj: linear(w, &format!("{p}.k_proj"), kv_out, d, bias(1))?,
+            v_proj: linear(w, &format!("{p}.v_proj"), kv_out, d, bias(2))?,
+            o_proj: linear(w, &format!("{p}.o_proj"), d, q_out, bias(3))?,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.kv_heads(),
+            window: config.window(layer)?,
+        })
+    }
+}
+
+impl Mlp {
+    fn load(w: &Weights, p: &str, config: &LlamaConfig) -> Result<Self> {
+        let (d, m) = (config.hidden_size, config.intermediate_size);
+        let bias = config.family()?.mlp_bias(config.mlp_bias);
+        Ok(Mlp {
+            gate_proj: linear(w, &format!("{p}.gate_proj"), m, d, bias)?,
+            up_proj: linear(w, &format!("{p}.up_proj"), m, d, bias)?,
+            down_proj: linear(w, &format!("{p}.down_proj"), d, m, bias)?,
+        })
+    }
+}
 
 impl Llama {
     /// The embedding table [vocab, d], dequantized if it is kept quantized (a transient copy,
     /// dropped after the op that reads it).
     fn embedding_table(&self) -> Result<Tensor> {
+        let table = self.model.embed_tokens.weight.tensor();
         match &self.embed_quantized {
-            Some(q) => Ok(q.dequantize(&self.device)?.to_dtype(self.embed_tokens.tensor().dtype())?),
-            None => Ok(self.embed_tokens.tensor().clone()),
+            Some(q) => Ok(q.dequantize(&self.device)?.to_dtype(table.dtype())?),
+            None => Ok(table.clone()),
         }
     }
 
     /// Build the model from its config and weights; every weight starts frozen.
     pub fn new(config: LlamaConfig, w: &Weights, name_or_path: &str) -> Result<Self> {
         config.validate()?;
-        let family = config.family()?;
         let (d, hd) = (config.hidden_size, config.head_dim());
-        let (q_out, kv_out) = (config.num_attention_heads * hd, config.kv_heads() * hd);
-        let embed = w.get("model.embed_tokens.weight", &[config.vocab_size, d])?;
+        let embed = w.get(EMBED, &[config.vocab_size, d])?;
         let device = embed.device().clone();
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let outs = [q_out, kv_out, kv_out, d];
-            let ins = [d, d, d, q_out];
-            let attn = (0..4)
-                .map(|j| {
-                    let bias = family.attention_bias(j, config.attention_bias);
-                    linear(w, &format!("{p}.self_attn.{}", ATTN[j]), outs[j], ins[j], bias)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let (mo, mi) = ([config.intermediate_size, config.intermediate_size, d], [d, d, config.intermediate_size]);
-            let mlp = (0..3)
-                .map(|j| linear(w, &format!("{p}.mlp.{}", MLP[j]), mo[j], mi[j], family.mlp_bias(config.mlp_bias)))
-                .collect::<Result<Vec<_>>>()?;
-            layers.push(Layer {
-                input_layernorm: Param::frozen(&w.get(&format!("{p}.input_layernorm.weight"), &[d])?),
-                attn: attn.try_into().expect("four attention projections"),
-                post_attention_layernorm: Param::frozen(&w.get(&format!("{p}.post_attention_layernorm.weight"), &[d])?),
-                mlp: mlp.try_into().expect("three MLP projections"),
-                window: config.window(i)?,
-            });
-        }
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::load(w, &format!("model.layers.{i}"), &config, i))
+            .collect::<Result<Vec<_>>>()?;
         // A tied checkpoint may still list `lm_head.weight` (a copy of the embeddings); untied
         // ones must.
         let lm_head =
@@ -278,10 +410,12 @@ impl Llama {
             (0..hd / 2).map(|i| (1.0 / config.rope_theta().powf(2.0 * i as f64 / hd as f64)) as f32).collect();
         Ok(Llama {
             inv_freq: Tensor::new(inv_freq, &device)?,
-            embed_tokens: Param::frozen(&embed),
+            model: LlamaModel {
+                embed_tokens: Embedding { weight: Param::frozen(&embed) },
+                layers,
+                norm: rms_norm_weight(w, "model.norm", d)?,
+            },
             embed_quantized: None,
-            norm: Param::frozen(&w.get("model.norm.weight", &[d])?),
-            layers,
             lm_head,
             config,
             name_or_path: name_or_path.to_string(),
@@ -294,17 +428,29 @@ impl Llama {
         &self.config
     }
 
-    /// cos and sin [seq, head_dim / 2] for positions `offset..offset + seq`, in `dtype`.
-    fn rope_tables(&self, offset: usize, seq: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let pos = Tensor::arange(offset as u32, (offset + seq) as u32, &self.device)?;
-        self.rope_tables_at(&pos, dtype)
-    }
-
     /// cos and sin [seq, head_dim / 2] for the positions `pos` [seq] (u32), in `dtype`.
     fn rope_tables_at(&self, pos: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
         let pos = pos.to_dtype(DType::F32)?;
         let freqs = pos.unsqueeze(1)?.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+    }
+
+    /// The [`Positions`] of `t` new tokens in each of `b` rows after the cached ones.
+    fn positions(&self, cache: Option<&KvCache>, b: usize, t: usize, dtype: DType) -> Result<Positions> {
+        let offset = cache.map_or(0, |c| c.len());
+        let pos = Tensor::arange(offset as u32, (offset + t) as u32, &self.device)?;
+        let (cos, sin) = self.rope_tables_at(&pos, dtype)?;
+        let mut positions = Positions { cos, sin, rows: None, key_mask: None };
+        // A left-padded batch: each row's own positions and a mask over the padding keys.
+        if let Some(c) = cache {
+            if let Some(rows) = c.row_positions(b, t)? {
+                // [batch * t] positions -> tables [batch, t, hd / 2].
+                let (cos, sin) = self.rope_tables_at(&Tensor::new(rows.concat(), &self.device)?, dtype)?;
+                positions.rows = Some((cos.reshape((b, t, ()))?, sin.reshape((b, t, ()))?));
+                positions.key_mask = c.key_mask(offset + t, dtype, &self.device)?;
+            }
+        }
+        Ok(positions)
     }
 }
 
@@ -323,53 +469,12 @@ impl CausalLm for Llama {
     fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, train: bool) -> Result<Tensor> {
         let offset = cache.as_ref().map_or(0, |c| c.len());
         let (b, t) = check_ids(ids, self.config.vocab_size, offset, self.config.max_position_embeddings)?;
-        let (nh, nkv, eps) = (self.config.num_attention_heads, self.config.kv_heads(), self.config.rms_norm_eps);
         let mut h = embedding(ids, &self.embedding_table()?)?;
-        let (cos, sin) = self.rope_tables(offset, t, h.dtype())?;
-        // A left-padded batch: each row's own positions and a mask over the padding keys.
-        let (row_tables, key_mask) = match cache.as_deref() {
-            Some(c) => match c.row_positions(b, t)? {
-                Some(rows) => {
-                    // [batch * t] positions -> tables [batch, t, hd / 2].
-                    let flat: Vec<u32> = rows.concat();
-                    let (cos, sin) = self.rope_tables_at(&Tensor::new(flat, &self.device)?, h.dtype())?;
-                    let tables = (cos.reshape((b, t, ()))?, sin.reshape((b, t, ()))?);
-                    (Some(tables), c.key_mask(offset + t, h.dtype(), &self.device)?)
-                }
-                None => (None, None),
-            },
-            None => (None, None),
-        };
-        // ANCHOR: llama_layer
-        for (i, layer) in self.layers.iter().enumerate() {
-            let a = rms_norm(&h, layer.input_layernorm.tensor(), eps)?;
-            let [q, k, v, o] = &layer.attn;
-            let (q, k, v) = (q.forward(&a, train)?, k.forward(&a, train)?, v.forward(&a, train)?);
-            let y =
-                match cache.as_deref_mut() {
-                    // A whole sequence: one attention op in the projections' layout, RoPE inside.
-                    None => self_attention(&q, &k, &v, nh, nkv, Some((&cos, &sin)), layer.window)?,
-                    // Generation: rotate, append to the cache, attend over everything cached.
-                    Some(c) => {
-                        let (q, k) = (split_heads(&q, nh)?, split_heads(&k, nkv)?);
-                        let (q, k) = match &row_tables {
-                            None => (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?),
-                            Some(tables) => (rope_rows(&q, tables)?, rope_rows(&k, tables)?),
-                        };
-                        let (k, v) = c.append(i, k, split_heads(&v, nkv)?)?;
-                        causal_attention_masked(&q, &k, &v, key_mask.as_ref(), layer.window)?
-                            .transpose(1, 2)?
-                            .reshape((b, t, ()))?
-                    }
-                };
-            h = o.forward_residual(&h, &y, train)?;
-            let m = rms_norm(&h, layer.post_attention_layernorm.tensor(), eps)?;
-            let [gate, up, down] = &layer.mlp;
-            let g = swiglu(&gate.forward(&m, train)?, &up.forward(&m, train)?)?;
-            h = down.forward_residual(&h, &g, train)?;
+        let pos = self.positions(cache.as_deref(), b, t, h.dtype())?;
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            h = layer.forward(&h, &pos, cache.as_deref_mut().map(|c| (c, i)), train)?;
         }
-        // ANCHOR_END: llama_layer
-        rms_norm(&h, self.norm.tensor(), eps)
+        rms_norm(&h, self.model.norm.weight.tensor(), self.config.rms_norm_eps)
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -436,47 +541,19 @@ impl CausalLm for Llama {
 
 impl LoraModel for Llama {
     fn linears(&self) -> Vec<(String, &LinearSlot)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            out.extend(ATTN.iter().zip(&l.attn).map(|(n, s)| (format!("model.layers.{i}.self_attn.{n}"), s)));
-            out.extend(MLP.iter().zip(&l.mlp).map(|(n, s)| (format!("model.layers.{i}.mlp.{n}"), s)));
-        }
-        if let Some(head) = &self.lm_head {
-            out.push(("lm_head".into(), head));
-        }
-        out
+        table::linears(self)
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            out.extend(ATTN.iter().zip(l.attn.iter_mut()).map(|(n, s)| (format!("model.layers.{i}.self_attn.{n}"), s)));
-            out.extend(MLP.iter().zip(l.mlp.iter_mut()).map(|(n, s)| (format!("model.layers.{i}.mlp.{n}"), s)));
-        }
-        if let Some(head) = &mut self.lm_head {
-            out.push(("lm_head".into(), head));
-        }
-        out
+        table::linears_mut(self)
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
-        for (i, l) in self.layers.iter().enumerate() {
-            out.push((format!("model.layers.{i}.input_layernorm.weight"), &l.input_layernorm));
-            out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
-        }
-        out.push(("model.norm.weight".into(), &self.norm));
-        out
+        table::params(self)
     }
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &mut self.embed_tokens)];
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            out.push((format!("model.layers.{i}.input_layernorm.weight"), &mut l.input_layernorm));
-            out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), &mut l.post_attention_layernorm));
-        }
-        out.push(("model.norm.weight".into(), &mut self.norm));
-        out
+        table::params_mut(self)
     }
 
     fn output_head(&self) -> Option<&str> {
@@ -491,7 +568,8 @@ impl LoraModel for Llama {
         if name != EMBED {
             return Ok(false);
         }
-        let dims = self.embed_tokens.tensor().dims2()?;
+        let table = &mut self.model.embed_tokens.weight;
+        let dims = table.tensor().dims2()?;
         if weight.dims() != dims {
             return Err(LoraError::shape(
                 "quantized embedding table",
@@ -499,9 +577,8 @@ impl LoraModel for Llama {
                 &[weight.dims().0, weight.dims().1],
             ));
         }
-        let dtype = self.embed_tokens.tensor().dtype();
-        let stand_in = Tensor::zeros((), dtype, &self.device)?.broadcast_as(dims)?;
-        self.embed_tokens = Param::frozen(&stand_in);
+        let stand_in = Tensor::zeros((), table.tensor().dtype(), &self.device)?.broadcast_as(dims)?;
+        *table = Param::frozen(&stand_in);
         self.embed_quantized = Some(weight);
         Ok(true)
     }

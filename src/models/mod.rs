@@ -2,7 +2,8 @@
 //! SmolLM2 as its target ([`llama`]; Qwen2 / Qwen2.5 and Mistral too, see [`family`]), and
 //! [`tiny`], the small test model the graders use.
 //! [`load`] finds a model's files (a folder, a GGUF file, the Hub) and builds the right one;
-//! [`weights`] and [`gguf`] read the files, [`tokenizer`] the tokenizers. This module holds the
+//! [`weights`] and [`gguf`] read the files, [`tokenizer`] the tokenizers; [`table`] turns each
+//! model's fields, named as Hugging Face names its modules, into the names LoRA sees. This module holds the
 //! [`CausalLm`] trait every model implements.
 //!
 //! May use: `error`, `io`, `fetch` (model files), `compute` (the ops and quantized weight formats), `lora`.
@@ -12,6 +13,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod load;
+pub(crate) mod table;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

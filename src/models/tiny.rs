@@ -11,14 +11,11 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
+use super::table::{self, modules, Embedding, RmsNorm};
 use crate::error::{LoraError, Result};
-
 use crate::lora::linear::Linear;
-
 use crate::lora::model::LoraModel;
-
 use crate::lora::param::Param;
-
 use crate::lora::slot::LinearSlot;
 
 /// Sizes of a [`TinyLm`].
@@ -38,25 +35,50 @@ impl Default for TinyConfig {
     }
 }
 
-const ATTN: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+/// Four projections named like Llama's attention, mixed by a gate instead of softmax.
+#[derive(Clone, Debug)]
+struct Attention {
+    q_proj: LinearSlot,
+    k_proj: LinearSlot,
+    v_proj: LinearSlot,
+    o_proj: LinearSlot,
+}
+modules!(Attention { q_proj, k_proj, v_proj, o_proj });
 
-/// One block: four attention-named projections and a gated MLP.
+/// A gated MLP named like Llama's.
+#[derive(Clone, Debug)]
+struct Mlp {
+    gate_proj: LinearSlot,
+    up_proj: LinearSlot,
+    down_proj: LinearSlot,
+}
+modules!(Mlp { gate_proj, up_proj, down_proj });
+
+/// One block: the attention-named projections and the gated MLP.
 #[derive(Clone, Debug)]
 struct Block {
-    attn: [LinearSlot; 4],
-    mlp: [LinearSlot; 3],
+    self_attn: Attention,
+    mlp: Mlp,
 }
+modules!(Block { self_attn, mlp });
+
+/// The body under `model.`: embeddings, blocks, and a final scale named like an RMSNorm.
+#[derive(Clone, Debug)]
+struct TinyModel {
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+}
+modules!(TinyModel { embed_tokens, layers, norm });
 
 /// The graders' test model.
 #[derive(Clone, Debug)]
 pub struct TinyLm {
     config: TinyConfig,
-    embed_tokens: Param,
-    layers: Vec<Block>,
-    norm: Param,
+    model: TinyModel,
     lm_head: LinearSlot,
 }
+modules!(TinyLm { model, lm_head });
 
 /// A frozen [out, in] weight with entries N(0, 1/in), so activations keep unit scale.
 fn random_linear(rng: &mut StdRng, out: usize, inp: usize, bias: bool, device: &Device) -> Result<LinearSlot> {
@@ -80,24 +102,24 @@ impl TinyLm {
         let mut layers = Vec::new();
         for _ in 0..config.num_layers {
             let b = config.attention_bias;
-            let attn = [
-                random_linear(rng, h, h, b, device)?,
-                random_linear(rng, h, h, b, device)?,
-                random_linear(rng, h, h, b, device)?,
-                random_linear(rng, h, h, false, device)?,
-            ];
-            let mlp = [
-                random_linear(rng, m, h, false, device)?,
-                random_linear(rng, m, h, false, device)?,
-                random_linear(rng, h, m, false, device)?,
-            ];
-            layers.push(Block { attn, mlp });
+            let self_attn = Attention {
+                q_proj: random_linear(rng, h, h, b, device)?,
+                k_proj: random_linear(rng, h, h, b, device)?,
+                v_proj: random_linear(rng, h, h, b, device)?,
+                o_proj: random_linear(rng, h, h, false, device)?,
+            };
+            let mlp = Mlp {
+                gate_proj: random_linear(rng, m, h, false, device)?,
+                up_proj: random_linear(rng, m, h, false, device)?,
+                down_proj: random_linear(rng, h, m, false, device)?,
+            };
+            layers.push(Block { self_attn, mlp });
         }
+        let embed_tokens = Embedding { weight: Param::frozen(&random_tensor(rng, &[v, h], 1.0, device)?) };
+        let norm = RmsNorm { weight: Param::frozen(&(random_tensor(rng, &[h], 0.1, device)? + 1.0)?) };
         Ok(TinyLm {
             config,
-            embed_tokens: Param::frozen(&random_tensor(rng, &[v, h], 1.0, device)?),
-            layers,
-            norm: Param::frozen(&(random_tensor(rng, &[h], 0.1, device)? + 1.0)?),
+            model: TinyModel { embed_tokens, layers, norm },
             lm_head: random_linear(rng, v, h, false, device)?,
         })
     }
@@ -111,17 +133,19 @@ impl TinyLm {
     pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let (b, s) = ids.dims2().map_err(|_| LoraError::shape("token ids", "[batch, seq]", ids.dims()))?;
         let h = self.config.hidden_size;
-        let mut x = self.embed_tokens.tensor().index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
-        for block in &self.layers {
-            let [q, k, v, o] = &block.attn;
+        let model = &self.model;
+        let mut x = model.embed_tokens.weight.tensor().index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
+        for block in &model.layers {
+            let Attention { q_proj, k_proj, v_proj, o_proj } = &block.self_attn;
             // A gate instead of softmax attention: every op here has a backward in candle.
-            let mixed = ((q.forward(&x, train)? * k.forward(&x, train)?.tanh()?)? + v.forward(&x, train)?)?;
-            x = (&x + o.forward(&mixed, train)?)?;
-            let [gate, up, down] = &block.mlp;
-            let inner = (gate.forward(&x, train)?.tanh()? * up.forward(&x, train)?)?;
-            x = (&x + down.forward(&inner, train)?)?;
+            let mixed =
+                ((q_proj.forward(&x, train)? * k_proj.forward(&x, train)?.tanh()?)? + v_proj.forward(&x, train)?)?;
+            x = (&x + o_proj.forward(&mixed, train)?)?;
+            let Mlp { gate_proj, up_proj, down_proj } = &block.mlp;
+            let inner = (gate_proj.forward(&x, train)?.tanh()? * up_proj.forward(&x, train)?)?;
+            x = (&x + down_proj.forward(&inner, train)?)?;
         }
-        let x = x.broadcast_mul(self.norm.tensor())?;
+        let x = x.broadcast_mul(model.norm.weight.tensor())?;
         self.lm_head.forward(&x, train)
     }
 
@@ -133,39 +157,19 @@ impl TinyLm {
 
 impl LoraModel for TinyLm {
     fn linears(&self) -> Vec<(String, &LinearSlot)> {
-        let mut out = Vec::new();
-        for (i, block) in self.layers.iter().enumerate() {
-            for (name, slot) in ATTN.iter().zip(&block.attn) {
-                out.push((format!("model.layers.{i}.self_attn.{name}"), slot));
-            }
-            for (name, slot) in MLP.iter().zip(&block.mlp) {
-                out.push((format!("model.layers.{i}.mlp.{name}"), slot));
-            }
-        }
-        out.push(("lm_head".to_string(), &self.lm_head));
-        out
+        table::linears(self)
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        let mut out = Vec::new();
-        for (i, block) in self.layers.iter_mut().enumerate() {
-            for (name, slot) in ATTN.iter().zip(&mut block.attn) {
-                out.push((format!("model.layers.{i}.self_attn.{name}"), slot));
-            }
-            for (name, slot) in MLP.iter().zip(&mut block.mlp) {
-                out.push((format!("model.layers.{i}.mlp.{name}"), slot));
-            }
-        }
-        out.push(("lm_head".to_string(), &mut self.lm_head));
-        out
+        table::linears_mut(self)
     }
 
     fn params(&self) -> Vec<(String, &Param)> {
-        vec![("model.embed_tokens.weight".into(), &self.embed_tokens), ("model.norm.weight".into(), &self.norm)]
+        table::params(self)
     }
 
     fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens), ("model.norm.weight".into(), &mut self.norm)]
+        table::params_mut(self)
     }
 
     fn output_head(&self) -> Option<&str> {
