@@ -158,6 +158,9 @@ def bleu_cases():
     import csv
     import random
     import sys
+    if not os.path.exists("../shared/bench/peft_e2e_task.py"):
+        print("bleu_reference.json kept: ../shared/bench (the baseline's scripts) is not beside this checkout")
+        return
     sys.path.insert(0, "../shared/bench")
     from peft_e2e_task import bleu
     rows = list(csv.DictReader(open("data/e2e/devset.csv", encoding="utf-8")))
