@@ -15,7 +15,7 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::table::{self, modules, Embedding, Found, FoundMut, LayerNorm, Modules};
+use super::table::{lora_model_accessors, modules, Embedding, Found, FoundMut, LayerNorm, Modules};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::compute::ops::composed::split_heads;
@@ -389,21 +389,7 @@ impl CausalLm for Gpt2 {
 }
 
 impl LoraModel for Gpt2 {
-    fn linears(&self) -> Vec<(String, &LinearSlot)> {
-        table::linears(self)
-    }
-
-    fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        table::linears_mut(self)
-    }
-
-    fn params(&self) -> Vec<(String, &Param)> {
-        table::params(self)
-    }
-
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        table::params_mut(self)
-    }
+    lora_model_accessors!();
 
     fn name_or_path(&self) -> String {
         self.name_or_path.clone()

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::family::{Family, WindowSettings};
-use super::table::{self, modules, Embedding, RmsNorm};
+use super::table::{lora_model_accessors, modules, Embedding, RmsNorm};
 use super::weights::Weights;
 use super::{check_ids, plain_weights, CausalLm, KvCache};
 use crate::compute::ops::composed::split_heads;
@@ -540,21 +540,7 @@ impl CausalLm for Llama {
 }
 
 impl LoraModel for Llama {
-    fn linears(&self) -> Vec<(String, &LinearSlot)> {
-        table::linears(self)
-    }
-
-    fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        table::linears_mut(self)
-    }
-
-    fn params(&self) -> Vec<(String, &Param)> {
-        table::params(self)
-    }
-
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        table::params_mut(self)
-    }
+    lora_model_accessors!();
 
     fn output_head(&self) -> Option<&str> {
         self.lm_head.as_ref().map(|_| "lm_head")

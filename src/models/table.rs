@@ -8,7 +8,8 @@
 //! adds the index (`layers.3`), an `Option` adds nothing when it is `None` (an untied head), and
 //! the leaves are [`LinearSlot`] (a module name) and [`Param`] (a parameter name). The
 //! [`crate::lora::model::LoraModel`] accessors of every model are then [`linears`],
-//! [`linears_mut`], [`params`] and [`params_mut`] on the whole model.
+//! [`linears_mut`], [`params`] and [`params_mut`] on the whole model
+//! (`lora_model_accessors!()` writes them).
 //!
 //! The small modules every model uses are here too, named as in PyTorch: [`Embedding`],
 //! [`RmsNorm`] and [`LayerNorm`].
@@ -67,6 +68,29 @@ macro_rules! modules {
     };
 }
 pub(crate) use modules;
+
+/// The four accessors of [`crate::lora::model::LoraModel`] for a model that implements
+/// [`Modules`], written inside its `impl LoraModel` block.
+macro_rules! lora_model_accessors {
+    () => {
+        fn linears(&self) -> Vec<(String, &$crate::lora::slot::LinearSlot)> {
+            $crate::models::table::linears(self)
+        }
+
+        fn linears_mut(&mut self) -> Vec<(String, &mut $crate::lora::slot::LinearSlot)> {
+            $crate::models::table::linears_mut(self)
+        }
+
+        fn params(&self) -> Vec<(String, &$crate::lora::param::Param)> {
+            $crate::models::table::params(self)
+        }
+
+        fn params_mut(&mut self) -> Vec<(String, &mut $crate::lora::param::Param)> {
+            $crate::models::table::params_mut(self)
+        }
+    };
+}
+pub(crate) use lora_model_accessors;
 
 impl Modules for LinearSlot {
     fn visit<'a>(&'a self, path: &str, found: &mut Found<'a>) {

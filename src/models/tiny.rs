@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-use super::table::{self, modules, Embedding, RmsNorm};
+use super::table::{lora_model_accessors, modules, Embedding, RmsNorm};
 use crate::error::{LoraError, Result};
 use crate::lora::linear::Linear;
 use crate::lora::model::LoraModel;
@@ -156,21 +156,7 @@ impl TinyLm {
 }
 
 impl LoraModel for TinyLm {
-    fn linears(&self) -> Vec<(String, &LinearSlot)> {
-        table::linears(self)
-    }
-
-    fn linears_mut(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        table::linears_mut(self)
-    }
-
-    fn params(&self) -> Vec<(String, &Param)> {
-        table::params(self)
-    }
-
-    fn params_mut(&mut self) -> Vec<(String, &mut Param)> {
-        table::params_mut(self)
-    }
+    lora_model_accessors!();
 
     fn output_head(&self) -> Option<&str> {
         Some("lm_head")
