@@ -19,7 +19,7 @@ pub struct LinearWithLora {
 }
 
 impl LinearWithLora {
-    /// Wrap a base layer (`weight` [out, in], optional `bias` [out]) with `lora`. The base
+    /// Wrap a base layer (`weight` [out, in], optional `bias` \[out\]) with `lora`. The base
     /// tensors are detached, so they stay frozen even if they came from a `Var`.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>, lora: LoraLayer) -> Result<Self> {
         // TODO: the layer, if the parts fit: `weight` is [out, in] with the adapter's in_features
@@ -36,7 +36,7 @@ impl LinearWithLora {
         &self.weight
     }
 
-    /// The frozen base bias [out], if any.
+    /// The frozen base bias \[out\], if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -46,8 +46,8 @@ pub struct AdapterSet {
 }
 
 /// The low-rank part of a layer whose batch rows use different adapters: for row i with
-/// adapter k = rows[i], `scale[k] (x_i A_k^T) B_k^T`. `x` [batch, seq, in], `a` [K, r, in],
-/// `b` [K, out, r], `scale` [K], `rows` [batch] (u32). Each row gathers its own A and B, so
+/// adapter k = rows\[i\], `scale[k] (x_i A_k^T) B_k^T`. `x` [batch, seq, in], `a` [K, r, in],
+/// `b` [K, out, r], `scale` \[K\], `rows` \[batch\] (u32). Each row gathers its own A and B, so
 /// one batched matmul serves every adapter at once.
 pub fn per_row_lora(x: &Tensor, a: &Tensor, b: &Tensor, scale: &Tensor, rows: &Tensor) -> Result<Tensor> {
     // TODO: [batch, seq, out]: row i is scale[k] (x_i A_k^T) B_k^T with k = rows[i], computed for

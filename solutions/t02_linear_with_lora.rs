@@ -20,7 +20,7 @@ pub struct LinearWithLora {
 
 impl LinearWithLora {
     // ANCHOR: new
-    /// Wrap a base layer (`weight` [out, in], optional `bias` [out]) with `lora`. The base
+    /// Wrap a base layer (`weight` [out, in], optional `bias` \[out\]) with `lora`. The base
     /// tensors are detached, so they stay frozen even if they came from a `Var`.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>, lora: LoraLayer) -> Result<Self> {
         let (out_features, in_features) = weight
@@ -47,7 +47,7 @@ impl LinearWithLora {
         &self.weight
     }
 
-    /// The frozen base bias [out], if any.
+    /// The frozen base bias \[out\], if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -21,7 +21,7 @@ use crate::compute::fused;
 
 use crate::error::{LoraError, Result};
 
-/// `x W^T + b` for `x` of shape [n, in] or [batch, seq, in], `weight` [out, in], `bias` [out].
+/// `x W^T + b` for `x` of shape [n, in] or [batch, seq, in], `weight` [out, in], `bias` \[out\].
 pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (out_features, in_features) = weight.dims2()?;
     if x.dims().last() != Some(&in_features) {
@@ -165,7 +165,7 @@ pub(crate) fn check_window(window: Option<usize>) -> Result<()> {
 }
 
 /// Mean cross-entropy of the head's logits `h W^T` (`h` [n, d], `weight` [vocab, d]) against
-/// `targets` [n]. On the CPU the logits are never held whole (see
+/// `targets` \[n\]. On the CPU the logits are never held whole (see
 /// [`fused::cross_entropy`]); elsewhere they are computed in f32 and go through
 /// [`cross_entropy`].
 pub fn head_cross_entropy(h: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
@@ -317,7 +317,7 @@ fn causal_mask(
     Ok(Tensor::from_vec(mask, (groups * seq, kv_len), device)?.to_dtype(dtype)?)
 }
 
-/// Mean cross-entropy of `logits` [n, vocab] against `targets` [n] (u32), through log-softmax
+/// Mean cross-entropy of `logits` [n, vocab] against `targets` \[n\] (u32), through log-softmax
 /// and a gather: every op has a backward. Issue 4's training loss adds label masking.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;

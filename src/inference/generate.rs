@@ -126,7 +126,7 @@ pub fn generate_text(model: &dyn CausalLm, tok: &Tokenizer, prompt: &str, opts: 
     })
 }
 
-/// The next token from `logits` [vocab]. NaN logits are an error naming them (candle's sampler
+/// The next token from `logits` \[vocab\]. NaN logits are an error naming them (candle's sampler
 /// would fail on them with a less telling one, and argmax would quietly pick one).
 pub fn pick(logits: &Tensor, sampler: &mut LogitsProcessor) -> Result<u32> {
     let values = logits.to_dtype(DType::F32)?;
@@ -138,7 +138,7 @@ pub fn pick(logits: &Tensor, sampler: &mut LogitsProcessor) -> Result<u32> {
 
 /// Greedy continuations of several prompts at once, decoded together with a KV cache: the
 /// prompts are padded on the left to one width and run as one batch, then every step feeds each
-/// row's newest token. The cache is left-padded ([`KvCache::left_padded`]): each row's tokens
+/// row's newest token. The cache is left-padded ([`KvCache::left_padded`](crate::models::KvCache::left_padded)): each row's tokens
 /// take the positions they would have alone and no query attends to padding, so each row
 /// continues as it would alone (tested). This is how a batch that mixes adapters per row is
 /// served (t10): the base's matmuls run once for all rows. A row stops at a stop id or after

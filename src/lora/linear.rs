@@ -16,7 +16,7 @@ use crate::lora::param::Param;
 pub struct Linear {
     /// [out_features, in_features]
     pub weight: Param,
-    /// [out_features]
+    /// \[out_features\]
     pub bias: Option<Param>,
 }
 

@@ -56,7 +56,7 @@ pub trait CustomLinear: std::fmt::Debug + Send + Sync {
     fn take_adapter(&mut self) -> Option<LoraLayer>;
     /// The base weight [out, in] as a dense tensor (for merging and export).
     fn base_weight(&self) -> Result<Tensor>;
-    /// The base bias [out], if any.
+    /// The base bias \[out\], if any.
     fn base_bias(&self) -> Option<&Tensor>;
     /// (in_features, out_features).
     fn in_out_features(&self) -> (usize, usize);
@@ -203,7 +203,7 @@ impl LinearSlot {
         })
     }
 
-    /// The base layer's bias [out], if any.
+    /// The base layer's bias \[out\], if any.
     pub fn base_bias(&self) -> Option<&Tensor> {
         match self {
             LinearSlot::Linear(l) => l.bias.as_ref().map(|b| b.tensor()),

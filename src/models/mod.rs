@@ -2,7 +2,7 @@
 //! SmolLM2 as its target ([`llama`]; Qwen2 / Qwen2.5 and Mistral too, see [`family`]), and
 //! [`tiny`], the small test model the graders use.
 //! [`load`] finds a model's files (a folder, a GGUF file, the Hub) and builds the right one;
-//! [`weights`] and [`gguf`] read the files, [`tokenizer`] the tokenizers; [`table`] turns each
+//! [`weights`] and [`gguf`] read the files, [`tokenizer`] the tokenizers; `table` turns each
 //! model's fields, named as Hugging Face names its modules, into the names LoRA sees. This module holds the
 //! [`CausalLm`] trait every model implements.
 //!
@@ -119,7 +119,7 @@ pub trait CausalLm: LoraModel {
         Ok(None)
     }
 
-    /// Mean cross-entropy of the head's logits on `hidden` [n, d] against `targets` [n]. With a
+    /// Mean cross-entropy of the head's logits on `hidden` [n, d] against `targets` \[n\]. With a
     /// plain head this is [`crate::compute::ops::head_cross_entropy`], which on the CPU never holds the
     /// [n, vocab] logits; otherwise the logits (in f32) and [`crate::compute::ops::cross_entropy`].
     fn head_loss(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {

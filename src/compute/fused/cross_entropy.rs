@@ -212,7 +212,7 @@ impl CustomOp2 for HeadCrossEntropy {
     }
 }
 
-/// Mean cross-entropy of the logits `h W^T` (`h` [n, d], `W` [vocab, d]) against `targets` [n],
+/// Mean cross-entropy of the logits `h W^T` (`h` [n, d], `W` [vocab, d]) against `targets` \[n\],
 /// without materializing the logits. Gradients are formed for whichever of `h` and `W` track one.
 pub fn head_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
     // A bf16 head beside f32 rows is multiplied as stored; it cannot be trained that way.

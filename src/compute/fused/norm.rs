@@ -217,12 +217,12 @@ impl CustomOp3 for Norm {
     }
 }
 
-/// RMSNorm of `x` [..., d] with weight `w` [d], as one op (the caller checked [`super::usable`]).
+/// RMSNorm of `x` [..., d] with weight `w` \[d\], as one op (the caller checked [`super::usable`]).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(Norm { eps, center: false })))
 }
 
-/// LayerNorm of `x` [..., d] with weight and bias [d], as one op.
+/// LayerNorm of `x` [..., d] with weight and bias \[d\], as one op.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op3_arc(
         &w.contiguous()?,

@@ -90,7 +90,7 @@ impl CustomOp2 for ResidualLinear {
     }
 }
 
-/// `h + x W^T + b` for a frozen W [out, in] and b [out], as one op.
+/// `h + x W^T + b` for a frozen W [out, in] and b \[out\], as one op.
 pub fn residual_linear(h: &Tensor, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     residual_linear_with(h, x, FrozenWeight::dense_from(weight)?, bias)
 }
