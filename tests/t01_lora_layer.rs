@@ -60,6 +60,23 @@ proptest! {
     }
 
     #[test]
+    fn the_layer_reports_what_it_was_built_with(inp in 1usize..40, out in 1usize..40, r in 1usize..9,
+                                                alpha in 0.5f64..64.0, dropout in 0.0f32..0.9,
+                                                rslora in any::<bool>(), seed in any::<u64>()) {
+        book("t01_lora_layer", "Shapes");
+        let cfg = LoraConfig { dropout, use_rslora: rslora, ..config(r, alpha) };
+        let fresh = LoraLayer::new(inp, out, &cfg, &mut rng(seed), DType::F32, &CPU).unwrap();
+        let loaded = trained(&mut rng(seed), inp, out, &cfg, DType::F32);
+        for (how, layer) in [("new", &fresh), ("from_tensors", &loaded)] {
+            prop_assert_eq!((layer.rank(), layer.in_features(), layer.out_features()), (r, inp, out),
+                "{}: rank(), in_features() and out_features() must give r, in and out", how);
+            prop_assert_close!([layer.scaling()], [lora_scaling(alpha, r, rslora)], 1e-12,
+                "{}: scaling() must be the config's alpha / r (alpha / sqrt(r) with rsLoRA)", how);
+            prop_assert_eq!(layer.dropout(), dropout, "{}: dropout() must be the config's dropout probability", how);
+        }
+    }
+
+    #[test]
     fn b_starts_at_zero_so_the_update_is_zero(inp in 1usize..40, out in 1usize..40, r in 1usize..9,
                                               seed in any::<u64>(), gaussian in any::<bool>()) {
         book("t01_lora_layer", "Why B starts at zero");

@@ -38,6 +38,23 @@ proptest! {
     }
 
     #[test]
+    fn the_layer_keeps_its_base_and_its_adapter(inp in 1usize..24, out in 1usize..24, r in 1usize..7,
+                                                with_bias in any::<bool>(), seed in any::<u64>()) {
+        book("t02_linear_with_lora", "What freezing means in candle");
+        let g = &mut rng(seed);
+        let w = randn(g, &[out, inp], DType::F32);
+        let bias = with_bias.then(|| randn(g, &[out], DType::F32));
+        let (a, b) = (randn(g, &[r, inp], DType::F32), randn(g, &[out, r], DType::F32));
+        let lora = LoraLayer::from_tensors(&a, &b, &config(r, 2.0)).unwrap();
+        let layer = LinearWithLora::new(&w, bias.as_ref(), lora).unwrap();
+        prop_assert_eq!(bits(layer.weight()), bits(&w), "weight() must be the base weight W0 it was built with");
+        prop_assert_eq!(layer.bias().map(bits), bias.as_ref().map(bits),
+            "bias() must be the base bias it was built with (None for a layer without one)");
+        prop_assert_eq!(bits(layer.lora().a().tensor()), bits(&a), "lora() must be the adapter it was built with");
+        prop_assert_eq!(bits(layer.lora().b().tensor()), bits(&b), "lora() must be the adapter it was built with");
+    }
+
+    #[test]
     fn forward_is_base_plus_update(inp in 1usize..24, out in 1usize..24, r in 1usize..7, n in 1usize..6,
                                    with_bias in any::<bool>(), seed in any::<u64>()) {
         book("t02_linear_with_lora", "The forward pass");

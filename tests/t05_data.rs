@@ -25,7 +25,8 @@ proptest! {
         want_ids.push(7);
         prop_assert_eq!(&e.input_ids, &want_ids, "input ids are prompt + response + EOS");
         prop_assert_eq!(e.labels.len(), e.input_ids.len(), "one label per input id");
-        prop_assert!(e.labels[..p].iter().all(|&l| l == IGNORE_INDEX), "every prompt position is ignored");
+        prop_assert!(e.labels[..p].iter().all(|&l| l == IGNORE_INDEX && l == -100),
+            "every prompt position is ignored with -100, PyTorch's ignore_index, so that labels mean what they mean in transformers");
         let trained: Vec<i64> = want_ids[p..].iter().map(|&t| i64::from(t)).collect();
         prop_assert_eq!(&e.labels[p..], &trained[..], "response and EOS positions are labelled with their own token");
         prop_assert_eq!(e.truncated, 0);
@@ -61,7 +62,8 @@ proptest! {
             prop_assert_eq!(&got_ids[i][..n], &e.input_ids[..], "real tokens come first (right padding)");
             prop_assert_eq!(&got_labels[i][..n], &e.labels[..]);
             prop_assert!(got_ids[i][n..].iter().all(|&t| t == pad), "padding uses the pad id");
-            prop_assert!(got_labels[i][n..].iter().all(|&l| l == IGNORE_INDEX), "padding is never trained on");
+            prop_assert!(got_labels[i][n..].iter().all(|&l| l == IGNORE_INDEX && l == -100),
+                "padding is never trained on: its label is -100, PyTorch's ignore_index");
             prop_assert!(mask[i][..n].iter().all(|&m| m == 1) && mask[i][n..].iter().all(|&m| m == 0),
                 "the mask is 1 on real tokens and 0 on padding");
         }

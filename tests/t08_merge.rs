@@ -147,3 +147,46 @@ fn verify_merge_reports_and_passes_a_good_merge() {
     assert!(!report.passed);
     assert_eq!(m.model.linears().iter().filter(|(_, s)| s.lora().is_some()).count(), 2, "a failed merge is undone");
 }
+
+#[test]
+fn verify_merge_compares_the_merged_model_with_the_adapted_one() {
+    book("t08_merge", "Verifying a merge");
+    // The same adapted model twice: one is merged by hand and measured here, the other by
+    // verify_merge, whose report must say the same.
+    let mut by_hand = adapted("tiny-llama", 4, &["q_proj", "v_proj", "down_proj"], 8, false);
+    let adapted_logits = logits(&by_hand);
+    merge_lora_weights(by_hand.model.as_mut()).unwrap();
+    let merged_logits = logits(&by_hand);
+    let max_abs = adapted_logits.iter().zip(&merged_logits).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let scale = adapted_logits.iter().fold(0.0f64, |m, a| m.max(a.abs()));
+    assert!(max_abs > 0.0, "the fixture's merge must move some logit by a rounding, for this check to mean something");
+
+    let mut m = adapted("tiny-llama", 4, &["q_proj", "v_proj", "down_proj"], 8, false);
+    let (report, _) = verify_merge(m.model.as_mut(), &ids(), 1.0).unwrap();
+    assert_close!([report.max_abs_diff], [max_abs], 1e-12 * scale,
+        "max_abs_diff must be max |merged - adapted| over the logits, the adapted logits taken before merging: {report:?}");
+    assert_close!(
+        [report.max_rel_diff],
+        [max_abs / scale],
+        1e-12,
+        "max_rel_diff must be max_abs_diff / max |adapted logit|: {report:?}"
+    );
+    assert_eq!(report.tolerance, 1.0, "the report carries the tolerance it was checked against");
+
+    // A tolerance just below the difference fails the check, and the merge is undone; just
+    // above, it passes.
+    let mut m = adapted("tiny-llama", 4, &["q_proj", "v_proj", "down_proj"], 8, false);
+    let (report, _) = verify_merge(m.model.as_mut(), &ids(), max_abs * 0.5).unwrap();
+    assert!(!report.passed, "a difference above the tolerance must fail the check: {report:?}");
+    assert_close!(
+        logits(&m),
+        adapted_logits.clone(),
+        1e-5 * scale,
+        "a failed check must give back the adapted model (unmerged)"
+    );
+    assert!(m.model.linears().iter().any(|(_, s)| s.lora().is_some()), "a failed check must put the adapters back");
+    let mut m = adapted("tiny-llama", 4, &["q_proj", "v_proj", "down_proj"], 8, false);
+    let (report, _) = verify_merge(m.model.as_mut(), &ids(), max_abs * 2.0).unwrap();
+    assert!(report.passed, "a difference within the tolerance must pass: {report:?}");
+    assert_eq!(logits(&m), merged_logits, "a passed check leaves the model merged");
+}
