@@ -229,6 +229,30 @@ fn the_reports_read_as_expected() {
 }
 
 #[test]
+fn an_adapter_with_a_frozen_half_is_reported() {
+    book("t03_inject", "Checking an injection");
+    let target = "model.layers.1.self_attn.v_proj";
+    // A frozen and B trainable, then the other way round: either half frozen stops it learning.
+    for (frozen, which) in [(0, "A"), (1, "B")] {
+        let mut model = tiny(8);
+        inject_lora(&mut model, &LoraConfig::new(2, 4.0, &["q_proj", "v_proj"])).unwrap();
+        for (name, slot) in model.linears_mut() {
+            if name == target {
+                slot.lora_mut().expect("v_proj is adapted").lora_mut().params_mut()[frozen].freeze();
+            }
+        }
+        let report = check_lora_injection(&model);
+        assert_eq!(
+            report.frozen_adapters,
+            vec![target.to_string()],
+            "an adapter whose {which} alone is frozen must be listed in frozen_adapters (and only it):\n{report}"
+        );
+        assert!(!report.is_ok(), "an adapter that cannot learn must fail the check:\n{report}");
+        assert_eq!(report.adapted.len(), 4, "it is still an adapted module:\n{report}");
+    }
+}
+
+#[test]
 fn check_gradients_sees_where_gradients_go() {
     book("t03_inject", "Checking gradients");
     let mut model = tiny(7);

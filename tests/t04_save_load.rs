@@ -11,9 +11,9 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use common::*;
 use lora_from_scratch::models::tiny::TinyLm;
-use lora_from_scratch::peft::format::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-use lora_from_scratch::tasks::t03_inject::{get_lora_parameters, inject_lora};
-use lora_from_scratch::tasks::t04_save_load::{load_lora_weights, save_lora_weights};
+use lora_from_scratch::peft::format::{TargetModules, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use lora_from_scratch::tasks::t03_inject::{find_target_modules, get_lora_parameters, inject_lora};
+use lora_from_scratch::tasks::t04_save_load::{adapter_config, load_lora_weights, save_lora_weights};
 use lora_from_scratch::{LoraConfig, LoraError, LoraModel, TensorProblem};
 use proptest::prelude::*;
 use safetensors::SafeTensors;
@@ -76,6 +76,45 @@ proptest! {
         let ids = token_ids(&mut rng(seed), 2, 4, model.config().vocab_size);
         prop_assert_eq!(bits(&fresh.forward(&ids, false).unwrap()), bits(&model.forward(&ids, false).unwrap()),
             "the loaded model must give the saved model's logits bit for bit");
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(24))]
+
+    /// PEFT re-applies `target_modules` to the base model to know where adapters go: the saved
+    /// names must select the adapted modules and no others.
+    #[test]
+    fn the_saved_targets_select_exactly_the_adapted_modules(mask in 1u8..128, layer0_only in any::<u8>(),
+                                                            seed in any::<u64>()) {
+        book("t04_save_load", "PEFT's keys");
+        // Each chosen kind in every layer, or (by a longer name) in layer 0 only.
+        let kinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+        let targets: Vec<String> = (0..kinds.len())
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| match layer0_only & (1 << i) != 0 {
+                true => format!("layers.0.{}.{}", if i < 4 { "self_attn" } else { "mlp" }, kinds[i]),
+                false => kinds[i].to_string(),
+            })
+            .collect();
+        let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let cfg = LoraConfig::new(2, 4.0, &refs);
+        let mut model = tiny(seed);
+        inject_lora(&mut model, &cfg).unwrap();
+        let adapted: Vec<String> =
+            model.linears().into_iter().filter(|(_, s)| s.adapter().is_some()).map(|(n, _)| n).collect();
+        let TargetModules::List(saved) = adapter_config(&model, &cfg).target_modules else {
+            panic!("target_modules must be written as a list of names");
+        };
+        prop_assert_eq!(find_target_modules(&tiny(seed), &saved).unwrap(), adapted.clone(),
+            "the saved target_modules {:?} must select exactly the adapted modules", saved);
+        if layer0_only & mask == 0 {
+            let mut short: Vec<&str> = (0..kinds.len()).filter(|i| mask & (1 << i) != 0).map(|i| kinds[i]).collect();
+            short.sort();
+            let mut got: Vec<&str> = saved.iter().map(String::as_str).collect();
+            got.sort();
+            prop_assert_eq!(got, short, "where the last name parts select the adapted modules, PEFT writes those");
+        }
     }
 }
 
