@@ -199,25 +199,28 @@ fn a_missing_module_tensor_is_an_error_that_changes_nothing() {
     assert!(m.model.linears().iter().all(|(_, s)| s.adapter().is_none()), "no adapter was installed");
 }
 
-/// `train_mixed` runs t06's loop over a `MixedTrainee`: the loss falls, the chosen modules are
-/// trained in full beside the adapters, and the best state, saved with `save_mixed`, loads back
-/// into a fresh model with `load_mixed` as the trained model.
-#[test]
-fn training_saves_a_best_state_that_loads_back() {
-    book("t11_mixed", "Training");
-    use lora_from_scratch::tasks::t05_data::Example;
-    use lora_from_scratch::tasks::t06_train::{Decay, Schedule, TrainConfig};
-    use lora_from_scratch::tasks::t11_mixed::train_mixed;
-    // Four short sequences that are their own labels: a set the tiny model learns in a few steps.
-    let train: Vec<Example> = (0..4u32)
+/// Four short sequences that are their own labels: a set the tiny model learns in a few steps.
+fn own_label_examples() -> Vec<lora_from_scratch::tasks::t05_data::Example> {
+    (0..4u32)
         .map(|k| {
             let ids: Vec<u32> = (0..8u32).map(|i| (i * 5 + k) % 50 + 1).collect();
-            Example { labels: ids.iter().map(|&i| i64::from(i)).collect(), input_ids: ids, truncated: 0 }
+            lora_from_scratch::tasks::t05_data::Example {
+                labels: ids.iter().map(|&i| i64::from(i)).collect(),
+                input_ids: ids,
+                truncated: 0,
+            }
         })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let steps = 8;
-    let cfg = TrainConfig {
+        .collect()
+}
+
+/// A constant learning rate of 1e-2, batches of 4, a checkpoint every `eval_every` steps.
+fn run_config(
+    out: &std::path::Path,
+    steps: usize,
+    eval_every: usize,
+) -> lora_from_scratch::tasks::t06_train::TrainConfig {
+    use lora_from_scratch::tasks::t06_train::{Decay, Schedule, TrainConfig};
+    TrainConfig {
         schedule: Schedule {
             peak_lr: 1e-2,
             warmup_steps: 0,
@@ -229,19 +232,50 @@ fn training_saves_a_best_state_that_loads_back() {
         grad_accum: 1,
         max_grad_norm: Some(1.0),
         weight_decay: 0.0,
-        eval_every: steps,
-        out_dir: dir.path().to_path_buf(),
+        eval_every,
+        out_dir: out.to_path_buf(),
         seed: 0,
         resume: false,
         stop_after: None,
         progress: false,
-    };
+    }
+}
+
+/// The tiny Llama with adapters on q and v, trained with `norm` in full by `train_mixed`.
+fn train_mixed_run(
+    m: &mut LoadedModel,
+    cfg: &lora_from_scratch::tasks::t06_train::TrainConfig,
+) -> lora_from_scratch::train::history::TrainHistory {
+    let lora = LoraConfig::new(4, 8.0, &["q_proj", "v_proj"]);
+    if get_lora_parameters(m.model.as_ref()).is_empty() {
+        inject_lora(m.model.as_mut(), &lora).unwrap();
+    }
+    let train = own_label_examples();
+    lora_from_scratch::tasks::t11_mixed::train_mixed(
+        m.model.as_mut(),
+        &lora,
+        &strings(&["norm"]),
+        4.0,
+        0.5,
+        &train,
+        &train,
+        0,
+        cfg,
+    )
+    .unwrap()
+}
+
+/// `train_mixed` runs t06's loop over a `MixedTrainee`: the loss falls, the chosen modules are
+/// trained in full beside the adapters, and the best state, saved with `save_mixed`, loads back
+/// into a fresh model with `load_mixed` as the trained model.
+#[test]
+fn training_saves_a_best_state_that_loads_back() {
+    book("t11_mixed", "Training");
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 8;
     let mut m = base();
     let before = all_bits(&m);
-    let lora = LoraConfig::new(4, 8.0, &["q_proj", "v_proj"]);
-    inject_lora(m.model.as_mut(), &lora).unwrap();
-    let modules = strings(&["norm"]);
-    let h = train_mixed(m.model.as_mut(), &lora, &modules, 4.0, 0.5, &train, &train, 0, &cfg).unwrap();
+    let h = train_mixed_run(&mut m, &run_config(dir.path(), steps, steps));
     assert_eq!(h.train.len(), steps, "one history entry per step");
     assert!(h.train[steps - 1].loss < h.train[0].loss, "the loss must fall: {:?}", h.train);
     let after = all_bits(&m);
@@ -259,5 +293,25 @@ fn training_saves_a_best_state_that_loads_back() {
         bits(&fresh.model.forward(&ids, None, false).unwrap()),
         trained,
         "the best state (the last step, here) must load back into a fresh model exactly"
+    );
+}
+
+/// A mixed run stopped after its checkpoint and resumed in a fresh process (a fresh model)
+/// ends where the uninterrupted run ends: the checkpoint holds the trained modules too.
+#[test]
+fn an_interrupted_mixed_run_resumes_exactly() {
+    book("t11_mixed", "Training");
+    use lora_from_scratch::tasks::t06_train::TrainConfig;
+    let (whole, parts) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut uninterrupted = base();
+    train_mixed_run(&mut uninterrupted, &run_config(whole.path(), 8, 4));
+    let mut first = base();
+    train_mixed_run(&mut first, &TrainConfig { stop_after: Some(4), ..run_config(parts.path(), 8, 4) });
+    let mut resumed = base();
+    train_mixed_run(&mut resumed, &TrainConfig { resume: true, ..run_config(parts.path(), 8, 4) });
+    assert_eq!(
+        all_bits(&resumed),
+        all_bits(&uninterrupted),
+        "resuming from the step-4 checkpoint must give the uninterrupted run's weights, the full modules' included"
     );
 }
