@@ -1,6 +1,8 @@
 //! The experiments runner's pieces: cached runs that resume instead of repeating, the report, and
 //! the full fine-tuning loop.
 
+mod common;
+
 use std::cell::Cell;
 use std::path::Path;
 
@@ -8,6 +10,8 @@ use lora_from_scratch::experiments::report::write_report;
 
 use lora_from_scratch::experiments::spec::{run_cached, run_sweep, Method, RunResult, RunSpec};
 use lora_from_scratch::train::history::{EvalRecord, StepRecord, TrainHistory};
+
+use common::{own_label_examples, train_config};
 
 fn spec(name: &str, rank: usize) -> RunSpec {
     RunSpec {
@@ -156,9 +160,9 @@ fn the_report_has_a_row_per_run_and_its_plots() {
 fn full_fine_tuning_lowers_the_loss() {
     use lora_from_scratch::models::load::{load_model, LoadOptions};
     let mut loaded = load_model("tests/fixtures/tiny-llama", &LoadOptions::default()).unwrap();
-    let train = tiny_examples(3);
+    let train = own_label_examples(3);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), 12, 4);
+    let cfg = train_config(dir.path(), 12, 4);
     let h = lora_from_scratch::experiments::full::train_full(loaded.model.as_mut(), &train, &train, 0, &cfg).unwrap();
     assert_eq!(h.train.len(), 12);
     assert_eq!(h.val.iter().map(|v| v.step).collect::<Vec<_>>(), vec![0, 4, 8, 12], "the start, then every 4 steps");
@@ -207,47 +211,4 @@ fn results_without_the_base_fields_still_load() {
     let back: RunResult = serde_json::from_value(json).unwrap();
     assert_eq!((back.base_bytes, back.spec.base.clone()), (0, None));
     assert_eq!(back.spec, s);
-}
-
-/// Four short sequences that are their own labels, `(i * stride + k) % 50 + 1`: a set the tiny
-/// model can learn in a few steps.
-fn tiny_examples(stride: u32) -> Vec<lora_from_scratch::tasks::t05_data::Example> {
-    (0..4)
-        .map(|k| {
-            let ids: Vec<u32> = (0..8).map(|i| (i * stride + k) % 50 + 1).collect();
-            lora_from_scratch::tasks::t05_data::Example {
-                labels: ids.iter().map(|&i| i as i64).collect(),
-                input_ids: ids,
-                truncated: 0,
-            }
-        })
-        .collect()
-}
-
-/// A constant learning rate of 1e-2, batches of 4, clipping at 1, no checkpoints or progress bar.
-fn tiny_config(
-    out: &std::path::Path,
-    steps: usize,
-    eval_every: usize,
-) -> lora_from_scratch::tasks::t06_train::TrainConfig {
-    use lora_from_scratch::tasks::t06_train::{Decay, Schedule};
-    lora_from_scratch::tasks::t06_train::TrainConfig {
-        schedule: Schedule {
-            peak_lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: steps,
-            decay: Decay::Constant,
-            min_lr_ratio: 1.0,
-        },
-        batch_size: 4,
-        grad_accum: 1,
-        max_grad_norm: Some(1.0),
-        weight_decay: 0.0,
-        eval_every,
-        out_dir: out.to_path_buf(),
-        seed: 0,
-        resume: false,
-        stop_after: None,
-        progress: false,
-    }
 }

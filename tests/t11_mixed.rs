@@ -199,48 +199,6 @@ fn a_missing_module_tensor_is_an_error_that_changes_nothing() {
     assert!(m.model.linears().iter().all(|(_, s)| s.adapter().is_none()), "no adapter was installed");
 }
 
-/// Four short sequences that are their own labels: a set the tiny model learns in a few steps.
-fn own_label_examples() -> Vec<lora_from_scratch::tasks::t05_data::Example> {
-    (0..4u32)
-        .map(|k| {
-            let ids: Vec<u32> = (0..8u32).map(|i| (i * 5 + k) % 50 + 1).collect();
-            lora_from_scratch::tasks::t05_data::Example {
-                labels: ids.iter().map(|&i| i64::from(i)).collect(),
-                input_ids: ids,
-                truncated: 0,
-            }
-        })
-        .collect()
-}
-
-/// A constant learning rate of 1e-2, batches of 4, a checkpoint every `eval_every` steps.
-fn run_config(
-    out: &std::path::Path,
-    steps: usize,
-    eval_every: usize,
-) -> lora_from_scratch::tasks::t06_train::TrainConfig {
-    use lora_from_scratch::tasks::t06_train::{Decay, Schedule, TrainConfig};
-    TrainConfig {
-        schedule: Schedule {
-            peak_lr: 1e-2,
-            warmup_steps: 0,
-            total_steps: steps,
-            decay: Decay::Constant,
-            min_lr_ratio: 1.0,
-        },
-        batch_size: 4,
-        grad_accum: 1,
-        max_grad_norm: Some(1.0),
-        weight_decay: 0.0,
-        eval_every,
-        out_dir: out.to_path_buf(),
-        seed: 0,
-        resume: false,
-        stop_after: None,
-        progress: false,
-    }
-}
-
 /// The tiny Llama with adapters on q and v, trained with `norm` in full by `train_mixed`.
 fn train_mixed_run(
     m: &mut LoadedModel,
@@ -250,7 +208,7 @@ fn train_mixed_run(
     if get_lora_parameters(m.model.as_ref()).is_empty() {
         inject_lora(m.model.as_mut(), &lora).unwrap();
     }
-    let train = own_label_examples();
+    let train = own_label_examples(5);
     lora_from_scratch::tasks::t11_mixed::train_mixed(
         m.model.as_mut(),
         &lora,
@@ -275,7 +233,7 @@ fn training_saves_a_best_state_that_loads_back() {
     let steps = 8;
     let mut m = base();
     let before = all_bits(&m);
-    let h = train_mixed_run(&mut m, &run_config(dir.path(), steps, steps));
+    let h = train_mixed_run(&mut m, &train_config(dir.path(), steps, steps));
     assert_eq!(h.train.len(), steps, "one history entry per step");
     assert!(h.train[steps - 1].loss < h.train[0].loss, "the loss must fall: {:?}", h.train);
     let after = all_bits(&m);
@@ -304,11 +262,11 @@ fn an_interrupted_mixed_run_resumes_exactly() {
     use lora_from_scratch::tasks::t06_train::TrainConfig;
     let (whole, parts) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut uninterrupted = base();
-    train_mixed_run(&mut uninterrupted, &run_config(whole.path(), 8, 4));
+    train_mixed_run(&mut uninterrupted, &train_config(whole.path(), 8, 4));
     let mut first = base();
-    train_mixed_run(&mut first, &TrainConfig { stop_after: Some(4), ..run_config(parts.path(), 8, 4) });
+    train_mixed_run(&mut first, &TrainConfig { stop_after: Some(4), ..train_config(parts.path(), 8, 4) });
     let mut resumed = base();
-    train_mixed_run(&mut resumed, &TrainConfig { resume: true, ..run_config(parts.path(), 8, 4) });
+    train_mixed_run(&mut resumed, &TrainConfig { resume: true, ..train_config(parts.path(), 8, 4) });
     assert_eq!(
         all_bits(&resumed),
         all_bits(&uninterrupted),

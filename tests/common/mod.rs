@@ -257,3 +257,46 @@ pub fn smollm2_or_skip() -> Option<std::path::PathBuf> {
     let _ = writeln!(std::io::stderr().lock(), "{test}: skipped, {msg}");
     None
 }
+
+/// Four short sequences that are their own labels, `(i * stride + k) % 50 + 1`: a set the tiny
+/// model can learn in a few steps.
+pub fn own_label_examples(stride: u32) -> Vec<lora_from_scratch::tasks::t05_data::Example> {
+    (0..4)
+        .map(|k| {
+            let ids: Vec<u32> = (0..8).map(|i| (i * stride + k) % 50 + 1).collect();
+            lora_from_scratch::tasks::t05_data::Example {
+                labels: ids.iter().map(|&i| i as i64).collect(),
+                input_ids: ids,
+                truncated: 0,
+            }
+        })
+        .collect()
+}
+
+/// A constant learning rate of 1e-2, batches of 4, clipping at 1, no checkpoints or progress bar.
+pub fn train_config(
+    out: &std::path::Path,
+    steps: usize,
+    eval_every: usize,
+) -> lora_from_scratch::tasks::t06_train::TrainConfig {
+    use lora_from_scratch::tasks::t06_train::{Decay, Schedule};
+    lora_from_scratch::tasks::t06_train::TrainConfig {
+        schedule: Schedule {
+            peak_lr: 1e-2,
+            warmup_steps: 0,
+            total_steps: steps,
+            decay: Decay::Constant,
+            min_lr_ratio: 1.0,
+        },
+        batch_size: 4,
+        grad_accum: 1,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.0,
+        eval_every,
+        out_dir: out.to_path_buf(),
+        seed: 0,
+        resume: false,
+        stop_after: None,
+        progress: false,
+    }
+}
